@@ -361,3 +361,9 @@ def test_empty_gallery(tmp_path):
     g = Gallery(name="empty", root=tmp_path, items=[])
     idx = GalleryIndex.build(g, lambda items: np.zeros((0, DIM)), fingerprint=FP, instruction="")
     assert len(idx) == 0 and idx.search(np.ones(DIM), k=3) == [[]]
+
+
+def test_zero_vector_named(gallery):
+    with pytest.raises(ValueError, match="zero embedding.*'i0'"):
+        GalleryIndex.build(gallery, lambda items: np.zeros((len(items), DIM)), fingerprint=FP,
+                           instruction=INSTR)

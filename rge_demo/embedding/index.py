@@ -411,4 +411,9 @@ def _stack(vecs: list[np.ndarray | None], items: list[Item]) -> np.ndarray:
         odd = [items[i].id for i, v in enumerate(vecs) if v.shape[-1] != first][:5]
         raise ValueError(f"embeddings of different dimensions {sorted(dims)}; e.g. items {odd} "
                          f"differ from {items[0].id!r}")
-    return l2_normalize(np.stack(vecs), what="gallery embeddings")
+    matrix = np.stack(vecs).astype(np.float32)  # (N, D)
+    norms = np.linalg.norm(matrix, axis=1)
+    if not (norms > 0).all():
+        zero = [items[i].id for i in np.flatnonzero(~(norms > 0))[:5]]
+        raise ValueError(f"zero embedding vectors for items {zero}")
+    return matrix / norms[:, None]
