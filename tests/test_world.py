@@ -133,6 +133,19 @@ def test_mention_check_flags_wrong_colour_and_pair(data):
     assert world.mention_check("purple everything", world.scene_facts(data["text_to_word", "train"][0].query.meta)) == []
 
 
+def test_mention_check_on_a_built_scene():
+    scene = world.Scene("shapes", (world.Obj("red", "circle", "small", 0), world.Obj("blue", "square", "large", 4)))
+    facts = world.scene_facts(scene)
+    assert facts["counts"] == {"circle": 1, "square": 1, "triangle": 0, "cross": 0}
+    assert world.mention_check("top left red circle, centre blue square. answer one", facts) == []
+    assert world.mention_check("top left red square, centre green triangle", facts) == [
+        "red square", "green", "green triangle", "triangle"]
+    # a shape the question introduces (count of an absent shape) is not a hallucination
+    meta = {**scene.to_dict(), "question": "How many crosses are there?"}
+    assert world.mention_check("crosses: 0. answer zero", world.scene_facts(meta)) == []
+    assert world.mention_check("crosses: 0. answer zero", facts) == ["cross"]
+
+
 def test_answer_of():
     assert world.answer_of("squares: 2. answer two") == "two"
     assert world.answer_of("answer one red shape, two blue shapes.") == "one red shape, two blue shapes"

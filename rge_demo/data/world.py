@@ -176,10 +176,11 @@ def _draw_word(img: Image.Image, word: str, size: int, offset: tuple[int, int], 
     if isinstance(font, ImageFont.FreeTypeFont):
         ImageDraw.Draw(img).text((cx, cy), word, fill=ink, font=font, anchor="mm")
         return
-    # bitmap fallback: draw small, scale up 3x with nearest neighbour, paste centred
+    # bitmap fallback: draw small, scale up (at most 3x, to fit) with nearest neighbour, paste centred
     small = Image.new("L", (x1 - x0 + 2, y1 - y0 + 2), 0)
     ImageDraw.Draw(small).text((1 - x0, 1 - y0), word, fill=255, font=font)
-    big = small.resize((small.width * 3, small.height * 3), Image.NEAREST)
+    scale = max(1, min(3, (SIZE - 10) // small.width))
+    big = small.resize((small.width * scale, small.height * scale), Image.NEAREST)
     img.paste(Image.new("RGB", big.size, ink), (cx - big.width // 2, cy - big.height // 2), big)
 
 
@@ -491,13 +492,13 @@ def _words(task: str, words) -> Callable[[], list[tuple[Item, Image.Image | None
 
 
 def _captions() -> list[tuple[Item, None]]:
-    return [(Item(id=f"describe/{_caption_key(t)}", text=_caption(t), label=_caption(t), meta={"task": "describe"}), None)
-            for t in _caption_combos()]
+    return [(Item(id=f"describe/{_caption_key(t)}", text=_caption(t), label=_caption(t),
+                  meta={"task": "describe"}), None) for t in _caption_combos()]
 
 
 def _crops() -> list[tuple[Item, Image.Image]]:
-    return [(Item(id=f"ground/{c}_{s}", image=f"images/c_ground_{c}_{s}.png", label=f"{c} {s}", meta={"task": "ground"}),
-             render_single(c, s)) for c in COLOUR_NAMES for s in SHAPES]
+    return [(Item(id=f"ground/{c}_{s}", image=f"images/c_ground_{c}_{s}.png", label=f"{c} {s}",
+                  meta={"task": "ground"}), render_single(c, s)) for c in COLOUR_NAMES for s in SHAPES]
 
 
 def _swatches() -> list[tuple[Item, Image.Image]]:
@@ -608,7 +609,8 @@ def write_gallery(root, task_names, split: str, n_queries: int, seed: int = 0, n
     """
     root, task_names = Path(root), list(task_names)
     specs = [_spec(t) for t in task_names]
-    meta_task = meta_task if meta_task is not None else (specs[0].meta_task if len({s.meta_task for s in specs}) == 1 else "")
+    if meta_task is None:  # the tasks' shared meta-task, or none when they mix
+        meta_task = specs[0].meta_task if len({s.meta_task for s in specs}) == 1 else ""
     if meta_task and meta_task not in META_TASKS:
         raise ValueError(f"meta_task {meta_task!r} not in {META_TASKS}")
     instructions = list(dict.fromkeys(s.candidate_instruction for s in specs))

@@ -1,0 +1,139 @@
+"""Settings from ``RGE_*`` environment variables, the cache folder, and device autodetection.
+
+Every entry point (app, CLI, background worker, tests) calls :func:`get_settings`; nothing else in
+the library reads the environment for these values. Paths to shipped assets come from this file's
+location, so the package works from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = REPO_ROOT / "assets"
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class SettingsError(ValueError):
+    """A setting (usually an ``RGE_*`` environment variable) with an unusable value."""
+
+
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/rge-demo`` if XDG_CACHE_HOME is set, else ``~/.cache/rge-demo``."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "rge-demo"
+
+
+@dataclass
+class Settings:
+    """Runtime settings; :meth:`from_env` reads them from ``RGE_*`` variables."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir)  # embedding cache, runs, downloads (RGE_CACHE_DIR)
+    model: str = "rge-micro"  # model loaded at start: a registry name, a local folder or a hub id (RGE_MODEL)
+    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N" or "mps" (RGE_DEVICE)
+    dtype: str = "auto"  # "auto" (bf16 on cuda, fp32 elsewhere), "float32", "bfloat16", "float16" (RGE_DTYPE)
+    memory_budget_gb: float | None = None  # loaded models' total memory before LRU eviction; None = auto (RGE_MEMORY_BUDGET_GB)
+    host: str = "127.0.0.1"  # web app bind address (RGE_HOST)
+    port: int = 7860  # web app port (RGE_PORT)
+    share: bool = False  # ask Gradio for a public share link (RGE_SHARE)
+    max_new_tokens: int = 128  # rationale budget in reasoning mode (RGE_MAX_NEW_TOKENS)
+
+    def __post_init__(self):
+        self.cache_dir = Path(self.cache_dir).expanduser()
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise SettingsError(f"RGE_MODEL must be a model name, folder or hub id, got {self.model!r}")
+        if not (self.device in DEVICES or re.fullmatch(r"cuda:\d+", str(self.device))):
+            raise SettingsError(f"RGE_DEVICE must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise SettingsError(f"RGE_DTYPE must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise SettingsError(f"RGE_MEMORY_BUDGET_GB must be a positive number, got {self.memory_budget_gb!r}")
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise SettingsError(f"RGE_PORT must be an integer in 1..65535, got {self.port!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise SettingsError(f"RGE_MAX_NEW_TOKENS must be a positive integer, got {self.max_new_tokens!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        kw: dict = {}
+        if env.get("RGE_CACHE_DIR"):
+            kw["cache_dir"] = Path(env["RGE_CACHE_DIR"]).expanduser()
+        else:
+            kw["cache_dir"] = default_cache_dir(env)
+        for var, name in (("RGE_MODEL", "model"), ("RGE_HOST", "host")):
+            if env.get(var):
+                kw[name] = env[var].strip()
+        for var, name in (("RGE_DEVICE", "device"), ("RGE_DTYPE", "dtype")):
+            if env.get(var):
+                kw[name] = env[var].strip().lower()
+        if env.get("RGE_MEMORY_BUDGET_GB"):
+            kw["memory_budget_gb"] = _number(env, "RGE_MEMORY_BUDGET_GB")
+        if env.get("RGE_PORT"):
+            kw["port"] = _integer(env, "RGE_PORT")
+        if env.get("RGE_MAX_NEW_TOKENS"):
+            kw["max_new_tokens"] = _integer(env, "RGE_MAX_NEW_TOKENS")
+        if "RGE_SHARE" in env:
+            kw["share"] = _boolean(env, "RGE_SHARE")
+        return cls(**kw)
+
+    @property
+    def resolved_device(self) -> str:
+        """The concrete device: ``device`` with "auto" replaced by :func:`autodetect_device`."""
+        return autodetect_device() if self.device == "auto" else self.device
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """Where the on-disk embedding cache lives."""
+        return self.cache_dir / "embeddings"
+
+
+def get_settings() -> Settings:
+    """Settings from the current environment (read each call: cheap, and tests may change it)."""
+    return Settings.from_env()
+
+
+def autodetect_device() -> str:
+    """"cuda" if a CUDA GPU is usable, else "mps" (Apple silicon), else "cpu"."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _integer(env: Mapping[str, str], var: str) -> int:
+    raw = env[var].strip()
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{var} must be an integer, got {env[var]!r}") from None
+
+
+def _number(env: Mapping[str, str], var: str) -> float:
+    raw = env[var].strip()
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{var} must be a number, got {env[var]!r}") from None
+
+
+def _boolean(env: Mapping[str, str], var: str) -> bool:
+    raw = env[var].strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f"{var} must be true/false (1/0, yes/no, on/off), got {env[var]!r}")

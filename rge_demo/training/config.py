@@ -1,0 +1,128 @@
+"""Training configuration: one dataclass shared by the CLI, the background worker and the tests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+STAGES = ("cold-start", "rge", "baseline", "leakage")
+
+
+class ConfigError(ValueError):
+    """A training config with a wrong field; the message names the field (and the file)."""
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "rge"
+    """cold-start (LM only), rge (cold start, then joint LM + InfoNCE), baseline (InfoNCE on direct
+    embeddings only) or leakage (InfoNCE on the <emb> state after the ORACLE rationale: the ablation)."""
+    init: str = "micro"
+    """Where the weights start: a micro size to build fresh ("micro", "test") or a checkpoint folder."""
+    output_dir: str = "runs/train"
+    """Checkpoints, metrics.jsonl, config.json and the final model (output_dir/model)."""
+    data: str = "world"
+    """"world" for the synthetic world, or a pairs .jsonl file (see rge_demo.training.data)."""
+    tasks: list[str] = field(default_factory=list)
+    """World tasks to train on (empty: all of them)."""
+    train_per_task: int = 2000
+    """World examples generated per task for the train split."""
+    steps: int = 300
+    """Optimizer steps of the main phase (for rge: the joint phase, after the cold start)."""
+    cold_start_steps: int = 0
+    """rge only: LM-only steps before the joint phase starts."""
+    cold_start_gate: float = 0.0
+    """rge only: keep cold-starting (up to cold_start_max_steps) until this share of self-generated
+    answers on the probe set is right (MICROWORLD.md: ~0.8). 0 disables the gate."""
+    cold_start_max_steps: int = 0
+    """Upper bound on cold-start steps when gated (0: cold_start_steps)."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    a_lm: float = 0.1
+    """Weight of the LM loss (paper a_lm : a_con = 1 : 10)."""
+    a_con: float = 1.0
+    """Weight of the InfoNCE loss."""
+    direct_weight: float = 0.0
+    """Weight of an extra InfoNCE on DIRECT query embeddings (keeps the RGE model's direct mode
+    usable, MICROWORLD.md point 3); applies in every stage but baseline. 0: the paper's objective."""
+    temperature: float = 0.03
+    max_new_tokens: int = 80
+    """Rationale budget during on-the-fly generation."""
+    one_task_per_batch: bool = True
+    lora: bool = False
+    lora_r: int = 16
+    gradient_checkpointing: bool = False
+    save_every: int = 200
+    probe_every: int = 100
+    """Steps between probes of self-generated answer accuracy (0: never)."""
+    probe_size: int = 64
+    val_share: float = 0.0
+    """Share of a pairs file held out for validation (not used for world data)."""
+    seed: int = 0
+    threads: int = 0
+    """torch threads (0: leave the default)."""
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        for name in ("steps", "batch_size", "train_per_task", "max_new_tokens", "probe_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("cold_start_steps", "cold_start_max_steps", "warmup_steps", "save_every", "probe_every", "threads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("a_lm", "a_con", "direct_weight", "min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.cold_start_gate <= 1:
+            raise ConfigError(f"cold_start_gate must be in [0, 1], got {self.cold_start_gate!r}")
+        if not 0 <= self.val_share < 1:
+            raise ConfigError(f"val_share must be in [0, 1), got {self.val_share!r}")
+        if self.batch_size < 2 and self.stage != "cold-start":
+            raise ConfigError("batch_size must be >= 2 for contrastive stages (in-batch negatives)")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + (self.cold_start_steps if self.stage == "rge" else 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a training config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if isinstance(data, dict):
+            data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data, source=str(path))

@@ -1,0 +1,129 @@
+"""Training pairs: a query, its right target and an oracle rationale, from the world or a file.
+
+A pairs file is JSON Lines, one object per line with the fields of :data:`PAIR_FIELDS`
+(``query_image`` / ``target_image`` are paths relative to the file's folder). Every problem is
+reported with its line and field before any training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from rge_demo.data import world
+from rge_demo.data.images import ImageError, load_image
+from rge_demo.embedding.prompts import EmbedInput, instruction_for
+
+PAIR_FIELDS = ("query_text", "query_image", "target_text", "target_image", "rationale", "task",
+               "meta_task", "query_instruction", "target_instruction", "target_id")
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the file, line and field."""
+
+
+@dataclass
+class Pair:
+    query: EmbedInput
+    target: EmbedInput
+    rationale: str  # oracle rationale ("" when unknown: cold-start/rge need one)
+    target_key: str  # identity of the target, so equal targets are not each other's negatives
+    task: str = ""
+
+
+def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0) -> dict[str, list[Pair]]:
+    """World examples as pairs, grouped by task."""
+    out = {}
+    for task in tasks or list(world.TASKS):
+        spec = world.TASKS[task]
+        out[task] = [
+            Pair(
+                query=EmbedInput(ex.query.instruction, ex.query.text, ex.query_image),
+                target=EmbedInput(spec.candidate_instruction, ex.target.text, ex.target_image),
+                rationale=ex.rationale, target_key=ex.target.id, task=task,
+            )
+            for ex in world.generate(task, split, n, seed)
+        ]
+    return out
+
+
+def load_pairs(path: str | Path, max_pixels: int = 4_000_000) -> list[Pair]:
+    """Read a pairs .jsonl file; raise :class:`DataError` listing every bad line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such pairs file")
+    pairs, problems = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{n}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(rec, dict):
+            problems.append(f"{path}:{n}: a line must hold a JSON object")
+            continue
+        unknown = sorted(set(rec) - set(PAIR_FIELDS))
+        if unknown:
+            problems.append(f"{path}:{n}: unknown field(s) {unknown}")
+            continue
+        try:
+            pairs.append(_pair(rec, path.parent, max_pixels))
+        except (DataError, ImageError) as e:
+            problems.append(f"{path}:{n}: {e}")
+    if problems:
+        raise DataError("\n".join(problems[:50]) + (f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""))
+    if not pairs:
+        raise DataError(f"{path}: no pairs in the file")
+    return pairs
+
+
+def _pair(rec: dict, root: Path, max_pixels: int) -> Pair:
+    def image(field: str) -> Image.Image | None:
+        rel = rec.get(field)
+        if not rel:
+            return None
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise DataError(f"field {field!r}: image path must be relative inside the data folder, got {rel!r}")
+        return load_image(root / rel, max_pixels=max_pixels)
+
+    meta_task = rec.get("meta_task") or "retrieval"
+    try:
+        q_instr = rec.get("query_instruction") or instruction_for(meta_task, "query")
+        t_instr = rec.get("target_instruction") or instruction_for(meta_task, "candidate")
+    except ValueError as e:
+        raise DataError(f"field 'meta_task': {e}") from None
+    q_img, t_img = image("query_image"), image("target_image")
+    q_text, t_text = str(rec.get("query_text") or ""), str(rec.get("target_text") or "")
+    if not q_text and q_img is None:
+        raise DataError("empty query: give query_text and/or query_image")
+    if not t_text and t_img is None:
+        raise DataError("empty target: give target_text and/or target_image")
+    key = rec.get("target_id") or f"{t_text}|{rec.get('target_image') or ''}"
+    return Pair(EmbedInput(q_instr, q_text, q_img), EmbedInput(t_instr, t_text, t_img),
+                str(rec.get("rationale") or ""), str(key), str(rec.get("task") or meta_task))
+
+
+def split_pairs(pairs: list[Pair], val_share: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """A seeded train/validation split of a pairs list."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(pairs) * val_share))
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+
+
+def by_task(pairs: list[Pair]) -> dict[str, list[Pair]]:
+    groups: dict[str, list[Pair]] = defaultdict(list)
+    for p in pairs:
+        groups[p.task].append(p)
+    return dict(groups)

@@ -1,0 +1,57 @@
+"""RGE losses as pure tensor functions.
+
+InfoNCE (paper Eq. 1): with unit vectors ``q`` (B, D) and candidates ``t`` (N, D),
+
+    L = -1/B * sum_i log( exp(cos(q_i, t_{y_i}) / tau) / sum_j exp(cos(q_i, t_j) / tau) )
+
+``tau`` is a temperature (0.03 in the paper), i.e. a logit scale of 1/tau ~ 33. Candidates are the
+DISTINCT targets of the batch, so two queries with the same answer are not each other's negatives;
+``y`` maps each query to its target's column.
+
+The LM loss is token-level cross-entropy over every supervised token, pooled over the query side
+(rationale tokens + ``<emb>``) and the target side (the single ``<emb>``). This is our reading of
+the paper's Eq. 8: the two sides' token losses are summed and divided by their total count, so
+each supervised token weighs the same.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(q: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, temperature: float = 0.03,
+             column_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE of queries ``q`` (B, D) against candidates ``t`` (N, D); ``labels`` (B,) index ``t``.
+
+    ``column_mask`` (N,) bool, optional: False columns (padding, duplicates) are no negatives.
+    Inputs need not be normalised; cosine similarity is used.
+    """
+    logits = F.normalize(q, dim=-1) @ F.normalize(t, dim=-1).T / temperature  # (B, N)
+    if column_mask is not None:
+        logits = logits.masked_fill(~column_mask[None, :], float("-inf"))
+    return F.cross_entropy(logits, labels)
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy and the number of supervised tokens.
+
+    ``logits`` (B, L, V) predict position ``l + 1`` from position ``l``; ``labels`` (B, L) hold
+    -100 where nothing is supervised.
+    """
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    target = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(shifted, target, ignore_index=-100, reduction="sum")
+    return total, (target != -100).sum()
+
+
+def pooled_lm_loss(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Eq. 8 as read here: sum of the sides' token losses over their total token count."""
+    total = sum(p[0] for p in parts)
+    count = sum(p[1] for p in parts)
+    return total / count.clamp(min=1)
+
+
+def rge_loss(lm: torch.Tensor, contrastive: torch.Tensor, a_lm: float = 0.1, a_con: float = 1.0) -> dict[str, torch.Tensor]:
+    """Joint objective ``a_lm * LM + a_con * InfoNCE`` (paper ratio 1 : 10); returns every part."""
+    return {"loss": a_lm * lm + a_con * contrastive, "lm_loss": lm, "contrastive_loss": contrastive}

@@ -1,0 +1,420 @@
+"""The RGE trainer: ``train(cfg, on_step=...)``, on accelerate (CPU, one GPU or many).
+
+Stages (see :mod:`rge_demo.training.config`):
+
+* cold-start: LM loss on oracle rationales (query: rationale + ``<emb>``; target: ``<emb>``).
+* rge: a cold start, then the joint step of the paper. Per batch: rationales are generated on the
+  fly (greedy, no grad), then ONE forward with grad over ``prompt + rationale + <emb>`` gives the
+  query embeddings; targets are embedded in direct mode; InfoNCE over the batch's distinct targets,
+  plus the LM loss on oracle rationales: ``a_lm * LM + a_con * InfoNCE``.
+* baseline: InfoNCE between direct query and target embeddings only (the non-reasoning baseline).
+* leakage: InfoNCE on the ``<emb>`` state after the ORACLE rationale (the paper's Table 1 ablation;
+  the answer leaks into the query, so the model learns to read it instead of reasoning).
+
+Across processes, embeddings are gathered (own slice keeps its gradient) so every process computes
+the same global InfoNCE; gradients are summed, LM losses averaged. The model is not wrapped in DDP:
+the loss reads hidden states from submodules, so gradients are all-reduced by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from transformers import GenerationConfig
+
+from rge_demo.data import world
+from rge_demo.embedding.encoder import Row, collate, emb_token_id, process_rows
+from rge_demo.embedding.prompts import EMB_TOKEN, prompt_text
+
+from .config import ConfigError, TrainConfig
+from .data import DataError, Pair, by_task, load_pairs, split_pairs, world_pairs
+from .losses import info_nce, pooled_lm_loss, rge_loss, token_ce
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+FINAL = "model"
+COLD_START = "cold-start-model"
+METRICS = "metrics.jsonl"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path | None
+    steps: int
+    status: str  # "finished" | "cancelled"
+    last: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------- setup
+def load_model(init: str, device):
+    """A fresh micro model (``init`` is a size name) or a checkpoint folder."""
+    from rge_demo.models import micro
+
+    if init in micro.SIZES:
+        corpus = [ex.rationale + " " + ex.query.text for t in world.TASKS for ex in world.generate(t, "train", 200, seed=99)]
+        corpus += [it.text or it.label for t in world.TASKS for it, _ in world.candidates(t)]
+        model, processor = micro.build_micro(init, corpus=corpus)
+    else:
+        from rge_demo.models.loading import load_checkpoint
+
+        model, processor = load_checkpoint(init, device="cpu", dtype="float32")
+    return model.to(device), processor
+
+
+def load_data(cfg: TrainConfig) -> tuple[dict[str, list[Pair]], list[Pair]]:
+    """Training pools per task and a probe/validation list; raises before any training starts."""
+    if cfg.data == "world":
+        unknown = sorted(set(cfg.tasks) - set(world.TASKS))
+        if unknown:
+            raise ConfigError(f"tasks: unknown world task(s) {unknown}; known: {sorted(world.TASKS)}")
+        pools = world_pairs(cfg.tasks, "train", cfg.train_per_task, seed=cfg.seed)
+        # The probe is drawn from the TRAIN distribution with another seed: test splits stay unseen.
+        probe_pools = world_pairs(cfg.tasks, "train", max(1, cfg.probe_size // max(1, len(pools))), seed=cfg.seed + 7919)
+        probe = [p for ps in probe_pools.values() for p in ps]
+    else:
+        pairs = load_pairs(cfg.data)
+        train_pairs, probe = split_pairs(pairs, cfg.val_share, seed=cfg.seed)
+        if not train_pairs:
+            raise DataError(f"{cfg.data}: the train split is empty (val_share {cfg.val_share})")
+        pools = by_task(train_pairs)
+        probe = probe or train_pairs[: cfg.probe_size]
+    needs_rationale = cfg.stage in ("cold-start", "rge", "leakage")
+    for task, ps in pools.items():
+        if not ps:
+            raise DataError(f"task {task!r}: no training pairs")
+        if needs_rationale and any(not p.rationale for p in ps):
+            raise DataError(f"task {task!r}: stage {cfg.stage!r} needs an oracle rationale on every pair")
+    return pools, probe
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine from ``lr`` to ``min_lr`` over all steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def sample_batch(pools: dict[str, list[Pair]], cfg: TrainConfig, step: int) -> list[Pair]:
+    """The global batch of a step: a function of (seed, step) only, so a resumed run sees the same data."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    if cfg.one_task_per_batch:
+        pool = pools[rng.choice(sorted(pools))]
+    else:
+        pool = [p for ps in pools.values() for p in ps]
+    return [pool[rng.randrange(len(pool))] for _ in range(cfg.batch_size)]
+
+
+# ---------------------------------------------------------------------------------------- step
+class StepContext:
+    """What a loss step needs besides the batch: the model, its processor and the process group."""
+
+    def __init__(self, model, processor, cfg: TrainConfig, accelerator: Accelerator):
+        self.model, self.processor, self.cfg, self.acc = model, processor, cfg, accelerator
+        self.tok = processor.tokenizer
+        self.emb_id = emb_token_id(self.tok)
+        self.pad_id = self.tok.pad_token_id
+        self._targets: dict[str, Row] = {}
+        specials = set(self.tok.all_special_ids) | set(self.tok.added_tokens_decoder)
+        self.gen_config = GenerationConfig(
+            max_new_tokens=cfg.max_new_tokens, do_sample=False, eos_token_id=self.emb_id,
+            pad_token_id=self.pad_id, suppress_tokens=sorted(specials - {self.emb_id}), use_cache=True)
+
+    def rows(self, inputs, direct: bool):
+        return process_rows(self.processor, [prompt_text(self.processor, x, direct=direct) for x in inputs],
+                            [x.image for x in inputs])
+
+    def direct_rows(self, reason_rows):
+        """Direct-mode rows from reasoning rows: the same prompt with ``<emb>`` appended (no re-processing)."""
+        return [Row(r.prompt + EMB_TOKEN, r.ids + [self.emb_id], r.mm + [0], r.pixel_values, r.grid) for r in reason_rows]
+
+    def target_rows(self, pairs):
+        """Direct rows of targets, cached by target key (candidate galleries are small and reused)."""
+        missing = [p for p in pairs if p.target_key not in self._targets]
+        for p, row in zip(missing, self.rows([p.target for p in missing], direct=True)):
+            self._targets[p.target_key] = row
+        return [self._targets[p.target_key] for p in pairs]
+
+    def batch(self, rows, suffixes=None):
+        dtype = next(self.model.parameters()).dtype
+        return collate(rows, self.pad_id, suffixes, device=self.acc.device, dtype=dtype)
+
+    def hidden(self, batch):
+        return self.model.model(**batch, use_cache=False).last_hidden_state  # (B, L, D)
+
+    @torch.no_grad()
+    def generate(self, rows) -> tuple[list[list[int]], list[bool]]:
+        """Greedy rationales, batched; returns ids up to ``<emb>`` and whether ``<emb>`` was emitted."""
+        was_training = self.model.training
+        self.model.eval()
+        batch = self.batch(rows)
+        out = self.model.generate(**batch, generation_config=self.gen_config)
+        self.model.train(was_training)
+        ids, emitted = [], []
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            if self.emb_id in row:
+                ids.append(row[: row.index(self.emb_id)])
+                emitted.append(True)
+            else:
+                ids.append([t for t in row if t != self.pad_id])
+                emitted.append(False)
+        return ids, emitted
+
+    def oracle_lm(self, q_rows, pairs) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Query-side LM on ``rationale + <emb>``; also returns the ``<emb>`` states (B, D) of that pass."""
+        suffixes = [self.tok.encode(p.rationale, add_special_tokens=False) + [self.emb_id] for p in pairs]
+        batch = self.batch(q_rows, suffixes)
+        labels = torch.full_like(batch["input_ids"], -100)
+        for i, s in enumerate(suffixes):
+            labels[i, -len(s):] = torch.tensor(s, device=labels.device)
+        h = self.hidden(batch)
+        return token_ce(self.model.lm_head(h), labels), h[:, -1]
+
+    def targets(self, pairs) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Direct target embeddings (B, D) and the target-side LM term (predict ``<emb>``)."""
+        h = self.hidden(self.batch(self.target_rows(pairs)))
+        logits = self.model.lm_head(h[:, -2])  # predicts the last token, <emb>
+        labels = torch.full((len(pairs),), self.emb_id, device=logits.device)
+        return h[:, -1], (F.cross_entropy(logits.float(), labels, reduction="sum"), torch.tensor(len(pairs)))
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """All processes' rows in rank order; this process's slice keeps its gradient."""
+        if self.acc.num_processes == 1:
+            return x
+        everything = self.acc.gather(x.detach().contiguous())
+        n, r = x.shape[0], self.acc.process_index
+        return torch.cat([everything[: r * n], x, everything[(r + 1) * n:]])
+
+    def contrastive(self, q: torch.Tensor, t: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        """Global InfoNCE: queries vs the DISTINCT targets of the global batch."""
+        q, t = self.gather(q.float()), self.gather(t.float())
+        keys = gather_object(keys) if self.acc.num_processes > 1 else keys
+        first = {}
+        for j, k in enumerate(keys):
+            first.setdefault(k, j)
+        labels = torch.tensor([first[k] for k in keys], device=q.device)
+        mask = torch.tensor([first[k] == j for j, k in enumerate(keys)], device=q.device)
+        return info_nce(q, t, labels, self.cfg.temperature, column_mask=mask)
+
+
+def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Loss parts for this process's share of the global batch. ``phase``: cold-start | joint | baseline | leakage.
+
+    Returns the tensors (``objective`` is what this process back-propagates; ``loss`` what is
+    reported) and plain statistics (rationale lengths, share that emitted ``<emb>``, samples).
+    """
+    cfg, n_proc = ctx.cfg, ctx.acc.num_processes
+    keys = [p.target_key for p in pairs]
+    stats: dict = {}
+    zero = torch.zeros((), device=ctx.acc.device)
+    lm, con, direct = zero, zero, zero
+
+    q_rows = ctx.rows([p.query for p in pairs], direct=False)
+    if phase == "baseline":
+        t, _ = ctx.targets(pairs)
+        q = ctx.hidden(ctx.batch(ctx.direct_rows(q_rows)))[:, -1]
+        con = ctx.contrastive(q, t, keys)
+    else:
+        q_lm, q_oracle = ctx.oracle_lm(q_rows, pairs)
+        t, t_lm = ctx.targets(pairs)
+        lm = pooled_lm_loss([q_lm, t_lm])
+        if phase == "joint":
+            ids, emitted = ctx.generate(q_rows)
+            q = ctx.hidden(ctx.batch(q_rows, [r + [ctx.emb_id] for r in ids]))[:, -1]
+            con = ctx.contrastive(q, t, keys)
+            stats.update(rationale_tokens=sum(map(len, ids)) / len(ids), emitted_emb=sum(emitted) / len(ids),
+                         samples=[ctx.tok.decode(r, skip_special_tokens=True) for r in ids[:2]])
+        elif phase == "leakage":
+            con = ctx.contrastive(q_oracle, t, keys)
+        if cfg.direct_weight > 0:
+            q_direct = ctx.hidden(ctx.batch(ctx.direct_rows(q_rows)))[:, -1]
+            direct = ctx.contrastive(q_direct, t, keys)
+
+    a_con = cfg.a_con if phase != "cold-start" else 0.0
+    a_lm = cfg.a_lm if phase != "baseline" else 0.0
+    if phase == "cold-start":
+        a_lm = 1.0  # LM only: the weight is immaterial, keep the loss on its natural scale
+    parts = rge_loss(lm, con, a_lm=a_lm, a_con=a_con)
+    parts["direct_loss"] = direct
+    parts["a_lm"] = a_lm
+    # Global terms are identical on every process; the LM term is local and averaged.
+    parts["objective"] = a_con * con + cfg.direct_weight * direct + a_lm * lm / n_proc
+    parts["loss"] = parts["loss"] + cfg.direct_weight * direct
+    return parts, stats
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def _save_model(model, processor, path: Path, lora: bool) -> None:
+    to_save = copy.deepcopy(model).merge_and_unload() if lora else model
+    to_save.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+def save_checkpoint(ctx: StepContext, optimizer, step: int, out: Path, extra: dict) -> Path:
+    path = out / CHECKPOINTS / f"step-{step:06d}"
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _save_model(ctx.acc.unwrap_model(ctx.model), ctx.processor, tmp, ctx.cfg.lora)
+    torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=1))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    for old in sorted((out / CHECKPOINTS).glob("step-*"))[:-KEEP_CHECKPOINTS]:
+        if not old.name.endswith(".tmp"):
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = [p for p in sorted((out / CHECKPOINTS).glob("step-*")) if (p / "trainer_state.json").exists()]
+    return done[-1] if done else None
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+# ---------------------------------------------------------------------------------------- probe
+@torch.no_grad()
+def probe_accuracy(ctx: StepContext, probe: list[Pair]) -> float | None:
+    """Share of self-generated rationales whose ``answer X`` matches the oracle's (the cold-start gate)."""
+    scored = [p for p in probe if world.answer_of(p.rationale)]
+    if not scored:
+        return None
+    right = 0
+    for i in range(0, len(scored), 32):
+        chunk = scored[i:i + 32]
+        ids, _ = ctx.generate(ctx.rows([p.query for p in chunk], direct=False))
+        right += sum(world.answer_of(ctx.tok.decode(r, skip_special_tokens=True)) == world.answer_of(p.rationale)
+                     for r, p in zip(ids, chunk))
+    return right / len(scored)
+
+
+# ----------------------------------------------------------------------------------------- train
+def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train per ``cfg``; resume from the last checkpoint in ``cfg.output_dir`` if there is one.
+
+    ``on_step(record)`` sees every metrics record; ``should_stop()`` is polled each step and ends
+    the run cleanly with a checkpoint (status "cancelled").
+    """
+    on_step = on_step or (lambda record: None)
+    should_stop = should_stop or (lambda: False)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    if cfg.batch_size % acc.num_processes:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {acc.num_processes} processes")
+    out = Path(cfg.output_dir)
+    pools, probe = load_data(cfg)  # fails before any model work on bad data
+
+    resume = latest_checkpoint(out)
+    model, processor = load_model(str(resume) if resume else cfg.init, acc.device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    state = {"step": 0, "cold_start_end": cfg.cold_start_steps if cfg.stage == "rge" else 0}
+    if resume:
+        state.update(json.loads((resume / "trainer_state.json").read_text()))
+        optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True)["optimizer"])
+        log.info("resuming from %s at step %d", resume, state["step"])
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+        _truncate_metrics(out / METRICS, state["step"])
+    ctx = StepContext(model, processor, cfg, acc)
+    torch.manual_seed(cfg.seed + state["step"])
+
+    step, record = state["step"], {}
+    total = cfg.steps + state["cold_start_end"]
+    max_cold = cfg.cold_start_max_steps or cfg.cold_start_steps
+    status = "finished"
+    while step < total:
+        if should_stop():
+            status = "cancelled"
+            break
+        phase = _phase(cfg.stage, step, state["cold_start_end"])
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        global_batch = sample_batch(pools, cfg, step)
+        per = len(global_batch) // acc.num_processes
+        local = global_batch[acc.process_index * per:(acc.process_index + 1) * per]
+        parts, stats = compute_loss(ctx, local, phase)
+        parts["objective"].backward()
+        if acc.num_processes > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = acc.reduce(p.grad, reduction="sum")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.tensor(0.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        lm_mean = acc.reduce(parts["lm_loss"].detach(), reduction="mean").item()
+        record = {"step": step, "total_steps": total, "phase": phase, "task": local[0].task,
+                  "loss": parts["loss"].item() + parts["a_lm"] * (lm_mean - parts["lm_loss"].item()),
+                  "lm_loss": lm_mean, "contrastive_loss": parts["contrastive_loss"].item(),
+                  "direct_loss": parts["direct_loss"].item(), "lr": optimizer.param_groups[0]["lr"],
+                  "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0, **stats}
+        if cfg.probe_every and (step % cfg.probe_every == 0 or step == total) and phase != "baseline":
+            record["probe_answer_acc"] = probe_accuracy(ctx, probe[: cfg.probe_size])
+            # The cold-start gate: extend the cold start until self-generated answers are right.
+            if (cfg.stage == "rge" and phase == "cold-start" and step == state["cold_start_end"]
+                    and cfg.cold_start_gate and (record["probe_answer_acc"] or 0) < cfg.cold_start_gate
+                    and step < max_cold):
+                state["cold_start_end"] = min(max_cold, step + cfg.probe_every)
+                total = cfg.steps + state["cold_start_end"]
+                record["total_steps"] = total
+                log.info("cold-start gate: answer accuracy %.2f < %.2f, extending to step %d",
+                         record["probe_answer_acc"], cfg.cold_start_gate, state["cold_start_end"])
+        if acc.is_main_process:
+            with open(out / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        on_step(record)
+        if (cfg.stage == "rge" and step == state["cold_start_end"] and step < total and acc.is_main_process):
+            # The end of the cold start is kept: the leakage ablation starts from the same point.
+            _save_model(acc.unwrap_model(model), processor, out / COLD_START, cfg.lora)
+        if cfg.save_every and step % cfg.save_every == 0 and step < total and acc.is_main_process:
+            save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"]})
+
+    model_dir = None
+    if acc.is_main_process:
+        if step > state["step"] or status == "cancelled":
+            save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"]})
+        if status == "finished":
+            model_dir = out / FINAL
+            _save_model(acc.unwrap_model(model), processor, model_dir, cfg.lora)
+    acc.wait_for_everyone()
+    return TrainResult(out, model_dir, step, status, record)
+
+
+def _phase(stage: str, step: int, cold_start_end: int) -> str:
+    if stage == "rge":
+        return "cold-start" if step < cold_start_end else "joint"
+    return stage
