@@ -1,0 +1,41 @@
+"""Start the RGE demo web app: ``python app.py [--host H] [--port P] [--model NAME] [--share]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from rge_demo.config import Settings  # noqa: E402
+from rge_demo.service import Demo  # noqa: E402
+from rge_demo.ui.layout import build_blocks  # noqa: E402
+
+log = logging.getLogger("rge_demo.app")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    env = Settings.from_env()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=env.host, help="bind address (RGE_HOST)")
+    parser.add_argument("--port", type=int, default=env.port, help="port (RGE_PORT)")
+    parser.add_argument("--model", default=env.model, help="model to load at start (RGE_MODEL)")
+    parser.add_argument("--share", action="store_true", default=env.share, help="public share link (RGE_SHARE)")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    settings = Settings(**{**vars(env), "host": args.host, "port": args.port, "model": args.model, "share": args.share})
+    demo = Demo(settings)
+    log.info("loading %s and embedding the sample galleries", settings.model)
+    demo.warm(progress=lambda name, done, total: log.info("gallery %s: %d/%d embedded", name, done, total))
+    blocks = build_blocks(demo)
+    blocks.queue(default_concurrency_limit=1)
+    log.info("ready in %.1f s", time.perf_counter() - t0)
+    blocks.launch(server_name=settings.host, server_port=settings.port, share=settings.share, show_error=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The demo's application layer: what every tab does, as plain methods over the library.
+
+The UI (``rge_demo/ui``) only wires components to a :class:`Demo`; tests call the same methods.
+Indexes are cached per (model fingerprint, gallery), query vectors per (fingerprint, gallery, mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rge_demo.analysis.compare import Comparison, compare_stream, reembed
+from rge_demo.config import ASSETS_DIR, REPO_ROOT, Settings, get_settings
+from rge_demo.data.images import load_image
+from rge_demo.data.items import Gallery, ManifestError
+from rge_demo.embedding.gallery import build_index, query_input
+from rge_demo.embedding.index import EmbeddingCache, GalleryIndex
+from rge_demo.embedding.prompts import EmbedInput
+from rge_demo.models.manager import LoadedModel, ModelManager
+
+log = logging.getLogger(__name__)
+
+SAMPLE_GALLERIES = REPO_ROOT / "sample_galleries"
+RUNS_DIR = ASSETS_DIR / "runs"
+TOURS_DIR = ASSETS_DIR / "tours"
+MAX_TEXT_CHARS = 2000
+
+
+class UserError(ValueError):
+    """Bad input from a person using the app; the message says what to fix."""
+
+
+def load_galleries(root: Path) -> dict[str, Gallery]:
+    """Every gallery folder (with a manifest.json) under ``root``; broken ones are logged and skipped."""
+    galleries = {}
+    for folder in sorted(p for p in Path(root).glob("*") if (p / "manifest.json").is_file()):
+        try:
+            g = Gallery.load(folder)
+            galleries[g.name] = g
+        except ManifestError as e:
+            log.error("skipping gallery %s: %s", folder, e)
+    return galleries
+
+
+@dataclass
+class QueryVectors:
+    """A gallery's queries embedded in both modes (for projections and tours)."""
+
+    direct: np.ndarray  # (Q, D)
+    reason: np.ndarray  # (Q, D)
+    rationales: list[str]
+
+
+class Demo:
+    """Models, galleries, indexes and the actions of every tab."""
+
+    def __init__(self, settings: Settings | None = None, manager: ModelManager | None = None,
+                 galleries_dir: Path = SAMPLE_GALLERIES):
+        self.settings = settings or get_settings()
+        self.manager = manager or ModelManager(self.settings)
+        self.cache = EmbeddingCache(self.settings.embeddings_dir)
+        self.galleries = load_galleries(galleries_dir)
+        self._indexes: dict[tuple[str, str], GalleryIndex] = {}
+        self._queries: dict[tuple[str, str], QueryVectors] = {}
+        self._lock = threading.RLock()
+
+    # -- models ----------------------------------------------------------------------------------
+    @property
+    def default_model(self) -> str:
+        return self.settings.model
+
+    def model(self, name: str | None = None) -> LoadedModel:
+        return self.manager.load(name or self.default_model)
+
+    # -- galleries and indexes -------------------------------------------------------------------
+    def gallery(self, name: str) -> Gallery:
+        if name not in self.galleries:
+            raise UserError(f"unknown gallery {name!r}; choose one of {sorted(self.galleries)}")
+        return self.galleries[name]
+
+    def index(self, gallery_name: str, model_name: str | None = None,
+              progress: Callable[[int, int], None] | None = None) -> GalleryIndex:
+        loaded = self.model(model_name)
+        key = (loaded.fingerprint, gallery_name)
+        with self._lock:
+            if key not in self._indexes:
+                self._indexes[key] = build_index(loaded.encoder, self.gallery(gallery_name), loaded.fingerprint,
+                                                 self.cache, progress)
+            return self._indexes[key]
+
+    def warm(self, model_name: str | None = None, progress: Callable[[str, int, int], None] | None = None) -> None:
+        """Build (or load from the cache) every gallery's index for a model."""
+        for name in self.galleries:
+            self.index(name, model_name, (lambda d, t, n=name: progress(n, d, t)) if progress else None)
+
+    # -- inputs ------------------------------------------------------------------------------------
+    @staticmethod
+    def make_input(image, text: str, instruction: str) -> EmbedInput:
+        """Validate a query from the UI: an image (path, bytes or PIL) and/or text, plus an instruction."""
+        text, instruction = (text or "").strip(), (instruction or "").strip()
+        if len(text) > MAX_TEXT_CHARS or len(instruction) > MAX_TEXT_CHARS:
+            raise UserError(f"text and instruction are limited to {MAX_TEXT_CHARS} characters")
+        if image is not None:
+            image = load_image(image)  # ImageError names the file and the problem
+        if image is None and not text:
+            raise UserError("give an image or a text to embed")
+        return EmbedInput(instruction=instruction, text=text, image=image)
+
+    # -- Compare -----------------------------------------------------------------------------------
+    def compare(self, gallery_name: str, image, text: str, instruction: str, k: int = 5,
+                target_id: str | None = None, model_name: str | None = None,
+                max_new_tokens: int | None = None) -> Iterator[Comparison]:
+        inp = self.make_input(image, text, instruction)
+        index = self.index(gallery_name, model_name)
+        yield from compare_stream(self.model(model_name).encoder, index, inp, int(k), target_id or None,
+                                  max_new_tokens)
+
+    def reembed(self, gallery_name: str, image, text: str, instruction: str, rationale: str,
+                previous: Comparison, k: int = 5, target_id: str | None = None,
+                model_name: str | None = None) -> Comparison:
+        if not (rationale or "").strip():
+            raise UserError("the rationale is empty: write one, or run the comparison again")
+        inp = self.make_input(image, text, instruction)
+        return reembed(self.model(model_name).encoder, self.index(gallery_name, model_name), inp,
+                       rationale.strip(), previous, int(k), target_id or None)
+
+    def search(self, gallery_name: str, image, text: str, instruction: str, k: int = 5,
+               reason: bool = False, model_name: str | None = None) -> dict:
+        """One query, one mode: ranked hits as plain dicts (for the API)."""
+        inp = self.make_input(image, text, instruction)
+        encoder = self.model(model_name).encoder
+        index = self.index(gallery_name, model_name)
+        rationale = ""
+        if reason:
+            result = encoder.reason([inp])[0]
+            vector, rationale = result.vector, result.rationale
+        else:
+            vector = encoder.direct([inp])[0]
+        hits = index.search(vector[None, :], int(k))[0]
+        return {"rationale": rationale,
+                "hits": [{"rank": h.rank, "id": h.item.id, "label": h.item.label or h.item.text,
+                          "score": round(h.score, 4)} for h in hits]}
+
+    # -- queries of a gallery in both modes ------------------------------------------------------
+    def query_vectors(self, gallery_name: str, model_name: str | None = None) -> QueryVectors:
+        loaded = self.model(model_name)
+        key = (loaded.fingerprint, gallery_name)
+        with self._lock:
+            if key not in self._queries:
+                gallery = self.gallery(gallery_name)
+                inputs = [query_input(gallery, q) for q in gallery.queries]
+                results = loaded.encoder.reason(inputs)
+                self._queries[key] = QueryVectors(
+                    direct=loaded.encoder.direct(inputs),
+                    reason=np.stack([r.vector for r in results]) if results else np.zeros((0, 1), np.float32),
+                    rationales=[r.rationale for r in results])
+            return self._queries[key]

@@ -1,0 +1,97 @@
+"""Compare tab: one query, direct vs reasoning embeddings side by side, with a streamed rationale."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from rge_demo.embedding.prompts import INSTRUCTIONS, instruction_for
+from rge_demo.service import Demo
+
+from .common import friendly, gpu
+from .render import comparison_html, hits_html, moves_html
+
+
+def _query_choices(demo: Demo, gallery_name: str) -> list[tuple[str, str]]:
+    g = demo.galleries[gallery_name]
+    return [(f"{q.id}: {q.text[:60]}", q.id) for q in g.queries]
+
+
+def build(demo: Demo, model_state: gr.State) -> None:
+    galleries = sorted(demo.galleries)
+    first = galleries[0] if galleries else None
+    with gr.Row():
+        with gr.Column(scale=1):
+            gallery = gr.Dropdown(galleries, value=first, label="Gallery to search")
+            pick = gr.Dropdown(_query_choices(demo, first) if first else [], label="Pick a query from the gallery",
+                               value=None)
+            image = gr.Image(type="filepath", label="Query image (optional)", height=200)
+            text = gr.Textbox(label="Query text", lines=2)
+            preset = gr.Dropdown(sorted(INSTRUCTIONS), value="vqa", label="Task kind (instruction preset)")
+            instruction = gr.Textbox(label="Task instruction", value=instruction_for("vqa"), lines=2)
+            target = gr.Dropdown([], label="Right answer (optional: marks its rank)", value=None, allow_custom_value=False)
+            k = gr.Slider(1, 20, value=5, step=1, label="k")
+            run = gr.Button("Compare", variant="primary")
+        with gr.Column(scale=2):
+            cost = gr.Markdown()
+            with gr.Row():
+                with gr.Column():
+                    direct_out = gr.HTML(label="Direct")
+                with gr.Column():
+                    rationale = gr.Textbox(label="Rationale (streams; edit it and re-embed)", lines=4,
+                                           interactive=True, elem_id="rationale")
+                    reembed_btn = gr.Button("Re-embed with this rationale")
+                    reason_out = gr.HTML(label="Reasoning")
+            moved = gr.HTML()
+    last = gr.State(None)
+
+    def target_choices(gallery_name):
+        g = demo.galleries[gallery_name]
+        return [(it.label or it.text or it.id, it.id) for it in g.items]
+
+    def on_gallery(gallery_name):
+        return (gr.update(choices=_query_choices(demo, gallery_name), value=None),
+                gr.update(choices=target_choices(gallery_name), value=None))
+
+    def on_pick(gallery_name, query_id):
+        if not query_id:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        g = demo.galleries[gallery_name]
+        q = next(q for q in g.queries if q.id == query_id)
+        img = str(g.image_path(q.image)) if q.image else None
+        return img, q.text, q.instruction, gr.update(choices=target_choices(gallery_name), value=q.target_id)
+
+    @gpu
+    @friendly
+    def on_run(gallery_name, image_path, query_text, instr, target_id, top_k, model_name):
+        root = demo.galleries[gallery_name].root
+        for c in demo.compare(gallery_name, image_path, query_text, instr, int(top_k), target_id, model_name):
+            d, r, m = comparison_html(c, root, target_id)
+            yield d, c.rationale, r, m, c.cost_line(), c
+
+    @friendly
+    def on_reembed(gallery_name, image_path, query_text, instr, target_id, top_k, edited, previous, model_name):
+        root = demo.galleries[gallery_name].root
+        c = demo.reembed(gallery_name, image_path, query_text, instr, edited, previous, int(top_k), target_id,
+                         model_name)
+        title = "Reasoning (your edited rationale)"
+        return hits_html(c.reason, root, target_id, title), moves_html(c.moves), c
+
+    gallery.change(on_gallery, gallery, [pick, target])
+    pick.change(on_pick, [gallery, pick], [image, text, instruction, target])
+    preset.change(lambda p: instruction_for(p), preset, instruction)
+    inputs = [gallery, image, text, instruction, target, k, model_state]
+    outputs = [direct_out, rationale, reason_out, moved, cost, last]
+    run.click(on_run, inputs, outputs, api_name="compare", concurrency_id="model")
+    reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state],
+                      [reason_out, moved, last], api_name="reembed", concurrency_id="model")
+
+    examples = []
+    for name in galleries:
+        g = demo.galleries[name]
+        for q in g.queries[:2]:
+            examples.append([name, str(g.image_path(q.image)) if q.image else None, q.text, q.instruction, q.target_id])
+    if examples:
+        ex = gr.Examples(examples, [gallery, image, text, instruction, target],
+                         label="Examples: click one to run it")
+        # One click fills the inputs, then runs the comparison.
+        ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="model")

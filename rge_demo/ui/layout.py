@@ -1,0 +1,27 @@
+"""The Blocks: one tab per module; each tab wires components to :class:`rge_demo.service.Demo`."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from rge_demo.service import Demo
+
+from . import compare, models
+
+TITLE = "RGE demo: reasoning guided embeddings"
+INTRO = """# Reasoning Guided Embeddings, side by side
+An RGE model writes a short rationale about the query before its `<emb>` token becomes the embedding
+([arXiv 2511.16150](https://arxiv.org/abs/2511.16150)). Compare it with the direct embedding (no rationale),
+explore the embedding space, browse failure cases, and fine-tune on your own pairs."""
+
+
+def build_blocks(demo: Demo) -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as blocks:
+        gr.Markdown(INTRO)
+        model_state = gr.State(None)  # per-session model choice; None means the app's default
+        with gr.Tabs():
+            with gr.Tab("Compare", id="compare"):
+                compare.build(demo, model_state)
+            with gr.Tab("Models", id="models"):
+                models.build(demo, model_state)
+    return blocks
