@@ -11,7 +11,7 @@ On one model in one run:
 An untrained model rarely emits ``<emb>`` and runs to the full budget, so ``--max-new-tokens``
 (default 32) bounds every rationale; the table reports it.
 
-    python bench/encode.py [--model PATH_OR_NAME] [-n 64] [--batch-size 32] [--threads N]
+    python bench/encode.py [--model PATH_OR_NAME] [-n 64] [--batch-size 32] [--threads N] [--repeat R]
 """
 
 from __future__ import annotations
@@ -69,10 +69,14 @@ def queries(n: int, seed: int = 0) -> list[EmbedInput]:
                        scene(rng)) for _ in range(n)]
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+def timed(fn, repeat: int = 1):
+    """``(result, best wall time)`` over ``repeat`` runs: the minimum is the least disturbed by other load."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
 
 
 def load(args):
@@ -98,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    p.add_argument("--repeat", type=int, default=1, help="time each path this many times, keep the best")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import transformers
@@ -117,16 +122,18 @@ def main(argv=None) -> int:
     enc.direct(inputs[:2])
 
     # 1. reasoning: batched vs one at a time
-    batched, t_batched = timed(lambda: enc.reason(inputs, batch_size=bs, max_new_tokens=budget))
-    single, t_single = timed(lambda: [enc.reason([x], batch_size=1, max_new_tokens=budget)[0] for x in inputs])
+    r = args.repeat
+    load_before = os.getloadavg()[0]
+    batched, t_batched = timed(lambda: enc.reason(inputs, batch_size=bs, max_new_tokens=budget), r)
+    single, t_single = timed(lambda: [enc.reason([x], batch_size=1, max_new_tokens=budget)[0] for x in inputs], r)
     cos = np.array([float(a.vector @ b.vector) for a, b in zip(batched, single)])
     same = sum(a.rationale == b.rationale for a, b in zip(batched, single))
     tokens = np.mean([r.tokens for r in batched])
     forced = sum(r.forced for r in batched)
 
     # 2. direct: batch bs vs batch 1
-    _, t_direct_b = timed(lambda: enc.direct(inputs, batch_size=bs))
-    _, t_direct_1 = timed(lambda: enc.direct(inputs, batch_size=1))
+    _, t_direct_b = timed(lambda: enc.direct(inputs, batch_size=bs), r)
+    _, t_direct_1 = timed(lambda: enc.direct(inputs, batch_size=1), r)
 
     # 3. warm cache: the second build of the same gallery embeds nothing
     with tempfile.TemporaryDirectory(prefix="rge-bench-") as tmp:
@@ -174,6 +181,8 @@ def main(argv=None) -> int:
     print(f"direct speed-up, batch {bs} vs 1: {t_direct_1 / t_direct_b:.1f}x")
     print(f"warm-cache build: {warm_passes} forward passes (must be 0), {warm.stats.cached}/{n} from cache, "
           f"max |difference| to the cold build {same_matrix:.1e}")
+    print(f"machine: {os.cpu_count()} cores, load average {load_before:.1f} at the start and "
+          f"{os.getloadavg()[0]:.1f} at the end (other processes on the cores distort every rate)")
     ok = cos.min() >= 0.999 and warm_passes == 0
     if not ok:
         print("FAILED: a check above did not hold", file=sys.stderr)

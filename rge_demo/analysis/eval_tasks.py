@@ -96,7 +96,8 @@ class EvalQuery:
 
 @dataclass
 class EvalTask:
-    """One dataset: ``name`` is unique in a run (world: ``"<task>/<split>"``, MMEB: the subset)."""
+    """One dataset: ``name`` is unique in a run (world: ``"<task>/<split>"``, MMEB: the subset);
+    ``task`` is the task it draws from (world: the task name; default: ``name``)."""
 
     name: str
     meta_task: str
@@ -105,8 +106,10 @@ class EvalTask:
     candidates: list[EvalCandidate]
     source: str = "world"  # "world" | "mmeb"
     info: dict[str, Any] = field(default_factory=dict)
+    task: str = ""
 
     def __post_init__(self):
+        self.task = self.task or self.name
         n = len(self.candidates)
         for q in self.queries:
             pool = n if q.candidates is None else len(q.candidates)
@@ -141,7 +144,7 @@ def world_tasks(tasks: Iterable[str] | None = None, splits: Sequence[str] = EVAL
                                  index[ex.query.target_id], ex.rationale, dict(ex.query.meta))
                        for ex in world.generate(name, split, n, seed)]
             out.append(EvalTask(f"{name}/{split}", spec.meta_task, split, queries, cands, "world",
-                                {"task": name, "seed": seed, "ood_rule": spec.ood_rule if split == "ood" else ""}))
+                                {"task": name, "seed": seed, "ood_rule": spec.ood_rule if split == "ood" else ""}, task=name))
     return out
 
 

@@ -4,8 +4,10 @@ Candidates are embedded in direct mode (through an :class:`EmbeddingCache` when 
 the chosen mode: ``reason`` (generate a rationale, then embed), ``direct`` (no rationale) or
 ``oracle`` (the world's oracle rationale, an upper bound for the world only). Each query becomes
 one case record; :meth:`EvalRun.summary` aggregates them with
-:func:`rge_demo.analysis.metrics.grouped_metrics` (P@1 and recall@5 per task, per meta-task,
-IND/OOD and overall; meta-task and overall scores are also given as the MMEB macro mean over tasks).
+:func:`rge_demo.analysis.metrics.grouped_metrics` (P@1 and recall@5 per dataset, per meta-task,
+IND/OOD and overall; meta-task and overall scores are also given as the MMEB macro mean over
+datasets). A dataset is an :class:`EvalTask`: a world task in one split (``"count/ind"``, recorded
+as ``dataset`` next to ``task="count"``) or an MMEB subset; summary keys ``task=<dataset>``.
 
 A saved run is a folder: ``cases.jsonl`` (one case per line), ``summary.json``, ``table.md`` (laid
 out like the paper's Table 2) and ``images/`` (world query images, which live only in memory).
@@ -73,7 +75,8 @@ class EvalRun:
             "tokens_mean": float(np.mean([c["tokens"] for c in reasoned])) if reasoned else 0.0,
             "forced_rate": float(np.mean([c["forced"] for c in reasoned])) if reasoned else 0.0,
             "hallucination_rate": float(np.mean([bool(c["hallucinations"]) for c in checked])) if checked else None,
-            "metrics": grouped_metrics(self.cases, keys=("task", "meta_task", "split")),
+            "metrics": grouped_metrics(({**c, "task": c.get("dataset") or c["task"]} for c in self.cases),
+                                       keys=("task", "meta_task", "split")),
         }
 
     def table(self, title: str | None = None) -> str:
@@ -147,7 +150,7 @@ def evaluate(encoder, tasks: Sequence[EvalTask], mode: str = "reason", batch_siz
         "model": model_name or str(getattr(encoder.model.config, "name_or_path", "") or "model"),
         "fingerprint": fingerprint or "",
         "max_new_tokens": max_new_tokens or getattr(encoder, "max_new_tokens", None),
-        "tasks": {t.name: {"meta_task": t.meta_task, "split": t.split, "source": t.source,
+        "tasks": {t.name: {"task": t.task, "meta_task": t.meta_task, "split": t.split, "source": t.source,
                            "queries": len(t.queries), "candidates": len(t.candidates)} for t in tasks},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
@@ -237,7 +240,7 @@ def _case(task: EvalTask, q: EvalQuery, emb: _QueryEmbedding, matrix: np.ndarray
     if q.facts is not None:
         hallucinations = world.mention_check(emb.rationale, world.scene_facts(q.facts)) if emb.rationale else []
     return {
-        "query_id": q.id, "task": task.name, "meta_task": task.meta_task, "split": task.split,
+        "query_id": q.id, "task": task.task, "dataset": task.name, "meta_task": task.meta_task, "split": task.split,
         "instruction": q.item.instruction, "text": q.item.text,
         "image": str(q.item.image_path) if q.item.image_path is not None else None,
         "target_id": target.id, "target_label": target.label,
@@ -247,6 +250,7 @@ def _case(task: EvalTask, q: EvalQuery, emb: _QueryEmbedding, matrix: np.ndarray
         "topk": [{"id": task.candidates[int(pool[i])].id, "label": task.candidates[int(pool[i])].label,
                   "score": round(float(s), 6)} for s, i in zip(scores[0], idx[0])],
         "hallucinations": hallucinations,
+        "meta": q.facts,  # world: the scene ground truth, "ask" and "question" (Query.meta); else None
     }
 
 

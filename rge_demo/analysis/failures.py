@@ -3,7 +3,8 @@
 An evaluation run folder holds ``cases.jsonl``, one record per query (``query_id``, ``task``,
 ``meta_task``, ``split``, ``instruction``, ``text``, ``image``, ``target_id``, ``target_label``,
 ``rationale``, ``tokens``, ``seconds``, ``forced``, ``rank`` (1-based), ``topk`` [{id, label,
-score}], ``correct``, ``hallucinations``). :func:`pair_runs` joins a reasoning run and a direct run
+score}], ``correct``, ``hallucinations``, and ``dataset``, ``oracle_rationale``, ``meta`` (the
+world query's scene, ``ask`` and ``question``) where known). :func:`pair_runs` joins a reasoning run and a direct run
 by ``query_id`` into :class:`Case` objects. Outcomes compare the two ranks; failure kinds follow
 the RGE paper's case study (a wrong rationale gives a wrong result; a rationale about irrelevant
 content; a right rationale that still retrieves wrongly) plus the hallucination flag, and they are
@@ -66,6 +67,8 @@ class Case:
     forced: bool = False  # the rationale hit the token budget and <emb> was appended
     seconds: float = 0.0  # reasoning-mode time for this query
     hallucinations: list[str] = field(default_factory=list)
+    dataset: str = ""  # the evaluated dataset, e.g. "count/ind" (a world task in one split) or an MMEB subset
+    oracle_rationale: str = ""  # the world's ground-truth rationale, when known
     meta: dict[str, Any] = field(default_factory=dict)  # the query's meta (scene, ask, question)
     facts: dict[str, Any] | None = None  # world.scene_facts of the scene, when the scene is known
 
@@ -159,7 +162,8 @@ def pair_runs(reason_cases: Iterable[Mapping], direct_cases: Iterable[Mapping], 
             rationale=r.get("rationale") or "", reason_rank=int(r["rank"]), direct_rank=int(d["rank"]),
             reason_topk=list(r.get("topk") or []), direct_topk=list(d.get("topk") or []),
             tokens=int(r.get("tokens") or 0), forced=bool(r.get("forced")), seconds=float(r.get("seconds") or 0.0),
-            hallucinations=list(r.get("hallucinations") or []), meta=meta, facts=facts))
+            hallucinations=list(r.get("hallucinations") or []), dataset=r.get("dataset") or "",
+            oracle_rationale=r.get("oracle_rationale") or "", meta=meta, facts=facts))
     if missing or direct:
         log.warning("pair_runs: %d queries only in the reasoning run (e.g. %s), %d only in the direct run (e.g. %s)",
                     len(missing), missing[:3], len(direct), list(direct)[:3])
@@ -188,13 +192,13 @@ def _match(value: str, wanted) -> bool:
 
 
 def filter_cases(cases: Iterable[Case], outcome: str | Sequence[str] | None = None, task=None, meta_task=None,
-                 split=None, tag: str | None = None) -> list[Case]:
+                 split=None, tag: str | None = None, dataset=None) -> list[Case]:
     """Cases matching every given filter; each filter is a value, a collection of values, or None/"all"."""
     if isinstance(outcome, str) and outcome not in OUTCOMES and outcome != "all":
         raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
     return [c for c in cases
             if _match(_outcome_of(c), outcome) and _match(c.task, task)
-            and _match(c.meta_task, meta_task) and _match(c.split, split)
+            and _match(c.meta_task, meta_task) and _match(c.split, split) and _match(c.dataset, dataset)
             and (tag is None or tag in tag_case(c))]
 
 

@@ -55,7 +55,7 @@ def sample_rows(n_per_task: int = 20, seed: int = 11) -> tuple[list[dict], dict[
                 row["target_image"] = t_path
             else:
                 row["target_text"] = ex.target.text
-            if len(rows) % 2 == 0:
+            if i % 2 == 0:  # half of each task's rows: drafting has work to do
                 row["rationale"] = ex.rationale
             rows.append(row)
     return rows, images

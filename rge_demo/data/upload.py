@@ -151,13 +151,16 @@ def _records(text: str, suffix: str, report: ValidationReport) -> list[tuple[int
                               "and target_text and/or target_image")
             return []
         start = 2
-        for rec in reader:
-            report.n_rows += 1
-            if None in rec:
-                report.add(start, "", f"{len(rec[None])} more value(s) than columns")
-            else:
-                out.append((start, {k: v for k, v in rec.items() if k in PAIR_FIELDS}))
-            start = reader.line_num + 1
+        try:
+            for rec in reader:
+                report.n_rows += 1
+                if None in rec:
+                    report.add(start, "", f"{len(rec[None])} more value(s) than columns")
+                else:
+                    out.append((start, {k: v for k, v in rec.items() if k in PAIR_FIELDS}))
+                start = reader.line_num + 1
+        except csv.Error as e:  # a field over csv's size limit, a stray quote at the end...
+            report.add(start, "", f"unreadable CSV from here on: {e}")
         return out
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -225,8 +228,8 @@ def _check_row(n: int, rec: dict, root: Path, limits: UploadLimits, report: Vali
                 hashes[k] = _image_ok(clean[k], root, limits, cache)
             except (ValueError, ImageError) as e:
                 report.add(n, k, str(e))
-    has_q = bool(clean.get("query_text") or clean.get("query_image"))
-    has_t = bool(clean.get("target_text") or clean.get("target_image"))
+    given = {k for k, v in rec.items() if v is not None and v != ""}  # bad values are reported above
+    has_q, has_t = bool(given & {"query_text", "query_image"}), bool(given & {"target_text", "target_image"})
     if not has_q and not has_t:
         report.add(n, "", "empty pair: no query and no target")
     elif not has_q:
@@ -282,6 +285,7 @@ def validate(manifest_path: str | os.PathLike, image_root: str | os.PathLike | N
         report.task_counts[kind] = report.task_counts.get(kind, 0) + 1
     if not report.ok_rows and not report.problems:
         report.add(0, "", "empty file: no rows")
+    report.problems.sort(key=lambda p: p.line)  # stable: a line's problems keep their order
     return report
 
 

@@ -43,6 +43,7 @@ PROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 _MIB = 1 << 20
 _PROBE_TIMEOUT_S = 3.0
+_ETAG_TIMEOUT_S = 10.0
 _SHOWN_KEYS = 5
 
 
@@ -174,11 +175,9 @@ def resolve_source(path_or_id: str | os.PathLike) -> Path:
         raise CheckpointError(
             f"{text}: not a local folder, not in the local cache and the hub cannot be reached "
             f"(offline: {why}); download it on a connected machine or give a local folder")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     log.info("downloading %s from the hub", text)
     try:
-        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS, etag_timeout=_ETAG_TIMEOUT_S))
     except (HfHubHTTPError, OSError) as e:
         raise CheckpointError(f"{text}: download from the hub failed ({type(e).__name__}: {e})") from e
 

@@ -67,6 +67,7 @@ def draft_prompt(task_kind: str, query_text: str, target_text: str, max_words: i
 
 def ensure_answer(text: str, target: str, max_words: int = MAX_WORDS) -> str:
     """One line, at most ``max_words`` words before a final ``answer <target>``."""
+    text = "".join(c for c in text if c.isprintable() and c != "\ufffd" or c.isspace())  # byte-level junk
     words = " ".join(text.split()).split(" ")
     body = " ".join(w for w in words[:max_words] if w)
     body = re.sub(r"\banswer\s+.*$", "", body).strip().rstrip(".,;: ")  # any answer the draft wrote goes

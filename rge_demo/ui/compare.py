@@ -16,6 +16,10 @@ def _query_choices(demo: Demo, gallery_name: str) -> list[tuple[str, str]]:
     return [(f"{q.id}: {q.text[:60]}", q.id) for q in g.queries]
 
 
+def _target_choices(demo: Demo, gallery_name: str) -> list[tuple[str, str]]:
+    return [(it.label or it.text or it.id, it.id) for it in demo.galleries[gallery_name].items]
+
+
 def build(demo: Demo, model_state: gr.State) -> None:
     galleries = sorted(demo.galleries)
     first = galleries[0] if galleries else None
@@ -28,7 +32,8 @@ def build(demo: Demo, model_state: gr.State) -> None:
             text = gr.Textbox(label="Query text", lines=2)
             preset = gr.Dropdown(sorted(INSTRUCTIONS), value="vqa", label="Task kind (instruction preset)")
             instruction = gr.Textbox(label="Task instruction", value=instruction_for("vqa"), lines=2)
-            target = gr.Dropdown([], label="Right answer (optional: marks its rank)", value=None, allow_custom_value=False)
+            target = gr.Dropdown(_target_choices(demo, first) if first else [], value=None, allow_custom_value=True,
+                                 label="Right answer (optional: marks its rank)")
             k = gr.Slider(1, 20, value=5, step=1, label="k")
             run = gr.Button("Compare", variant="primary")
         with gr.Column(scale=2):
@@ -45,12 +50,12 @@ def build(demo: Demo, model_state: gr.State) -> None:
     last = gr.State(None)
 
     def target_choices(gallery_name):
-        g = demo.galleries[gallery_name]
-        return [(it.label or it.text or it.id, it.id) for it in g.items]
+        return _target_choices(demo, gallery_name)
 
-    def on_gallery(gallery_name):
+    def on_gallery(gallery_name, target_id):
+        keep = target_id if target_id in {it.id for it in demo.galleries[gallery_name].items} else None
         return (gr.update(choices=_query_choices(demo, gallery_name), value=None),
-                gr.update(choices=target_choices(gallery_name), value=None))
+                gr.update(choices=target_choices(gallery_name), value=keep))
 
     def on_pick(gallery_name, query_id):
         if not query_id:
@@ -76,7 +81,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
         title = "Reasoning (your edited rationale)"
         return hits_html(c.reason, root, target_id, title), moves_html(c.moves), c
 
-    gallery.change(on_gallery, gallery, [pick, target])
+    gallery.change(on_gallery, [gallery, target], [pick, target])
     pick.change(on_pick, [gallery, pick], [image, text, instruction, target])
     preset.change(lambda p: instruction_for(p), preset, instruction)
     inputs = [gallery, image, text, instruction, target, k, model_state]

@@ -1,0 +1,366 @@
+"""A shared 2-D map of gallery items and queries in both modes (the Explore tab).
+
+All points (items (N, D), direct queries (Q, D), reasoning queries (Q, D)) are projected together,
+so a query's direct and reasoning points are comparable and an arrow from one to the other shows
+what reasoning did to it. UMAP (umap-learn, cosine metric, seeded) is the default; PCA (numpy SVD
+of the L2-normalised, centred vectors) is the fallback and the method for tiny sets (< 5 points).
+
+The first UMAP fit in a process JIT-compiles for ~15 s: call :func:`warm_umap_in_background` at
+start-up and use PCA until :func:`umap_ready`. :class:`ProjectionCache` keeps projections on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from rge_demo.data.items import atomic_write_bytes
+from rge_demo.embedding.index import l2_normalize, top_k
+
+log = logging.getLogger(__name__)
+
+KINDS = ("item", "query-direct", "query-reason")
+METHODS = ("umap", "pca")
+MIN_UMAP_POINTS = 5
+CACHE_VERSION = 1
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#7b4173", "#3182bd", "#e6550d")
+CORRECT_COLOURS = {"right": "#2ca02c", "wrong": "#d62728", "-": "#b0b0b0"}
+
+
+@dataclass
+class ProjectionResult:
+    """coords (N + Qd + Qr, 2) float32 in the order items, direct queries, reasoning queries;
+    ``kinds`` (same length) names each point's kind; ``method`` is the one actually used."""
+
+    coords: np.ndarray
+    kinds: np.ndarray  # (P,) str, values in KINDS
+    method: str
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    def of(self, kind: str) -> np.ndarray:
+        """(n_kind, 2) coordinates of one kind of point."""
+        return self.coords[self.kinds == kind]
+
+    @property
+    def n_items(self) -> int:
+        return int((self.kinds == "item").sum())
+
+    @property
+    def n_queries(self) -> int:
+        return int(max((self.kinds == "query-direct").sum(), (self.kinds == "query-reason").sum()))
+
+
+def _blocks(items, queries_direct, queries_reason) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the given arrays (None = mode absent) -> vectors (P, D) float32, kinds (P,)."""
+    mats, kinds = [], []
+    for kind, x in zip(KINDS, (items, queries_direct, queries_reason)):
+        if x is None:
+            continue
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"{kind} vectors must be 2-D (n, D), got shape {x.shape}")
+        mats.append(x)
+        kinds += [kind] * len(x)
+    dims = {m.shape[1] for m in mats if len(m)}
+    if len(dims) > 1:
+        raise ValueError(f"vectors of different dimensions {sorted(dims)} cannot share a projection")
+    if not mats or not any(len(m) for m in mats):
+        return np.zeros((0, 2), np.float32), np.array([], dtype=object)
+    return np.concatenate([m for m in mats if len(m)]), np.array(kinds, dtype=object)
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """x (P, D) -> (P, 2): centred, top two right singular vectors, signs fixed (largest |loading| > 0)."""
+    x = x - x.mean(axis=0, keepdims=True)
+    out = np.zeros((len(x), 2), np.float32)
+    if len(x) < 2:
+        return out
+    _, s, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    for j in range(min(2, len(s))):
+        if s[j] <= 1e-9 * max(s[0], 1e-30):
+            break
+        v = vt[j] * np.sign(vt[j][np.argmax(np.abs(vt[j]))])
+        out[:, j] = x @ v
+    return out
+
+
+def _umap_2d(x: np.ndarray, seed: int) -> np.ndarray:
+    import umap  # heavy (numba): only when a UMAP projection is asked for
+
+    n = len(x)
+    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)), metric="cosine",
+                        random_state=seed, n_jobs=1, init="spectral" if n > 20 else "random")
+    return np.asarray(reducer.fit_transform(x), dtype=np.float32)
+
+
+def project(items: np.ndarray, queries_direct: np.ndarray | None, queries_reason: np.ndarray | None,
+            method: str = "umap", seed: int = 0) -> ProjectionResult:
+    """One 2-D projection of items (N, D), direct queries (Q, D) and reasoning queries (Q, D).
+
+    Rows are L2-normalised first (cosine geometry). UMAP: n_neighbors = min(15, P - 1), cosine
+    metric, ``random_state=seed`` (deterministic). PCA for fewer than 5 points or when umap-learn
+    cannot be imported (logged). Either query array may be None.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    x, kinds = _blocks(items, queries_direct, queries_reason)
+    if len(x) == 0:
+        return ProjectionResult(x, kinds, "pca", seed)
+    x = l2_normalize(x, what="projection input")
+    if method == "umap" and len(x) >= MIN_UMAP_POINTS:
+        try:
+            return ProjectionResult(_umap_2d(x, seed), kinds, "umap", seed)
+        except ImportError as e:
+            log.warning("umap-learn unavailable (%s); projecting with PCA", e)
+    return ProjectionResult(pca_2d(x), kinds, "pca", seed)
+
+
+# ----------------------------------------------------------------------------- warming UMAP
+_warm = {"state": "idle", "thread": None, "error": ""}  # idle | warming | ready | failed
+_warm_lock = threading.Lock()
+_warm_done = threading.Event()
+
+
+def _warm_up() -> None:
+    try:
+        rng = np.random.default_rng(0)
+        _umap_2d(rng.normal(size=(24, 8)).astype(np.float32), 0)
+        _warm["state"] = "ready"
+        log.info("umap warmed up")
+    except Exception as e:  # noqa: BLE001 - the app keeps working on PCA
+        _warm.update(state="failed", error=str(e))
+        log.warning("umap warm-up failed (%s); projections will use PCA", e)
+    finally:
+        _warm_done.set()
+
+
+def warm_umap_in_background() -> threading.Thread | None:
+    """Import umap and run one tiny fit in a daemon thread (numba compiles once per process).
+
+    Returns the thread, or None if warming already started. Never blocks the caller.
+    """
+    with _warm_lock:
+        if _warm["state"] != "idle":
+            return None
+        _warm["state"] = "warming"
+        t = threading.Thread(target=_warm_up, name="umap-warm-up", daemon=True)
+        _warm["thread"] = t
+        t.start()
+        return t
+
+
+def umap_ready() -> bool:
+    """True once a UMAP fit has run in this process (later fits take seconds, not ~15 s)."""
+    return _warm["state"] == "ready"
+
+
+def umap_state() -> str:
+    """"idle", "warming", "ready" or "failed"."""
+    return _warm["state"]
+
+
+def wait_umap(timeout: float | None = None) -> bool:
+    """Wait for a started warm-up; True when UMAP is ready."""
+    if _warm["state"] != "idle":
+        _warm_done.wait(timeout)
+    return umap_ready()
+
+
+# ------------------------------------------------------------------------------------ cache
+def vectors_hash(*arrays: np.ndarray | None) -> str:
+    """sha256 over dtype, shape and bytes of each array (None counts as absent)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none|")
+            continue
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        h.update(f"{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class ProjectionCache:
+    """Projections on disk (``root/<sha256(key)[:32]>.npz``, no pickle, atomic) and in memory.
+
+    Key: model fingerprint, gallery name, mode set, method, seed and a content hash of the
+    vectors. A file that does not load or holds another key is logged, deleted and recomputed.
+    """
+
+    def __init__(self, root: str | Path, memory_items: int = 16):
+        self.root = Path(root)
+        self.memory_items = memory_items
+        self._memory: OrderedDict[str, ProjectionResult] = OrderedDict()
+        self.stats = {"hits": 0, "misses": 0, "corrupt": 0}
+
+    @staticmethod
+    def key(fingerprint: str, gallery: str, modes: Sequence[str], method: str, seed: int, content: str) -> str:
+        return json.dumps([CACHE_VERSION, fingerprint, gallery, sorted(modes), method, int(seed), content])
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npz"
+
+    def get_or_compute(self, items: np.ndarray, queries_direct: np.ndarray | None,
+                       queries_reason: np.ndarray | None, *, fingerprint: str, gallery: str,
+                       method: str = "umap", seed: int = 0) -> ProjectionResult:
+        """The cached projection of these vectors, or :func:`project` (then stored)."""
+        modes = [m for m, q in (("direct", queries_direct), ("reason", queries_reason)) if q is not None]
+        key = self.key(fingerprint, gallery, modes, method, seed, vectors_hash(items, queries_direct, queries_reason))
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.stats["hits"] += 1
+            return self._memory[key]
+        result = self._load(key)
+        if result is None:
+            self.stats["misses"] += 1
+            result = project(items, queries_direct, queries_reason, method=method, seed=seed)
+            self._save(key, result)
+        else:
+            self.stats["hits"] += 1
+        self._memory[key] = result
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
+        return result
+
+    def _load(self, key: str) -> ProjectionResult | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stored = z["key"].astype(np.uint8).tobytes().decode("utf-8")
+                coords, kinds = z["coords"], z["kinds"]
+                method = z["method"].astype(np.uint8).tobytes().decode("utf-8")
+            if stored != key:
+                raise ValueError("file holds another key")
+            if coords.dtype != np.float32 or coords.ndim != 2 or coords.shape[1] != 2:
+                raise ValueError(f"bad coords {coords.dtype}{coords.shape}")
+            if len(kinds) != len(coords) or not np.isfinite(coords).all() or kinds.max(initial=0) >= len(KINDS):
+                raise ValueError("inconsistent or non-finite content")
+        except Exception as e:  # noqa: BLE001 - anything wrong with the file: recompute
+            log.warning("projection cache: rejecting %s (%s); recomputing", path, e)
+            path.unlink(missing_ok=True)
+            self.stats["corrupt"] += 1
+            return None
+        seed = json.loads(key)[5]
+        return ProjectionResult(coords, np.array([KINDS[k] for k in kinds], dtype=object), method, seed)
+
+    def _save(self, key: str, result: ProjectionResult) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, coords=result.coords.astype(np.float32),
+                 kinds=np.array([KINDS.index(k) for k in result.kinds], dtype=np.uint8),
+                 key=np.frombuffer(key.encode(), dtype=np.uint8),
+                 method=np.frombuffer(result.method.encode(), dtype=np.uint8))
+        atomic_write_bytes(self.path(key), buf.getvalue())
+
+
+# ---------------------------------------------------------------------------- figure, frame
+def _per_point(values, n: int, name: str, default) -> list:
+    if values is None:
+        return [default] * n
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{name}: {len(values)} values for {n} points")
+    return values
+
+
+def _correct_word(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else "right" if bool(v) else "wrong"
+
+
+def projection_frame(result: ProjectionResult, labels: Sequence[str], correct: Sequence | None = None,
+                     ids: Sequence[str] | None = None, hover_texts: Sequence[str] | None = None) -> pd.DataFrame:
+    """Columns x, y, kind, label, correct ("right" / "wrong" / "-" for items), id, hover; one row per
+    point in ``result`` order, for gradio's ``gr.ScatterPlot`` (whose select event gives the row)."""
+    n = len(result)
+    labels = [str(v) for v in _per_point(labels, n, "labels", "")]
+    return pd.DataFrame({
+        "x": result.coords[:, 0], "y": result.coords[:, 1], "kind": list(result.kinds), "label": labels,
+        "correct": [_correct_word(v) for v in _per_point(correct, n, "correct", None)],
+        "id": [str(v) for v in _per_point(ids, n, "ids", "")],
+        "hover": _per_point(hover_texts, n, "hover_texts", None) if hover_texts is not None else labels,
+    })
+
+
+_SYMBOLS = {"item": "circle", "query-direct": "circle-open", "query-reason": "diamond"}
+_NAMES = {"item": "gallery item", "query-direct": "query (direct)", "query-reason": "query (reasoning)"}
+
+
+def projection_figure(result: ProjectionResult, labels: Sequence[str], colour_by: str = "label",
+                      hover_texts: Sequence[str] | None = None, thumbnails: Sequence | None = None,
+                      correct: Sequence | None = None) -> go.Figure:
+    """Plotly scatter: items as dots, direct queries as rings, reasoning queries as diamonds, and an
+    arrow from each query's direct point to its reasoning point (the i-th direct and i-th reasoning
+    query are the same query). ``labels``/``hover_texts``/``correct`` are per point (``result``
+    order); ``thumbnails``: per item, PIL images or image URLs (None to skip), drawn at the item."""
+    if colour_by not in ("label", "correct"):
+        raise ValueError(f"colour_by must be 'label' or 'correct', got {colour_by!r}")
+    frame = projection_frame(result, labels, correct, None, hover_texts)
+    frame["i"] = np.arange(len(frame))
+    groups = sorted(frame["label"].unique()) if colour_by == "label" else list(CORRECT_COLOURS)
+    colour = ({g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)} if colour_by == "label"
+              else CORRECT_COLOURS)
+    column = "label" if colour_by == "label" else "correct"
+    fig = go.Figure()
+    for kind in KINDS:
+        for g in groups:
+            rows = frame[(frame["kind"] == kind) & (frame[column] == g)]
+            if rows.empty:
+                continue
+            fig.add_trace(go.Scatter(
+                x=rows["x"], y=rows["y"], mode="markers", name=f"{g} ({_NAMES[kind]})" if kind != "item" else g,
+                legendgroup=g, customdata=rows["i"], hovertext=rows["hover"], hoverinfo="text",
+                marker={"symbol": _SYMBOLS[kind], "color": colour[g], "size": 7 if kind == "item" else 11,
+                        "line": {"width": 1.5 if kind != "item" else 0, "color": colour[g]}}))
+    direct, reason = result.of("query-direct"), result.of("query-reason")
+    for (x0, y0), (x1, y1) in zip(direct, reason):
+        fig.add_annotation(x=float(x1), y=float(y1), ax=float(x0), ay=float(y0), xref="x", yref="y",
+                           axref="x", ayref="y", showarrow=True, arrowhead=2, arrowsize=1, arrowwidth=1,
+                           arrowcolor="rgba(80,80,80,0.55)", text="")
+    if thumbnails is not None:
+        _add_thumbnails(fig, result, thumbnails)
+    fig.update_layout(template="plotly_white", margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      title=f"{result.method.upper()} of gallery items and queries (arrow: direct -> reasoning)",
+                      legend={"itemsizing": "constant"}, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+def _add_thumbnails(fig: go.Figure, result: ProjectionResult, thumbnails: Sequence, max_images: int = 300) -> None:
+    items = result.of("item")
+    if len(thumbnails) != len(items):
+        raise ValueError(f"thumbnails: {len(thumbnails)} for {len(items)} items")
+    if len(items) == 0:
+        return
+    span = float(max(np.ptp(result.coords[:, 0]), np.ptp(result.coords[:, 1]), 1e-6))
+    size = span / 25
+    for (x, y), img in list(zip(items, thumbnails))[:max_images]:
+        if img is not None:
+            fig.add_layout_image(source=img, x=float(x), y=float(y), xref="x", yref="y", sizex=size, sizey=size,
+                                 xanchor="center", yanchor="middle", layer="below", opacity=0.9)
+
+
+# ------------------------------------------------------------------------------- neighbours
+def neighbours(vectors: np.ndarray, i: int, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest rows to row ``i`` of vectors (P, D) by cosine in the full space, itself
+    excluded -> (indices (k',), scores (k',)), best first, k' = min(k, P - 1)."""
+    x = l2_normalize(np.asarray(vectors), what="vectors")
+    if not 0 <= i < len(x):
+        raise IndexError(f"row {i} out of range for {len(x)} vectors")
+    scores, idx = top_k(x[i:i + 1], x, min(k + 1, len(x)))
+    keep = idx[0] != i
+    return idx[0][keep][:k], scores[0][keep][:k]

@@ -1,0 +1,409 @@
+"""Background training jobs: a queue on disk, one trainer subprocess per device at a time.
+
+Each job is a folder ``jobs_root/<job_id>/`` holding ``config.json`` (the job's :class:`TrainConfig`
+with ``output_dir`` set to the folder), ``status.json`` (written atomically), ``log.txt`` (the
+trainer's stdout and stderr) and what the trainer writes there (``metrics.jsonl``,
+``checkpoints/``, ``model/``). The state lives on disk only, so the job list survives a page
+reload and an app restart: a new :class:`JobManager` on the same root picks it up.
+
+:meth:`JobManager.poll` does all the work (reap finished processes, start the next queued job); the
+UI's timer calls it, and a daemon thread calls it every ``poll_interval`` seconds so jobs advance
+with no page open. A file lock on the root makes polls of several managers safe.
+The trainer runs as ``python -m rge_demo.training.cli --config job/config.json``: SIGTERM makes it
+checkpoint and exit with code 3 (cancelled); running it again resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+import rge_demo
+from rge_demo.data.items import atomic_write_text
+
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_DIR = "status.json", "config.json", "log.txt", "metrics.jsonl", "model"
+ACTIVE = ("running", "cancelling")
+DONE = ("finished", "cancelled", "failed")
+EXIT_CANCELLED = 3  # rge_demo.training.cli: stopped cleanly with a checkpoint
+METRIC_COLUMNS = ["step", "phase", "loss", "lm_loss", "contrastive_loss", "direct_loss", "lr", "seconds"]
+PROJECT_ROOT = Path(rge_demo.__file__).resolve().parent.parent
+
+try:
+    import fcntl
+except ImportError:  # Windows: one manager per root, the thread lock is all there is
+    fcntl = None
+
+
+class JobError(ValueError):
+    """A job request that cannot be done (unknown id, wrong state); the message says why."""
+
+
+@dataclass
+class Job:
+    """One training job as stored in ``status.json``. ``status``: queued, running, cancelling,
+    finished, cancelled or failed."""
+
+    id: str
+    name: str
+    dir: str
+    status: str = "queued"
+    created: float = 0.0
+    queued_at: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    pid: int | None = None
+    returncode: int | None = None
+    error: str = ""
+    cancel_requested: bool = False
+    attempts: int = 0
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def model_dir(self) -> Path | None:
+        model = self.path / MODEL_DIR
+        return model if (model / "config.json").exists() else None
+
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_file(self.config_path)
+
+    def save(self) -> None:
+        atomic_write_text(self.path / STATUS_FILE, json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Job:
+        data = json.loads((folder / STATUS_FILE).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def tail(path: Path, lines: int = 30, max_bytes: int = 16_384) -> str:
+    """The last ``lines`` lines of a text file (at most ``max_bytes`` read), "" if there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Records of a metrics.jsonl being written: a half-written last line is skipped."""
+    out = []
+    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
+        for line in f:
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+    return out
+
+
+def _process_state(pid: int, config_path: Path) -> tuple[str, int | None]:
+    """("running" | "exited" | "gone", exit code) of a pid this manager holds no handle for."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)  # our child (an earlier manager in this process)
+        if done == pid:
+            return "exited", os.waitstatus_to_exitcode(status)
+        return "running", None
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone", None
+    except PermissionError:
+        return "gone", None  # someone else's process: the pid was reused
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():  # guard against a reused pid: it must be this job's trainer
+        with contextlib.suppress(OSError):
+            return ("running", None) if str(config_path) in cmdline.read_bytes().decode(errors="replace") else ("gone", None)
+    return "running", None
+
+
+class JobManager:
+    """Queue, run, cancel, resume and watch training jobs under ``jobs_root``.
+
+    ``max_running`` jobs run at once (one per device: the default 1). ``background=False`` starts
+    no polling thread (tests and scripts call :meth:`poll` themselves).
+    """
+
+    def __init__(self, jobs_root: str | os.PathLike, *, max_running: int = 1, poll_interval: float = 2.0,
+                 background: bool = True):
+        self.root = Path(jobs_root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_running = max_running
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = None
+        self.poll()  # recover: jobs whose process vanished while no manager watched become failed
+        if background:
+            self._thread = threading.Thread(target=self._loop, args=(poll_interval,), name="rge-jobs", daemon=True)
+            self._thread.start()
+
+    # -- state --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self):
+        with self._lock, open(self.root / ".lock", "a") as f:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _read_all(self) -> list[Job]:
+        jobs = []
+        for folder in sorted(self.root.iterdir()):
+            if (folder / STATUS_FILE).is_file():
+                try:
+                    jobs.append(Job.load(folder))
+                except (json.JSONDecodeError, TypeError, OSError) as e:
+                    log.warning("skipping %s: unreadable %s (%s)", folder, STATUS_FILE, e)
+        return sorted(jobs, key=lambda j: j.created)
+
+    def jobs(self) -> list[Job]:
+        """Every job under the root, oldest first (read from disk)."""
+        return self._read_all()
+
+    def jobs_table(self) -> pd.DataFrame:
+        return pd.DataFrame([{"id": j.id, "name": j.name, "status": j.status, "attempts": j.attempts,
+                              "error": j.error.splitlines()[0] if j.error else ""} for j in self.jobs()],
+                            columns=["id", "name", "status", "attempts", "error"])
+
+    def job(self, job_id: str) -> Job:
+        folder = self.root / job_id
+        if not re.fullmatch(r"[\w.-]+", job_id) or not (folder / STATUS_FILE).is_file():
+            raise JobError(f"no job {job_id!r} under {self.root}")
+        return Job.load(folder)
+
+    # -- requests -----------------------------------------------------------------------------
+    def submit(self, cfg: TrainConfig, name: str = "") -> Job:
+        """Create a queued job running ``cfg`` (its output_dir becomes the job folder); starts it if free."""
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40] or "job"
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{uuid.uuid4().hex[:6]}"
+        folder = self.root / job_id
+        folder.mkdir()
+        paths = {k: str(Path(getattr(cfg, k)).resolve()) for k in ("data", "init") if Path(getattr(cfg, k)).exists()}
+        cfg = dataclasses.replace(cfg, output_dir=str(folder), **paths)
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (folder / LOG_FILE).touch()
+        now = time.time()
+        with self._locked():
+            Job(job_id, name or slug, str(folder), created=now, queued_at=now).save()
+        log.info("queued job %s", job_id)
+        self.poll()
+        return self.job(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job, or SIGTERM a running one (it checkpoints, then reads "cancelled")."""
+        with self._locked():
+            job = self.job(job_id)
+            if job.status == "queued":
+                job.status, job.ended = "cancelled", time.time()
+            elif job.status in ACTIVE:
+                job.status, job.cancel_requested = "cancelling", True
+                if job.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(job.pid, signal.SIGTERM)
+            else:
+                raise JobError(f"job {job_id} is {job.status}: nothing to cancel")
+            job.save()
+        return job
+
+    def resume(self, job_id: str, **overrides) -> Job:
+        """Queue a cancelled or failed job again; the trainer resumes from its last checkpoint.
+
+        ``overrides`` change TrainConfig fields first (e.g. ``steps=`` to train longer).
+        """
+        with self._locked():
+            job = self.job(job_id)
+            if job.status not in ("cancelled", "failed"):
+                raise JobError(f"job {job_id} is {job.status}: only cancelled or failed jobs resume")
+            if overrides:
+                cfg = TrainConfig.from_file(job.config_path, **overrides)
+                atomic_write_text(job.config_path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+            job.status, job.queued_at, job.error, job.returncode = "queued", time.time(), "", None
+            job.save()
+        self.poll()
+        return self.job(job_id)
+
+    # -- the scheduler ------------------------------------------------------------------------
+    def poll(self) -> list[Job]:
+        """Reap ended workers, start queued jobs while a slot is free; returns the job list."""
+        with self._locked():
+            jobs = self._read_all()
+            for job in jobs:
+                if job.status in ACTIVE:
+                    self._reap(job)
+            running = sum(j.status in ACTIVE for j in jobs)
+            for job in sorted((j for j in jobs if j.status == "queued"), key=lambda j: j.queued_at):
+                if running >= self.max_running:
+                    break
+                self._start(job)
+                running += 1
+            return jobs
+
+    def _reap(self, job: Job) -> None:
+        proc = self._procs.get(job.id)
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                return
+            del self._procs[job.id]
+        else:
+            state, code = _process_state(job.pid, job.config_path) if job.pid else ("gone", None)
+            if state == "running":
+                return
+        self._finish(job, code)
+
+    def _finish(self, job: Job, code: int | None) -> None:
+        job.ended, job.returncode, job.pid = time.time(), code, None
+        if code == 0 or (code is None and job.model_dir is not None):
+            job.status = "finished"
+        elif code == EXIT_CANCELLED or (job.cancel_requested and code == -signal.SIGTERM):
+            job.status = "cancelled"  # -SIGTERM: cancelled before the trainer set its handler
+        else:
+            why = ("the worker process vanished while no manager watched it" if code is None
+                   else f"worker exited with code {code}" + (f" (signal {-code})" if code < 0 else ""))
+            job.status, job.error = "failed", why + "\n" + tail(job.path / LOG_FILE)
+        job.cancel_requested = False
+        job.save()
+        log.info("job %s %s (exit code %s)", job.id, job.status, code)
+
+    def _start(self, job: Job) -> None:
+        cmd = [sys.executable, "-m", "rge_demo.training.cli", "--config", str(job.config_path)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
+        with open(job.path / LOG_FILE, "ab") as out:
+            out.write(f"=== attempt {job.attempts + 1}, {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                      f"{' '.join(cmd)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=job.path, env=env, start_new_session=True)
+        self._procs[job.id] = proc
+        job.status, job.pid, job.started, job.ended, job.attempts = "running", proc.pid, time.time(), None, job.attempts + 1
+        job.returncode, job.error = None, ""
+        job.save()
+        log.info("started job %s (pid %d)", job.id, proc.pid)
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.poll()
+            except Exception:  # the thread must outlive a bad poll
+                log.exception("job poll failed")
+
+    def close(self) -> None:
+        """Stop the polling thread; running workers go on (a later manager adopts them)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # -- watching -----------------------------------------------------------------------------
+    def progress(self, job_id: str, last: int = 500) -> dict:
+        """Status, step / total, ETA, the last metrics records (a DataFrame), samples and the log tail."""
+        job = self.job(job_id)
+        records = read_metrics(job.path / METRICS_FILE)
+        try:
+            total = job.config().total_steps
+        except Exception:  # a config the trainer will reject: the log says why
+            total = 0
+        total = records[-1].get("total_steps", total) if records else total
+        step = records[-1]["step"] if records else 0
+        recent = [r["seconds"] for r in records[-20:] if "seconds" in r]
+        eta = sum(recent) / len(recent) * max(0, total - step) if recent and job.status in ACTIVE else None
+        metrics = pd.DataFrame(records[-last:]).reindex(columns=METRIC_COLUMNS) if records else pd.DataFrame(columns=METRIC_COLUMNS)
+        samples = [{"step": r["step"], "rationale": s} for r in records[-5:] for s in r.get("samples", [])]
+        end = job.ended if job.status in DONE and job.ended else time.time()
+        return {"id": job.id, "name": job.name, "status": job.status, "step": step, "total_steps": total,
+                "eta_seconds": eta, "elapsed_seconds": end - job.started if job.started else 0.0,
+                "metrics": metrics, "samples": samples, "log_tail": tail(job.path / LOG_FILE),
+                "error": job.error, "model_dir": str(job.model_dir) if job.model_dir else None}
+
+
+# ------------------------------------------------------------------------------ before / after
+def _default_encoder(source: str):
+    """An :class:`Encoder` on CPU for a checkpoint folder or a micro size name (the trainer's loader)."""
+    from rge_demo.embedding.encoder import Encoder
+
+    from .trainer import load_model
+
+    model, processor = load_model(source, "cpu")
+    return Encoder(model.eval(), processor)
+
+
+def _eval_tasks(queries: list, pairs: list) -> list:
+    """The validation pairs as evaluation tasks: per task, the distinct targets among all pairs."""
+    from rge_demo.analysis.evaluate import EvalCandidate, EvalItem, EvalQuery, EvalTask
+
+    def item(x) -> EvalItem:
+        return EvalItem(x.instruction, x.text, x.image)
+
+    tasks = []
+    for task in sorted({q.task for q in queries}):
+        gallery = list({p.target_key: p for p in pairs if p.task == task}.values())
+        keys = [p.target_key for p in gallery]
+        asked = [q for q in queries if q.task == task]
+        tasks.append(EvalTask(task, task, "validation",
+                              [EvalQuery(f"{task}-{i}", item(q.query), keys.index(q.target_key)) for i, q in enumerate(asked)],
+                              [EvalCandidate(k, p.target.text or k, item(p.target)) for k, p in zip(keys, gallery)],
+                              source="upload"))
+    return tasks
+
+
+def before_after(job: Job, encoder_factory=None, max_queries: int = 64) -> pd.DataFrame:
+    """P@1 on the job's validation share, base model (``cfg.init``) vs trained (``job/model``), both modes.
+
+    ``encoder_factory(path_or_size) -> Encoder`` (default: the trainer's loader on CPU). Without a
+    validation share (``val_share`` 0) the first training pairs are used, which flatters "after":
+    the ``split`` column says so. Returns rows (model, mode, p@1, n, split).
+    """
+    from rge_demo.analysis.evaluate import evaluate
+
+    from .data import load_pairs, split_pairs
+
+    cfg = job.config()
+    if job.model_dir is None:
+        raise JobError(f"job {job.id} has no trained model yet (status {job.status})")
+    if cfg.data == "world":
+        raise JobError("before/after compares on an uploaded pairs file; this job trained on the world")
+    pairs = load_pairs(cfg.data)
+    _, val = split_pairs(pairs, cfg.val_share, seed=cfg.seed)
+    split = "validation" if val else "train (no validation share)"
+    val = (val or pairs)[:max_queries]
+    tasks = _eval_tasks(val, pairs)
+    factory = encoder_factory or _default_encoder
+    rows = []
+    for label, source in (("before", cfg.init), ("after", str(job.model_dir))):
+        encoder = factory(source)
+        for mode in ("direct", "reason"):
+            run = evaluate(encoder, tasks, mode=mode, max_new_tokens=cfg.max_new_tokens, model_name=label)
+            rows.append({"model": label, "mode": mode, "p@1": run.summary()["metrics"]["overall"]["p@1"],
+                         "n": len(val), "split": split})
+    return pd.DataFrame(rows)
