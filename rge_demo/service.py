@@ -66,6 +66,10 @@ class Demo:
         self.galleries = load_galleries(galleries_dir)
         self._indexes: dict[tuple[str, str], GalleryIndex] = {}
         self._queries: dict[tuple[str, str], QueryVectors] = {}
+        self._cases: dict[str, tuple] = {}
+        from rge_demo.analysis.projection import ProjectionCache
+
+        self._projections = ProjectionCache(self.settings.cache_dir / "projections")
         self._lock = threading.RLock()
 
     # -- models ----------------------------------------------------------------------------------
@@ -159,3 +163,118 @@ class Demo:
                     reason=np.stack([r.vector for r in results]) if results else np.zeros((0, 1), np.float32),
                     rationales=[r.rationale for r in results])
             return self._queries[key]
+
+    # -- Explore -----------------------------------------------------------------------------------
+    def projection(self, gallery_name: str, model_name: str | None = None, method: str = "umap") -> Projection:
+        """Gallery items plus the gallery's queries in both modes, in one shared 2-D map.
+
+        UMAP compiles on first use (~15 s): until the background warm-up is done, PCA is used.
+        """
+        from rge_demo.analysis import projection as P
+
+        if method not in ("umap", "pca"):
+            raise UserError(f"projection method must be 'umap' or 'pca', got {method!r}")
+        if method == "umap" and not P.umap_ready():
+            P.warm_umap_in_background()
+            method = "pca"
+        loaded = self.model(model_name)
+        gallery, index = self.gallery(gallery_name), self.index(gallery_name, model_name)
+        qv = self.query_vectors(gallery_name, model_name)
+        result = self._projections.get_or_compute(index.matrix, qv.direct, qv.reason, fingerprint=loaded.fingerprint,
+                                                  gallery=gallery_name, method=method)
+        target_rows = [index.items.index(next(it for it in index.items if it.id == q.target_id))
+                       for q in gallery.queries]
+        right_direct = (qv.direct @ index.matrix.T).argmax(1) == np.array(target_rows)
+        right_reason = (qv.reason @ index.matrix.T).argmax(1) == np.array(target_rows)
+        points = [PointInfo("item", it.id, it.label or it.text, str(gallery.image_path(it.image)) if it.image else None,
+                            it.text, None) for it in gallery.items]
+        for kind, right in (("query-direct", right_direct), ("query-reason", right_reason)):
+            for q, ok, rationale in zip(gallery.queries, right, qv.rationales):
+                points.append(PointInfo(kind, q.id, gallery.items[gallery.index_of(q.target_id)].label, str(
+                    gallery.image_path(q.image)) if q.image else None, q.text,
+                    bool(ok), rationale if kind == "query-reason" else ""))
+        return Projection(result, points, np.concatenate([index.matrix, qv.direct, qv.reason]))
+
+    def neighbours(self, projection: Projection, point: int, k: int = 5) -> list[tuple[PointInfo, float]]:
+        """The ``k`` nearest gallery items of a point, by cosine in the full embedding space."""
+        from rge_demo.analysis.projection import neighbours
+
+        if not 0 <= point < len(projection.points):
+            raise UserError(f"no point {point} in this projection ({len(projection.points)} points)")
+        n_items = projection.result.n_items
+        scores = projection.vectors[:n_items] @ projection.vectors[point]
+        order = [i for i in np.argsort(-scores, kind="stable") if i != point][:k]
+        return [(projection.points[i], float(scores[i])) for i in order]
+
+    # -- Failures ----------------------------------------------------------------------------------
+    @property
+    def runs_dirs(self) -> list[Path]:
+        """Shipped runs (assets/runs), then runs made in this app (cache dir)."""
+        return [RUNS_DIR, self.settings.cache_dir / "runs"]
+
+    def saved_runs(self) -> dict[str, tuple[Path, Path]]:
+        """Saved run pairs with a reasoning and a direct run: {name: (reason_dir, direct_dir)}."""
+        out = {}
+        folders = [p for root in self.runs_dirs if root.is_dir() for p in sorted(root.iterdir()) if p.is_dir()]
+        for folder in folders:
+            reason, direct = folder / "reason", folder / "direct"
+            if (reason / "cases.jsonl").is_file() and (direct / "cases.jsonl").is_file():
+                out[folder.name] = (reason, direct)
+        return out
+
+    def load_cases(self, run: str) -> list:
+        """Cases of a saved run pair, image paths made absolute."""
+        from rge_demo.analysis.failures import load_pair
+
+        runs = self.saved_runs()
+        if run not in runs:
+            raise UserError(f"no saved run {run!r}; available: {sorted(runs) or 'none'}")
+        reason_dir, direct_dir = runs[run]
+        stamp = tuple((d / "cases.jsonl").stat().st_mtime_ns for d in runs[run])
+        if self._cases.get(run, (None,))[0] != stamp:
+            cases = load_pair(reason_dir, direct_dir)
+            for c in cases:
+                if c.image and not Path(c.image).is_absolute():
+                    c.image = str(reason_dir / c.image)
+            self._cases[run] = (stamp, cases)
+        return self._cases[run][1]
+
+    def run_evaluation(self, tasks: list[str], split: str, n: int, model_name: str | None = None,
+                       progress: Callable[[str, int, int], None] | None = None) -> tuple[str, list]:
+        """Evaluate a model on world test splits in both modes, save the runs, return (run name, cases)."""
+        from rge_demo.analysis.evaluate import evaluate, world_tasks
+
+        if split not in ("ind", "ood", "all"):
+            raise UserError(f"split must be ind, ood or all, got {split!r}")
+        if not 1 <= int(n) <= 500:
+            raise UserError(f"queries per task must be in 1..500, got {n}")
+        loaded = self.model(model_name)
+        eval_tasks = world_tasks(tasks or None, splits=("ind", "ood") if split == "all" else (split,), n=int(n))
+        name = f"{loaded.name}-{split}-{int(n)}"
+        out = self.settings.cache_dir / "runs" / name
+        for mode in ("direct", "reason"):
+            run = evaluate(loaded.encoder, eval_tasks, mode=mode, cache=self.cache, fingerprint=loaded.fingerprint,
+                           model_name=loaded.name,
+                           progress=(lambda d, t, m=mode: progress(m, d, t)) if progress else None)
+            run.save(out / mode)
+        return name, self.load_cases(name)
+
+
+@dataclass
+class PointInfo:
+    """What a projected point stands for."""
+
+    kind: str  # item | query-direct | query-reason
+    id: str
+    label: str
+    image: str | None
+    text: str
+    correct: bool | None  # queries: is the right answer ranked first in this mode
+    rationale: str = ""
+
+
+@dataclass
+class Projection:
+    result: object  # rge_demo.analysis.projection.ProjectionResult
+    points: list[PointInfo]
+    vectors: np.ndarray  # (P, D), the full-space vectors in point order

@@ -6,7 +6,7 @@ import gradio as gr
 
 from rge_demo.service import Demo
 
-from . import compare, models
+from . import compare, explore, failures, models, train
 
 TITLE = "RGE demo: reasoning guided embeddings"
 INTRO = """# Reasoning Guided Embeddings, side by side
@@ -22,6 +22,12 @@ def build_blocks(demo: Demo) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 compare.build(demo, model_state)
+            with gr.Tab("Explore", id="explore"):
+                explore.build(demo, model_state)
+            with gr.Tab("Failures", id="failures"):
+                failures.build(demo, model_state)
+            with gr.Tab("Train", id="train"):
+                train.build(demo, model_state)
             with gr.Tab("Models", id="models"):
                 models.build(demo, model_state)
     return blocks

@@ -1,0 +1,123 @@
+"""Failures tab: saved or new evaluation runs in both modes, filtered cases, and guided tours."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from rge_demo.analysis.failures import OUTCOMES, TAGS, cases_by_id, cases_table, filter_cases, tag_case
+from rge_demo.analysis.tours import load_tours, tour_stop
+from rge_demo.data import world
+from rge_demo.service import TOURS_DIR, Demo
+
+from .common import friendly, gpu
+from .render import STYLE, thumbnail
+
+ALL = "all"
+
+
+def _topk_html(topk: list[dict], target_id: str, title: str) -> str:
+    rows = "".join(
+        f'<tr{" class=target" if t["id"] == target_id else ""}><td>{i}</td><td>{html.escape(str(t.get("label") or t["id"]))}'
+        f'</td><td>{float(t["score"]):+.3f}</td></tr>' for i, t in enumerate(topk, 1))
+    return f'<p><b>{title}</b></p><table class="rge-hits"><tr><th>#</th><th>candidate</th><th>cosine</th></tr>{rows}</table>'
+
+
+def case_html(c, explanation: str = "") -> str:
+    img = (f'<img class="rge-thumb" style="width:126px;height:126px" src="{thumbnail(c.image)}">'
+           if c.image else "")
+    tags = " ".join(f'<span class="rge-badge rge-down">{html.escape(t)}</span>' for t in tag_case(c))
+    forced = " (budget reached)" if c.forced else ""
+    intro = f'<div style="background:#eff6ff;padding:8px;border-radius:6px">{html.escape(explanation)}</div>' if explanation else ""
+    return f"""{STYLE}{intro}
+<div style="display:flex;gap:16px;margin-top:8px"><div>{img}</div><div>
+<b>{html.escape(c.task)}</b> ({html.escape(c.meta_task)}, {html.escape(c.split)}) <code>{html.escape(c.query_id)}</code><br>
+<i>{html.escape(c.instruction)}</i> {html.escape(c.text)}<br>
+right answer: <b>{html.escape(c.target_label)}</b> &middot; direct rank {c.direct_rank} &middot; reasoning rank {c.reason_rank}<br>
+rationale ({c.tokens} tokens{forced}): <i>{html.escape(c.rationale)}</i><br>{tags}</div></div>
+<div style="display:flex;gap:16px"><div style="flex:1">{_topk_html(c.direct_topk, c.target_id, "Direct top-k")}</div>
+<div style="flex:1">{_topk_html(c.reason_topk, c.target_id, "Reasoning top-k")}</div></div>"""
+
+
+def build(demo: Demo, model_state: gr.State) -> None:
+    runs = sorted(demo.saved_runs())
+    with gr.Row():
+        run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Saved evaluation run (reasoning + direct)")
+        load = gr.Button("Load run")
+    with gr.Accordion("Run a new evaluation with the model in use", open=False):
+        with gr.Row():
+            tasks = gr.Dropdown(sorted(world.TASKS), multiselect=True, label="World tasks (empty: all)")
+            split = gr.Radio(["ind", "ood", "all"], value="all", label="Split")
+            n = gr.Slider(2, 100, value=10, step=1, label="Queries per task and split")
+            evaluate = gr.Button("Evaluate (both modes)", variant="primary")
+    with gr.Row():
+        outcome = gr.Dropdown([ALL, *OUTCOMES], value=ALL, label="Outcome")
+        task = gr.Dropdown([ALL], value=ALL, label="Task")
+        meta = gr.Dropdown([ALL, "classification", "vqa", "retrieval", "grounding"], value=ALL, label="Meta-task")
+        split_f = gr.Dropdown([ALL, "ind", "ood"], value=ALL, label="Split")
+        tag = gr.Dropdown([ALL, *TAGS], value=ALL, label="Failure kind")
+    summary = gr.Markdown()
+    table = gr.Dataframe(interactive=False, max_height=320, wrap=True)
+    view = gr.HTML()
+    cases_state = gr.State([])
+    shown_state = gr.State([])
+
+    with gr.Accordion("Guided tours", open=True):
+        tours = {t.id: t for t in load_tours(TOURS_DIR)} if TOURS_DIR.is_dir() else {}
+        with gr.Row():
+            tour = gr.Dropdown([(t.title, t.id) for t in tours.values()], label="Tour", value=None)
+            prev_b, next_b = gr.Button("Previous"), gr.Button("Next")
+        tour_info = gr.Markdown()
+        tour_view = gr.HTML()
+    tour_pos = gr.State(0)
+
+    def refresh(cases, oc, tk, mt, sp, tg):
+        pick = lambda v: None if v == ALL else v  # noqa: E731
+        shown = filter_cases(cases, outcome=pick(oc), task=pick(tk), meta_task=pick(mt), split=pick(sp), tag=pick(tg))
+        counts = {o: sum(c.outcome == o for c in cases) for o in OUTCOMES}
+        text = f"{len(shown)} of {len(cases)} cases shown. " + ", ".join(f"{o}: {k}" for o, k in counts.items())
+        return cases_table(shown), text, shown
+
+    filters = [outcome, task, meta, split_f, tag]
+
+    @friendly
+    def on_load(name, *f):
+        if not name:
+            raise gr.Error("no saved run selected")
+        cases = demo.load_cases(name)
+        df, text, shown = refresh(cases, *f)
+        return cases, df, text, shown, gr.update(choices=[ALL, *sorted({c.task for c in cases})])
+
+    @gpu
+    @friendly
+    def on_evaluate(task_names, sp, count, model_name, *f, progress=gr.Progress()):
+        name, cases = demo.run_evaluation(task_names, sp, int(count), model_name,
+                                          progress=lambda mode, d, t: progress(d / max(t, 1), desc=f"{mode} mode"))
+        df, text, shown = refresh(cases, *f)
+        return (cases, df, text, shown, gr.update(choices=[ALL, *sorted({c.task for c in cases})]),
+                gr.update(choices=sorted(demo.saved_runs()), value=name))
+
+    def on_select(shown, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return case_html(shown[row]) if 0 <= row < len(shown) else ""
+
+    @friendly
+    def show_stop(tour_id, pos):
+        if not tour_id:
+            return "", "", 0
+        t = tours[tour_id]
+        pos = max(0, min(pos, len(t.stops) - 1))
+        case, explanation = tour_stop(t, pos, cases_by_id(demo.load_cases(t.model)))
+        head = f"### {html.escape(t.title)}\n{t.summary}\n\n**Stop {pos + 1} of {len(t.stops)}: {t.stops[pos].title}**"
+        return head, case_html(case, explanation), pos
+
+    load.click(on_load, [run, *filters], [cases_state, table, summary, shown_state, task], api_name="load_run")
+    evaluate.click(on_evaluate, [tasks, split, n, model_state, *filters],
+                   [cases_state, table, summary, shown_state, task, run], api_name="evaluate", concurrency_id="model")
+    for f in filters:
+        f.change(refresh, [cases_state, *filters], [table, summary, shown_state])
+    table.select(on_select, shown_state, view)
+    tour.change(lambda t: show_stop(t, 0), tour, [tour_info, tour_view, tour_pos])
+    next_b.click(lambda t, p: show_stop(t, p + 1), [tour, tour_pos], [tour_info, tour_view, tour_pos])
+    prev_b.click(lambda t, p: show_stop(t, p - 1), [tour, tour_pos], [tour_info, tour_view, tour_pos])
