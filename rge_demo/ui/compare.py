@@ -90,6 +90,15 @@ def build(demo: Demo, model_state: gr.State) -> None:
     reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state],
                       [reason_out, moved, last], api_name="reembed", concurrency_id="model")
 
+    @gpu
+    @friendly
+    def search(gallery_name: str, query_text: str, instruction_text: str, k: int = 5, reason: bool = False,
+               image_path: str | None = None) -> dict:
+        """Top-k of a gallery for one query in one mode: {"rationale", "hits": [{rank, id, label, score}]}."""
+        return demo.search(gallery_name, image_path, query_text, instruction_text, int(k), bool(reason))
+
+    gr.api(search, api_name="search", concurrency_id="model")
+
     examples = []
     for name in galleries:
         g = demo.galleries[name]

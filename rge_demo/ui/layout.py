@@ -29,5 +29,6 @@ def build_blocks(demo: Demo) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 train.build(demo, model_state)
             with gr.Tab("Models", id="models"):
-                models.build(demo, model_state)
+                on_load = models.build(demo, model_state)
+        blocks.load(*on_load)
     return blocks

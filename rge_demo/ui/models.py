@@ -12,7 +12,8 @@ from .common import friendly
 STATUS_COLUMNS = ["name", "source", "device", "dtype", "quantization", "parameters", "memory_mb", "loaded_at"]
 
 
-def build(demo: Demo, model_state: gr.State) -> None:
+def build(demo: Demo, model_state: gr.State):
+    """Lay out the tab; returns (fn, inputs, outputs) for the page's load event."""
     gr.Markdown("The model chosen here is used by every tab in this browser session.")
     current = gr.Markdown()
     status = gr.Dataframe(headers=STATUS_COLUMNS, label="Loaded models", interactive=False)
@@ -53,3 +54,4 @@ def build(demo: Demo, model_state: gr.State) -> None:
     unload.click(on_unload, [source, model_state], [model_state, current, status, catalog], api_name="unload_model")
     refresh.click(tables, model_state, [current, status, catalog])
     model_state.change(tables, model_state, [current, status, catalog])
+    return tables, model_state, [current, status, catalog]

@@ -1,0 +1,100 @@
+"""The tabs' actions as plain functions (rge_demo.service.Demo) on the real tiny model."""
+
+import numpy as np
+import pytest
+
+from rge_demo.config import Settings
+from rge_demo.data.images import ImageError
+from rge_demo.service import Demo, UserError
+
+
+@pytest.fixture(scope="module")
+def demo(taught_dir, tmp_path_factory):
+    settings = Settings(cache_dir=tmp_path_factory.mktemp("cache"), model=str(taught_dir), max_new_tokens=12)
+    return Demo(settings)
+
+
+def first_query(demo, name="vqa-count"):
+    g = demo.gallery(name)
+    q = g.queries[0]
+    return g, q, str(g.image_path(q.image)) if q.image else None
+
+
+def test_sample_galleries_and_warm_cache(demo):
+    assert {"classification", "vqa-count", "retrieval-captions", "grounding"} <= set(demo.galleries)
+    demo.warm()
+    index = demo.index("vqa-count")
+    assert index.matrix.shape[0] == len(demo.gallery("vqa-count").items)
+    # a second Demo on the same cache embeds nothing
+    again = Demo(demo.settings)
+    assert again.index("vqa-count").stats.embedded == 0
+
+
+def test_compare_streams_direct_then_rationale_then_moves(demo):
+    g, q, image = first_query(demo)
+    snapshots = []
+    for c in demo.compare("vqa-count", image, q.text, q.instruction, 3, q.target_id):
+        snapshots.append((c.direct is not None, c.rationale, c.done))
+    assert snapshots[0] == (True, "", False)  # direct result arrives before any rationale
+    assert snapshots[-1][2] and all(not s[2] for s in snapshots[:-1])
+    final = c
+    assert len(final.direct.hits) == len(final.reason.hits) == 3
+    assert 1 <= final.direct.target_rank <= len(g.items) and 1 <= final.reason.target_rank <= len(g.items)
+    shown = {h.item.id for h in final.direct.hits} | {h.item.id for h in final.reason.hits}
+    assert {m.item_id for m in final.moves} == shown
+    assert "reasoning:" in final.cost_line() and "direct:" in final.cost_line()
+
+
+def test_reembed_with_edited_rationale_changes_the_vector(demo):
+    g, q, image = first_query(demo)
+    *_, c = demo.compare("vqa-count", image, q.text, q.instruction, 3, q.target_id)
+    edited = demo.reembed("vqa-count", image, q.text, q.instruction, "answer seven", c, 3, q.target_id)
+    assert edited.direct is c.direct and edited.done
+    assert float(edited.reason.vector @ c.reason.vector) < 0.9999
+    with pytest.raises(UserError, match="rationale is empty"):
+        demo.reembed("vqa-count", image, q.text, q.instruction, "  ", c)
+
+
+def test_bad_inputs_have_clear_errors(demo, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(ImageError, match="notes.png"):
+        next(demo.compare("vqa-count", str(bad), "How many?", "", 3))
+    with pytest.raises(UserError, match="give an image or a text"):
+        next(demo.compare("vqa-count", None, "  ", "instr", 3))
+    with pytest.raises(UserError, match="unknown gallery"):
+        next(demo.compare("nope", None, "text", "", 3))
+    with pytest.raises(ValueError, match="not in gallery"):
+        next(demo.compare("vqa-count", None, "text", "", 3, target_id="ground/red_circle"))
+
+
+def test_search_both_modes(demo):
+    g, q, image = first_query(demo)
+    direct = demo.search("vqa-count", image, q.text, q.instruction, 4)
+    reason = demo.search("vqa-count", image, q.text, q.instruction, 4, reason=True)
+    assert [h["rank"] for h in direct["hits"]] == [1, 2, 3, 4] and direct["rationale"] == ""
+    assert reason["rationale"] and len(reason["hits"]) == 4
+
+
+def test_projection_points_and_neighbours(demo):
+    proj = demo.projection("classification", method="pca")
+    g = demo.gallery("classification")
+    kinds = [p.kind for p in proj.points]
+    assert kinds.count("item") == len(g.items) and kinds.count("query-reason") == len(g.queries)
+    assert proj.result.coords.shape == (len(g.items) + 2 * len(g.queries), 2)
+    near = demo.neighbours(proj, len(g.items))  # the first query's direct point
+    assert len(near) == 5 and all(p.kind == "item" for p, _ in near)
+    assert [s for _, s in near] == sorted((s for _, s in near), reverse=True)
+    with pytest.raises(UserError):
+        demo.neighbours(proj, 10_000)
+
+
+def test_evaluation_run_is_saved_and_browsable(demo):
+    name, cases = demo.run_evaluation(["count", "ground"], "ind", 2)
+    assert name in demo.saved_runs() and len(cases) == 4
+    assert {c.task for c in cases} == {"count", "ground"}
+    assert all(c.image is None or c.image.startswith("/") for c in cases)
+    assert np.all([1 <= c.direct_rank for c in cases])
+    assert demo.load_cases(name) is demo.load_cases(name)  # cached until the files change
+    with pytest.raises(UserError, match="split must be"):
+        demo.run_evaluation(["count"], "train", 2)
