@@ -219,6 +219,7 @@ def cmd_embed(args) -> int:
          ])
 def cmd_search(args) -> int:
     from rge_demo.data.items import Gallery
+    from rge_demo.embedding.gallery import embed_fn
     from rge_demo.embedding.index import EmbeddingCache, GalleryIndex
 
     if args.k < 1:
@@ -232,7 +233,7 @@ def cmd_search(args) -> int:
         default_instruction = instruction_for(gallery.meta_task, "query")
     inp = query_input(args, instruction_arg(args, default_instruction))
     loaded, settings = load_model(args)
-    index = GalleryIndex.build(gallery, gallery_embed_fn(loaded.encoder, gallery), fingerprint=loaded.fingerprint,
+    index = GalleryIndex.build(gallery, embed_fn(loaded.encoder, gallery), fingerprint=loaded.fingerprint,
                                instruction=gallery.candidate_instruction,
                                cache=EmbeddingCache(settings.embeddings_dir), batch_size=args.batch_size,
                                progress=TqdmProgress(f"embedding {gallery.name}"))
@@ -258,20 +259,6 @@ def cmd_search(args) -> int:
     return 0
 
 
-def gallery_embed_fn(encoder, gallery):
-    """``embed_fn(items) -> (B, D)``: direct-mode candidates under the gallery's candidate instruction."""
-    from rge_demo.data.images import load_image
-    from rge_demo.embedding.prompts import EmbedInput
-
-    def embed(items):
-        inputs = [EmbedInput(instruction=gallery.candidate_instruction, text=it.text,
-                             image=load_image(gallery.image_path(it.image)) if it.image else None)
-                  for it in items]
-        return encoder.direct(inputs, batch_size=len(inputs))
-
-    return embed
-
-
 class TqdmProgress:
     """``progress(done, total)`` for GalleryIndex.build: a tqdm bar once more than a batch is missing."""
 
@@ -293,6 +280,19 @@ class TqdmProgress:
             if done >= total:
                 self.bar.close()
 
+
+def _register_tool_commands() -> None:
+    """Subcommands whose code lives beside the library they drive."""
+    from rge_demo.analysis import eval_cli
+    from rge_demo.data import galleries_cli
+    from rge_demo.training import cli as train_cli
+
+    command("eval", eval_cli.HELP, eval_cli.ARGUMENTS)(eval_cli.run)
+    command("make-galleries", galleries_cli.HELP, galleries_cli.ARGUMENTS)(galleries_cli.run)
+    command("train", train_cli.HELP, train_cli.ARGUMENTS)(train_cli.run)
+
+
+_register_tool_commands()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,10 +1,11 @@
 """The RGE encoder: one code path for every Qwen2.5-VL RGE checkpoint.
 
 * direct: ``prompt + <emb>`` -> one forward -> final-layer hidden state at ``<emb>``, L2-normalised.
-* reasoning: ``prompt`` -> greedy rationale that stops at ``<emb>`` (appended when the budget runs
-  out) -> one forward over ``prompt + rationale + <emb>`` -> the same read-out. The re-forward is
-  the path training takes, and unlike a cached decode step it is exact under left padding in
-  transformers 5 (no ``cache_position``; see STACK.md).
+* reasoning: ``prompt`` -> greedy rationale that stops at ``<emb>``; generation runs ONE more
+  cached step per row, feeding ``<emb>`` back in, and that step's final-layer state is the
+  embedding (the reference's "one more cached decode step", done inside ``generate`` so positions
+  and padding are handled by transformers). Rows whose budget runs out get ``<emb>`` appended and
+  one forward over ``prompt + rationale + <emb>`` (the path training takes) instead.
 
 Rows are tokenised one at a time and left-padded by :func:`collate`, so a batch and a single row
 see identical token ids and positions; the trainer uses the same :func:`collate` and
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, TextIteratorStreamer
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .prompts import EMB_TOKEN, EmbedInput, prompt_text
 
@@ -106,6 +107,29 @@ def emb_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.last_hidden_state[:, -1].float()
 
 
+class StopAfterEmb(StoppingCriteria):
+    """Per row: stop once ``<emb>`` has been fed back in (so its hidden state has been computed)."""
+
+    def __init__(self, emb_id: int, prompt_len: int):
+        self.emb_id, self.prompt_len = emb_id, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return (input_ids[:, self.prompt_len:-1] == self.emb_id).any(dim=1)
+
+
+class RationaleStreamer(TextIteratorStreamer):
+    """Streams the rationale only: nothing from ``<emb>`` on (the step after it is not text)."""
+
+    def __init__(self, tokenizer, emb_id: int, **kwargs):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, **kwargs)
+        self.emb_id, self.seen_emb = emb_id, False
+
+    def put(self, value):
+        if self.next_tokens_are_prompt or not self.seen_emb and not (value == self.emb_id).any():
+            return super().put(value)
+        self.seen_emb = True
+
+
 def emb_token_id(tokenizer) -> int:
     emb_id = tokenizer.convert_tokens_to_ids(EMB_TOKEN)
     if emb_id is None or emb_id == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(emb_id) != EMB_TOKEN:
@@ -156,16 +180,42 @@ class Encoder:
         return F.normalize(h, dim=-1).cpu().numpy()
 
     def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
+        # One token past the budget: the step that feeds <emb> back in when it is the budget's last token.
         return GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.emb_id,
-            pad_token_id=self.pad_id, suppress_tokens=self.suppress or None, use_cache=True,
+            max_new_tokens=max_new_tokens + 1, do_sample=False, pad_token_id=self.pad_id,
+            suppress_tokens=self.suppress or None, use_cache=True, return_dict_in_generate=True,
+            output_hidden_states=True,
         )
 
-    def _split_generated(self, new_ids: list[int]) -> tuple[list[int], bool]:
-        """Rationale ids up to the first ``<emb>``; ``forced`` when no ``<emb>`` was emitted."""
-        if self.emb_id in new_ids:
-            return new_ids[: new_ids.index(self.emb_id)], False
-        return [t for t in new_ids if t != self.pad_id], True
+    def _generate(self, rows: Sequence[Row], budget: int, streamer=None) -> list[tuple[list[int], bool, torch.Tensor | None]]:
+        """Per row: (rationale ids, forced, ``<emb>`` state (D,) or None when forced)."""
+        batch = self._collate(rows)
+        prompt_len = batch["input_ids"].shape[1]
+        out = self.model.generate(**batch, generation_config=self._generation_config(budget), streamer=streamer,
+                                  stopping_criteria=StoppingCriteriaList([StopAfterEmb(self.emb_id, prompt_len)]))
+        # hidden_states[s]: per layer, the states of step s; step s >= 1 consumes generated token s - 1.
+        results = []
+        for i, new in enumerate(out.sequences[:, prompt_len:].tolist()):
+            j = new.index(self.emb_id) if self.emb_id in new else None
+            if j is not None and j < budget and j + 1 < len(out.hidden_states):
+                results.append((new[:j], False, out.hidden_states[j + 1][-1][i, -1].float()))
+            else:
+                results.append(([t for t in new[:budget] if t != self.pad_id and t != self.emb_id], True, None))
+        return results
+
+    def _finish(self, rows: Sequence[Row], generated) -> np.ndarray:
+        """Unit vectors for generated rows; budget-forced rows get ``<emb>`` appended and one forward."""
+        vectors = [None if h is None else F.normalize(h, dim=-1).cpu().numpy() for _, _, h in generated]
+        forced = [i for i, (_, f, _) in enumerate(generated) if f]
+        if forced:
+            again = self._vectors([rows[i] for i in forced], [generated[i][0] + [self.emb_id] for i in forced])
+            for i, v in zip(forced, again):
+                vectors[i] = v
+        return np.stack(vectors)
+
+    def _result(self, row: Row, ids: list[int], forced: bool, vector: np.ndarray, seconds: float) -> ReasonResult:
+        return ReasonResult(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), seconds, vector, forced,
+                            row.prompt + self.tokenizer.decode(ids) + EMB_TOKEN)
 
     # -- public API ----------------------------------------------------------------------------
     def direct(self, inputs: Sequence[EmbedInput], batch_size: int = 32) -> np.ndarray:
@@ -176,24 +226,19 @@ class Encoder:
 
     def reason(self, inputs: Sequence[EmbedInput], batch_size: int = 32,
                max_new_tokens: int | None = None) -> list[ReasonResult]:
-        """Generate a rationale per query (batched, greedy), then embed ``prompt + rationale + <emb>``."""
+        """Generate a rationale per query (batched, greedy) and embed at the ``<emb>`` that ends it."""
         budget = max_new_tokens or self.max_new_tokens
         results: list[ReasonResult] = []
         for i in range(0, len(inputs), batch_size):
             t0 = time.perf_counter()
             rows = self.rows(inputs[i:i + batch_size], direct=False)
-            batch = self._collate(rows)
             with self.lock, torch.inference_mode():
                 self.forward_passes += 1
-                out = self.model.generate(**batch, generation_config=self._generation_config(budget))
-            new = out[:, batch["input_ids"].shape[1]:].tolist()
-            splits = [self._split_generated(ids) for ids in new]
-            vectors = self._vectors(rows, [ids + [self.emb_id] for ids, _ in splits])
+                generated = self._generate(rows, budget)
+                vectors = self._finish(rows, generated)
             seconds = (time.perf_counter() - t0) / len(rows)
-            for row, (ids, forced), vec in zip(rows, splits, vectors):
-                rationale = self.tokenizer.decode(ids, skip_special_tokens=True)
-                results.append(ReasonResult(rationale, len(ids), seconds, vec, forced,
-                                            row.prompt + self.tokenizer.decode(ids) + EMB_TOKEN))
+            results += [self._result(row, ids, forced, vec, seconds)
+                        for row, (ids, forced, _), vec in zip(rows, generated, vectors)]
         return results
 
     def with_rationale(self, inputs: Sequence[EmbedInput], rationales: Sequence[str]) -> np.ndarray:
@@ -205,38 +250,34 @@ class Encoder:
     def stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> Iterator[StreamEvent]:
         """Yield the rationale as it grows, then a final event whose ``result`` holds the vector."""
         budget = max_new_tokens or self.max_new_tokens
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        streamer = RationaleStreamer(self.tokenizer, self.emb_id, timeout=600)
         rows = self.rows([inp], direct=False)
-        batch = self._collate(rows)
         box: dict = {}
 
         def run():
+            # The lock is taken in this thread: a generator may be resumed from other threads.
             try:
-                with torch.inference_mode():
-                    box["out"] = self.model.generate(**batch, generation_config=self._generation_config(budget),
-                                                     streamer=streamer)
+                with self.lock, torch.inference_mode():
+                    self.forward_passes += 1
+                    box["generated"] = self._generate(rows, budget, streamer)
+                    box["vectors"] = self._finish(rows, box["generated"])
             except BaseException as e:  # surfaced to the caller below
                 box["error"] = e
                 streamer.end()
 
-        with self.lock:
-            t0 = time.perf_counter()
-            thread = threading.Thread(target=run, name="rge-generate", daemon=True)
-            thread.start()
-            try:
-                text = ""
-                for piece in streamer:
-                    text += piece
-                    if piece:
-                        yield StreamEvent(text=text, meta={"seconds": time.perf_counter() - t0})
-            finally:
-                thread.join()
-            if "error" in box:
-                raise box["error"]
-            self.forward_passes += 1
-            ids, forced = self._split_generated(box["out"][0, batch["input_ids"].shape[1]:].tolist())
-            vec = self._vectors(rows, [ids + [self.emb_id]])[0]
-        rationale = self.tokenizer.decode(ids, skip_special_tokens=True)
-        result = ReasonResult(rationale, len(ids), time.perf_counter() - t0, vec, forced,
-                              rows[0].prompt + self.tokenizer.decode(ids) + EMB_TOKEN)
-        yield StreamEvent(text=rationale, result=result)
+        t0 = time.perf_counter()
+        thread = threading.Thread(target=run, name="rge-generate", daemon=True)
+        thread.start()
+        try:
+            text = ""
+            for piece in streamer:
+                text += piece
+                if piece:
+                    yield StreamEvent(text=text, meta={"seconds": time.perf_counter() - t0})
+        finally:
+            thread.join()
+        if "error" in box:
+            raise box["error"]
+        (ids, forced, _), vec = box["generated"][0], box["vectors"][0]
+        result = self._result(rows[0], ids, forced, vec, time.perf_counter() - t0)
+        yield StreamEvent(text=result.rationale, result=result)

@@ -18,24 +18,32 @@ from .data import DataError
 log = logging.getLogger(__name__)
 
 
+HELP = "train or fine-tune an RGE model (stages: cold-start, rge, baseline, leakage); rerun to resume"
+
+ARGUMENTS: list[tuple[tuple, dict]] = [
+    (("--config",), {"help": "JSON file with TrainConfig fields; flags below override it"}),
+    (("--stage",), {"choices": ["cold-start", "rge", "baseline", "leakage"]}),
+    (("--init",), {"help": "micro size to build ('micro', 'test') or a checkpoint folder"}),
+    (("--data",), {"help": "'world' or a pairs .jsonl file"}),
+    (("--output-dir",), {"dest": "output_dir"}),
+    (("--steps",), {"type": int}),
+    (("--cold-start-steps",), {"dest": "cold_start_steps", "type": int}),
+    (("--batch-size",), {"dest": "batch_size", "type": int}),
+    (("--lr",), {"type": float}),
+    (("--a-lm",), {"dest": "a_lm", "type": float}),
+    (("--a-con",), {"dest": "a_con", "type": float}),
+    (("--temperature",), {"type": float}),
+    (("--max-new-tokens",), {"dest": "max_new_tokens", "type": int}),
+    (("--lora",), {"action": "store_true", "default": None}),
+    (("--val-share",), {"dest": "val_share", "type": float}),
+    (("--seed",), {"type": int}),
+    (("--threads",), {"type": int}),
+]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON file with TrainConfig fields; flags below override it")
-    p.add_argument("--stage", choices=["cold-start", "rge", "baseline", "leakage"])
-    p.add_argument("--init", help="micro size to build ('micro', 'test') or a checkpoint folder")
-    p.add_argument("--data", help="'world' or a pairs .jsonl file")
-    p.add_argument("--output-dir", dest="output_dir")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--cold-start-steps", dest="cold_start_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--a-lm", dest="a_lm", type=float)
-    p.add_argument("--a-con", dest="a_con", type=float)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
-    p.add_argument("--lora", action="store_true", default=None)
-    p.add_argument("--val-share", dest="val_share", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int)
+    for flags, kwargs in ARGUMENTS:
+        p.add_argument(*flags, **kwargs)
 
 
 OVERRIDES = ("stage", "init", "data", "output_dir", "steps", "cold_start_steps", "batch_size", "lr", "a_lm",

@@ -49,7 +49,8 @@ class TrainConfig:
     """Weight of the InfoNCE loss."""
     direct_weight: float = 0.0
     """Weight of an extra InfoNCE on DIRECT query embeddings (keeps the RGE model's direct mode
-    usable, MICROWORLD.md point 3); applies in every stage but baseline. 0: the paper's objective."""
+    usable, MICROWORLD.md point 3); applies in the joint and leakage phases (in an LM-only cold start
+    at lr 1e-3 the direct path collapsed, see the model card). 0: the paper's objective."""
     temperature: float = 0.03
     max_new_tokens: int = 80
     """Rationale budget during on-the-fly generation."""

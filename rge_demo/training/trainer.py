@@ -242,7 +242,7 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
                          samples=[ctx.tok.decode(r, skip_special_tokens=True) for r in ids[:2]])
         elif phase == "leakage":
             con = ctx.contrastive(q_oracle, t, keys)
-        if cfg.direct_weight > 0:
+        if cfg.direct_weight > 0 and phase != "cold-start":
             q_direct = ctx.hidden(ctx.batch(ctx.direct_rows(q_rows)))[:, -1]
             direct = ctx.contrastive(q_direct, t, keys)
 
@@ -254,8 +254,9 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
     parts["direct_loss"] = direct
     parts["a_lm"] = a_lm
     # Global terms are identical on every process; the LM term is local and averaged.
-    parts["objective"] = a_con * con + cfg.direct_weight * direct + a_lm * lm / n_proc
-    parts["loss"] = parts["loss"] + cfg.direct_weight * direct
+    direct_weight = cfg.direct_weight if phase != "cold-start" else 0.0
+    parts["objective"] = a_con * con + direct_weight * direct + a_lm * lm / n_proc
+    parts["loss"] = parts["loss"] + direct_weight * direct
     return parts, stats
 
 

@@ -86,7 +86,7 @@ def loss_figure(metrics: pd.DataFrame, title: str = ""):
     if metrics is not None and len(metrics):
         for col, colour in (("loss", "#111827"), ("lm_loss", "#2563eb"), ("contrastive_loss", "#dc2626"),
                             ("direct_loss", "#16a34a")):
-            if col in metrics and metrics[col].notna().any():
+            if col in metrics and metrics[col].fillna(0).abs().sum() > 0:  # (an unused loss stays 0: hidden)
                 fig.add_scatter(x=metrics["step"], y=metrics[col], mode="lines+markers", name=col,
                                 line={"color": colour}, marker={"size": 4})
         if "phase" in metrics:
@@ -309,7 +309,7 @@ class Workbench:
                           a_lm=a_lm, a_con=a_con, temperature=temperature, lora=lora,
                           max_new_tokens=max_new_tokens, val_share=val_share, probe_every=0,
                           save_every=max(10, total // 5), threads=1)
-        job = self.jobs.submit(cfg, name=name or f"{stage} on {pairs_file.parent.parent.name}")
+        job = self.jobs.submit(cfg, name=name or f"{stage} {Path(init).name} {total} steps")
         log.info("launched job %s: %s from %s, %d steps", job.id, stage, base_model, total)
         return job
 

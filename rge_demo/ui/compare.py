@@ -92,12 +92,16 @@ def build(demo: Demo, model_state: gr.State) -> None:
 
     @gpu
     @friendly
-    def search(gallery_name: str, query_text: str, instruction_text: str, k: int = 5, reason: bool = False,
-               image_path: str | None = None) -> dict:
+    def search(gallery_name, query_text, instruction_text, top_k, reason, image_path):
         """Top-k of a gallery for one query in one mode: {"rationale", "hits": [{rank, id, label, score}]}."""
-        return demo.search(gallery_name, image_path, query_text, instruction_text, int(k), bool(reason))
+        return demo.search(gallery_name, image_path, query_text, instruction_text, int(top_k), bool(reason))
 
-    gr.api(search, api_name="search", concurrency_id="model")
+    # API-only endpoint: hidden components give it gradio's normal (safe) file handling.
+    with gr.Row(visible=False):
+        api_inputs = [gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Number(value=5, precision=0), gr.Checkbox(),
+                      gr.Image(type="filepath")]
+        api_out, api_btn = gr.JSON(), gr.Button()
+    api_btn.click(search, api_inputs, api_out, api_name="search", concurrency_id="model")
 
     examples = []
     for name in galleries:

@@ -1,0 +1,91 @@
+"""End to end: the app as a subprocess, driven by gradio_client like any API user."""
+
+import threading
+
+import pytest
+from gradio_client import Client, handle_file
+
+from apprunner import RunningApp
+from rge_demo.data.items import Gallery
+from rge_demo.service import SAMPLE_GALLERIES
+
+
+@pytest.fixture(scope="module")
+def app(taught_dir, tmp_path_factory):
+    running = RunningApp(taught_dir, tmp_path_factory.mktemp("appcache"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+def query(name="vqa-count", i=0):
+    g = Gallery.load(SAMPLE_GALLERIES / name)
+    q = g.queries[i]
+    return q, handle_file(str(g.image_path(q.image))) if q.image else None
+
+
+def compare(client, name="vqa-count", i=0, image="default"):
+    q, img = query(name, i)
+    job = client.submit(name, img if image == "default" else image, q.text, q.instruction, q.target_id, 3,
+                        api_name="/compare")
+    return q, job
+
+
+def test_compare_streams_and_marks_the_right_answer(client):
+    q, job = compare(client)
+    updates = list(job)
+    assert len(updates) >= 2  # the direct result first, then the reasoning side
+    direct_html, rationale, reason_html, moved, cost = job.outputs()[-1][:5]
+    assert "Direct (no reasoning)" in direct_html and "right answer at rank" in direct_html
+    assert "right answer at rank" in reason_html and "What moved" in moved
+    assert rationale.strip() and "generated tokens" in cost
+
+
+def test_search_endpoint(client):
+    q, img = query()
+    out = client.predict("vqa-count", q.text, q.instruction, 4, True, img, api_name="/search")
+    assert len(out["hits"]) == 4 and out["rationale"]
+
+
+def test_project_endpoint(client):
+    fig, note, *_ = client.predict("classification", "pca", "correct", api_name="/project")
+    assert "PCA" in note and fig is not None
+
+
+def test_evaluate_endpoint(client):
+    out = client.predict(["count"], "ind", 2, "all", "all", "all", "all", "all", api_name="/evaluate")
+    table = out[0]
+    assert len(table["data"]) == 2
+
+
+def test_bad_image_gives_clear_error_and_app_keeps_serving(client, app, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    q, job = compare(client, image=handle_file(str(bad)))
+    with pytest.raises(Exception, match="broken.png|not an image|cannot"):
+        job.result()
+    assert app.alive()
+    q, job = compare(client)
+    assert job.result()[1].strip()
+
+
+def test_two_sessions_get_their_own_results(app):
+    results = {}
+
+    def run(name, i):
+        c = Client(app.url, verbose=False)
+        q, job = compare(c, name, i)
+        results[name] = job.result()
+
+    threads = [threading.Thread(target=run, args=a) for a in (("vqa-count", 0), ("grounding", 1))]
+    [t.start() for t in threads]
+    [t.join(300) for t in threads]
+    count_labels = {it.label for it in Gallery.load(SAMPLE_GALLERIES / "vqa-count").items}
+    assert any(label in results["vqa-count"][0] for label in count_labels)
+    assert "ground" not in results["vqa-count"][0]
+    grounding = Gallery.load(SAMPLE_GALLERIES / "grounding")
+    assert any(it.label in results["grounding"][0] for it in grounding.items)
