@@ -9,9 +9,9 @@ DISTINCT targets of the batch, so two queries with the same answer are not each 
 ``y`` maps each query to its target's column.
 
 The LM loss is token-level cross-entropy over every supervised token, pooled over the query side
-(rationale tokens + ``<emb>``) and the target side (the single ``<emb>``). This is our reading of
-the paper's Eq. 8: the two sides' token losses are summed and divided by their total count, so
-each supervised token weighs the same.
+(rationale tokens + ``<emb>``) and the target side (the single ``<emb>``), and over all processes.
+This is our reading of the paper's Eq. 8: the sides' summed token losses (:func:`token_ce`) are
+divided by their total token count, so each supervised token weighs the same.
 """
 
 from __future__ import annotations
@@ -43,13 +43,6 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     target = labels[:, 1:].reshape(-1)
     total = F.cross_entropy(shifted, target, ignore_index=-100, reduction="sum")
     return total, (target != -100).sum()
-
-
-def pooled_lm_loss(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Eq. 8 as read here: sum of the sides' token losses over their total token count."""
-    total = sum(p[0] for p in parts)
-    count = sum(p[1] for p in parts)
-    return total / count.clamp(min=1)
 
 
 def rge_loss(lm: torch.Tensor, contrastive: torch.Tensor, a_lm: float = 0.1, a_con: float = 1.0) -> dict[str, torch.Tensor]:

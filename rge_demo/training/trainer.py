@@ -41,7 +41,7 @@ from rge_demo.embedding.prompts import EMB_TOKEN, prompt_text
 
 from .config import ConfigError, TrainConfig
 from .data import DataError, Pair, by_task, load_pairs, split_pairs, world_pairs
-from .losses import info_nce, pooled_lm_loss, rge_loss, token_ce
+from .losses import info_nce, rge_loss, token_ce
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +219,12 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
     Returns the tensors (``objective`` is what this process back-propagates; ``loss`` what is
     reported) and plain statistics (rationale lengths, share that emitted ``<emb>``, samples).
     """
-    cfg, n_proc = ctx.cfg, ctx.acc.num_processes
+    cfg = ctx.cfg
     keys = [p.target_key for p in pairs]
     stats: dict = {}
     zero = torch.zeros((), device=ctx.acc.device)
-    lm, con, direct = zero, zero, zero
+    con, direct = zero, zero
+    lm_parts = (zero, torch.ones((), device=zero.device))
 
     q_rows = ctx.rows([p.query for p in pairs], direct=False)
     if phase == "baseline":
@@ -233,7 +234,7 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
     else:
         q_lm, q_oracle = ctx.oracle_lm(q_rows, pairs)
         t, t_lm = ctx.targets(pairs)
-        lm = pooled_lm_loss([q_lm, t_lm])
+        lm_parts = (q_lm[0] + t_lm[0], q_lm[1] + t_lm[1])
         if phase == "joint":
             ids, emitted = ctx.generate(q_rows)
             q = ctx.hidden(ctx.batch(q_rows, [r + [ctx.emb_id] for r in ids]))[:, -1]
@@ -250,12 +251,17 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
     a_lm = cfg.a_lm if phase != "baseline" else 0.0
     if phase == "cold-start":
         a_lm = 1.0  # LM only: the weight is immaterial, keep the loss on its natural scale
-    parts = rge_loss(lm, con, a_lm=a_lm, a_con=a_con)
+    direct_weight = cfg.direct_weight if phase != "cold-start" else 0.0
+    # The LM loss is pooled over every process's tokens: this process contributes sum_p / count_all.
+    lm_sum, lm_count = lm_parts if phase != "baseline" else (zero, torch.ones((), device=zero.device))
+    count_all = ctx.acc.reduce(lm_count.detach().float().to(zero.device), reduction="sum")
+    lm_share = lm_sum / count_all.clamp(min=1)
+    lm_global = ctx.acc.reduce(lm_share.detach(), reduction="sum")
+    parts = rge_loss(lm_global, con, a_lm=a_lm, a_con=a_con)
     parts["direct_loss"] = direct
     parts["a_lm"] = a_lm
-    # Global terms are identical on every process; the LM term is local and averaged.
-    direct_weight = cfg.direct_weight if phase != "cold-start" else 0.0
-    parts["objective"] = a_con * con + direct_weight * direct + a_lm * lm / n_proc
+    # Contrastive terms are global (identical on every process); gradients are summed across processes.
+    parts["objective"] = a_con * con + direct_weight * direct + a_lm * lm_share
     parts["loss"] = parts["loss"] + direct_weight * direct
     return parts, stats
 
@@ -377,10 +383,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        lm_mean = acc.reduce(parts["lm_loss"].detach(), reduction="mean").item()
         record = {"step": step, "total_steps": total, "phase": phase, "task": local[0].task,
-                  "loss": parts["loss"].item() + parts["a_lm"] * (lm_mean - parts["lm_loss"].item()),
-                  "lm_loss": lm_mean, "contrastive_loss": parts["contrastive_loss"].item(),
+                  "loss": parts["loss"].item(), "lm_loss": parts["lm_loss"].item(), "contrastive_loss": parts["contrastive_loss"].item(),
                   "direct_loss": parts["direct_loss"].item(), "lr": optimizer.param_groups[0]["lr"],
                   "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0, **stats}
         if cfg.probe_every and (step % cfg.probe_every == 0 or step == total) and phase != "baseline":
