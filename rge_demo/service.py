@@ -197,7 +197,6 @@ class Demo:
 
     def neighbours(self, projection: Projection, point: int, k: int = 5) -> list[tuple[PointInfo, float]]:
         """The ``k`` nearest gallery items of a point, by cosine in the full embedding space."""
-        from rge_demo.analysis.projection import neighbours
 
         if not 0 <= point < len(projection.points):
             raise UserError(f"no point {point} in this projection ({len(projection.points)} points)")

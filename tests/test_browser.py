@@ -120,7 +120,7 @@ def test_explore_projects(page, app):
                     reason="the saved run assets/runs/rge-micro and the tours assets/tours/*.json are not there yet")
 def test_failures_tour(page, app):
     with tab(page, app, "Failures", "3-failures-tour"):
-        expect(page.get_by_label("Saved evaluation run (reasoning + direct)", exact=True)).to_have_value("rge-micro")
+        choose(page, "Saved evaluation run (reasoning + direct)", "rge-micro")
         page.get_by_role("button", name="Load run", exact=True).click()
         expect(page.get_by_text(re.compile(r"\d+ of \d+ cases shown"))).to_be_visible()
         tour = page.get_by_label("Tour", exact=True)

@@ -16,6 +16,7 @@ from rge_demo.analysis.evaluate import (EvalDataError, compare_runs, evaluate, l
 from rge_demo.embedding.encoder import Encoder
 from rge_demo.embedding.index import EmbeddingCache
 from rge_demo.embedding.prompts import MMEB_IMAGE_PLACEHOLDER, prompt_text
+from rge_demo.__main__ import main as cli_main
 
 COLOURS = ("red", "green", "blue")
 
@@ -201,12 +202,12 @@ def test_mmeb_bad_inputs(mmeb, tmp_path):
 # ------------------------------------------------------------------------------------------- CLI
 def test_cli_world_and_mmeb(tiny_dir, mmeb, tmp_path, capsys):
     out = tmp_path / "world-run"
-    assert eval_cli.main(["--model", str(tiny_dir), "--mode", "direct", "--split", "ood", "--tasks", "count",
+    assert cli_main(["eval", "--model", str(tiny_dir), "--mode", "direct", "--split", "ood", "--tasks", "count",
                           "--n", "2", "--out", str(out), "--no-cache", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "count/ood" in printed and (out / "summary.json").is_file() and load_run(out).summary()["n"] == 2
     out = tmp_path / "mmeb-run"
-    assert eval_cli.main(["--model", str(tiny_dir), "--mode", "reason", "--mmeb", str(mmeb), "--limit", "2",
+    assert cli_main(["eval", "--model", str(tiny_dir), "--mode", "reason", "--mmeb", str(mmeb), "--limit", "2",
                           "--max-new-tokens", "2", "--out", str(out), "--no-cache", "--device", "cpu"]) == 0
     assert load_run(out).summary()["n"] == 4
 
@@ -226,7 +227,7 @@ def test_cli_errors(argv, message, tiny_dir, mmeb, tmp_path, capsys):
     (tmp_path / "x").mkdir()
     if "--model" not in argv:
         argv += ["--model", str(tiny_dir)]
-    assert eval_cli.main(argv + ["--no-cache", "--out", str(tmp_path / "out")]) == 2
+    assert cli_main(["eval", *argv, "--no-cache", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err
     if message.startswith("missing column"):  # names the file and the column

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rge_demo.data import galleries_cli
 from rge_demo.data.galleries import DEFAULT_DIR, README, SAMPLES, make_sample_galleries
 from rge_demo.data.items import META_TASKS, Gallery
+from rge_demo.__main__ import main as cli_main
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -61,9 +61,9 @@ def test_galleries_cover_every_meta_task_and_load(fresh):
 
 
 def test_cli(tmp_path, capsys):
-    assert galleries_cli.main(["--out", str(tmp_path), "--seed", "1"]) == 0
+    assert cli_main(["make-galleries", "--out", str(tmp_path), "--seed", "1"]) == 0
     assert (tmp_path / README).is_file()
     assert "grounding" in capsys.readouterr().out
     (tmp_path / "not-a-gallery").mkdir()
     (tmp_path / SAMPLES[0].name / "manifest.json").unlink()
-    assert galleries_cli.main(["--out", str(tmp_path)]) == 2
+    assert cli_main(["make-galleries", "--out", str(tmp_path)]) == 2

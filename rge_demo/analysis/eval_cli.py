@@ -49,9 +49,6 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
 ]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for flags, kwargs in ARGUMENTS:
-        parser.add_argument(*flags, **kwargs)
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -192,14 +189,3 @@ def _run(args: argparse.Namespace) -> int:
     print(result.table())
     print(f"run folder: {out}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="rge_demo eval", description=HELP)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -95,7 +95,7 @@ def compare_runs(runs: Mapping[str, Mapping[str, Any]], metric: str = "p@1") -> 
     names = list(runs)
     summaries = [runs[n] for n in names]
     label = "P@1" if metric == "p@1" else metric.replace("recall", "Recall")
-    lines = [f"| Meta-task | Dataset | Split | " + " | ".join(f"{n} ({label})" for n in names) + " |",
+    lines = ["| Meta-task | Dataset | Split | " + " | ".join(f"{n} ({label})" for n in names) + " |",
              "|---|---|---|" + "---:|" * len(names)]
     for meta, task, split in _task_rows(summaries):
         cells = [_pct(s.get("metrics", {}).get(f"task={task}", {}).get(metric)) for s in summaries]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from .galleries import DEFAULT_DIR, make_sample_galleries
@@ -16,9 +15,6 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
 ]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for flags, kwargs in ARGUMENTS:
-        parser.add_argument(*flags, **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,14 +26,3 @@ def run(args: argparse.Namespace) -> int:
     for g in galleries:
         print(f"{g.root}: {len(g.queries)} queries, {len(g.items)} items ({g.meta_task or 'mixed'})")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="rge_demo make-galleries", description=HELP)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

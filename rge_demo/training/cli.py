@@ -41,9 +41,6 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
 ]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    for flags, kwargs in ARGUMENTS:
-        p.add_argument(*flags, **kwargs)
 
 
 OVERRIDES = ("stage", "init", "data", "output_dir", "steps", "cold_start_steps", "batch_size", "lr", "a_lm",
@@ -90,14 +87,3 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     log.info("%s after %d steps; model: %s", result.status, result.steps, result.model_dir)
     return 0 if result.status == "finished" else 3
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="rge_demo train", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

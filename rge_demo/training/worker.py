@@ -9,7 +9,7 @@ reload and an app restart: a new :class:`JobManager` on the same root picks it u
 :meth:`JobManager.poll` does all the work (reap finished processes, start the next queued job); the
 UI's timer calls it, and a daemon thread calls it every ``poll_interval`` seconds so jobs advance
 with no page open. A file lock on the root makes polls of several managers safe.
-The trainer runs as ``python -m rge_demo.training.cli --config job/config.json``: SIGTERM makes it
+The trainer runs as ``python -m rge_demo train --config job/config.json``: SIGTERM makes it
 checkpoint and exit with code 3 (cancelled); running it again resumes from the last checkpoint.
 """
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 STATUS_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_DIR = "status.json", "config.json", "log.txt", "metrics.jsonl", "model"
 ACTIVE = ("running", "cancelling")
 DONE = ("finished", "cancelled", "failed")
-EXIT_CANCELLED = 3  # rge_demo.training.cli: stopped cleanly with a checkpoint
+EXIT_CANCELLED = 3  # python -m rge_demo train: stopped cleanly with a checkpoint
 METRIC_COLUMNS = ["step", "phase", "loss", "lm_loss", "contrastive_loss", "direct_loss", "lr", "seconds"]
 PROJECT_ROOT = Path(rge_demo.__file__).resolve().parent.parent
 
@@ -297,7 +297,7 @@ class JobManager:
         log.info("job %s %s (exit code %s)", job.id, job.status, code)
 
     def _start(self, job: Job) -> None:
-        cmd = [sys.executable, "-m", "rge_demo.training.cli", "--config", str(job.config_path)]
+        cmd = [sys.executable, "-m", "rge_demo", "train", "--config", str(job.config_path)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
         with open(job.path / LOG_FILE, "ab") as out:
