@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rge_demo.analysis import eval_cli
 from rge_demo.analysis.evaluate import (EvalDataError, compare_runs, evaluate, load_mmeb, load_run, mmeb_group,
                                         world_tasks)
 from rge_demo.embedding.encoder import Encoder
