@@ -57,6 +57,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from .trainer import train  # heavy imports only when training
 
+    logging.getLogger("rge_demo").setLevel(logging.INFO)  # a training log should say what happened
+
     try:
         cfg = config_from_args(args)
     except ConfigError as e:
