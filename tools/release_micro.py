@@ -70,6 +70,8 @@ def run_eval(model_dir: Path, name: str, mode: str, n: int, out: Path) -> dict:
 
 def card(name: str, summary: dict, table: str, train: dict) -> str:
     cfg = json.loads((ASSETS / "models" / name / "training" / "config.json").read_text())
+    notes_file = REPO / "configs" / f"{name}.md"
+    notes = notes_file.read_text() if notes_file.exists() else ""
     stage = {"rge": "a cold start (LM loss on oracle rationales) followed by joint RGE training "
                     "(LM + InfoNCE on embeddings from self-generated rationales)",
              "baseline": "contrastive training only (InfoNCE on direct embeddings, no rationales)"}[cfg["stage"]]
@@ -91,6 +93,7 @@ fp32 safetensors) trained by rge-demo on its synthetic world with {stage}. It is
 ## Held-out results (P@1, {summary['n']} queries per mode)
 
 {table}
+{notes}
 How the run went and what it means: see the project README, section "Does reasoning help here?".
 """
 
@@ -111,6 +114,7 @@ def main() -> int:
         summaries[title] = run_eval(model_dir, name, mode, args.n, ASSETS / "runs" / name / mode)
     for name in ("baseline-micro", "leakage-micro"):  # only rge-micro's runs are browsed: keep the rest small
         shutil.rmtree(ASSETS / "runs" / name, ignore_errors=True)
+    shutil.rmtree(ASSETS / "runs" / "rge-micro" / "direct" / "images")  # the Failures tab reads reason/images
     table = compare_runs(summaries)
     (ASSETS / "results.md").write_text(table)
     (ASSETS / "results.json").write_text(json.dumps(
