@@ -94,4 +94,4 @@ def test_two_sessions_get_their_own_results(app):
 def hit_labels(html: str) -> list[str]:
     """The candidate labels of a rendered top-k table."""
     cells = re.findall(r"<tr(?: class=\"target\")?><td>\d+</td><td>(.*?)</td>", html)
-    return [re.sub(r"<[^>]+>|&#10003; right answer", "", c).strip() for c in cells]
+    return [re.sub(r"<small.*?</small>|<[^>]+>|&#10003; right answer", "", c).strip() for c in cells]

@@ -37,6 +37,8 @@ def _item_cell(item, root: Path) -> str:
     text = item.text or item.label
     if text:
         parts.append(html.escape(text))
+    if "/" in item.id:  # mixed galleries repeat labels across tasks ("two" in count and chart_diff)
+        parts.append(f'<small style="color:#6b7280">{html.escape(item.id.split("/")[0])}</small>')
     return " ".join(parts)
 
 
