@@ -258,6 +258,26 @@ class Demo:
             run.save(out / mode)
         return name, self.load_cases(name)
 
+    def replay_case(self, case, model_name: str | None = None) -> dict:
+        """Run one saved world case again with another model, in both modes (a tour's before/after)."""
+        import dataclasses
+
+        from rge_demo.analysis.evaluate import evaluate, world_tasks
+
+        try:
+            task, split, number = case.query_id.rsplit("-", 2)
+            full = world_tasks([task], (split,), n=int(number) + 1)[0]
+            index = int(number)
+        except (ValueError, KeyError):
+            raise UserError(f"case {case.query_id!r} is not a synthetic-world test query: it cannot be replayed") from None
+        one = dataclasses.replace(full, queries=[full.queries[index]])
+        loaded = self.model(model_name)
+        now = {mode: evaluate(loaded.encoder, [one], mode=mode, model_name=loaded.name).cases[0]
+               for mode in ("direct", "reason")}
+        return {"model": loaded.name, "direct_rank": now["direct"]["rank"], "reason_rank": now["reason"]["rank"],
+                "rationale": now["reason"]["rationale"], "before_direct_rank": case.direct_rank,
+                "before_reason_rank": case.reason_rank}
+
 
 @dataclass
 class PointInfo:

@@ -98,3 +98,19 @@ def test_evaluation_run_is_saved_and_browsable(demo):
     assert demo.load_cases(name) is demo.load_cases(name)  # cached until the files change
     with pytest.raises(UserError, match="split must be"):
         demo.run_evaluation(["count"], "train", 2)
+
+
+def test_a_saved_case_replays_with_another_model(demo):
+    from rge_demo.analysis.failures import load_pair
+    from rge_demo.service import RUNS_DIR
+
+    cases = load_pair(RUNS_DIR / "rge-micro" / "reason", RUNS_DIR / "rge-micro" / "direct")
+    case = next(c for c in cases if c.task == "count")
+    replay = demo.replay_case(case)  # the session's model: the tiny taught one
+    assert replay["before_direct_rank"] == case.direct_rank and replay["before_reason_rank"] == case.reason_rank
+    n_candidates = 7  # count answers zero..six
+    assert 1 <= replay["direct_rank"] <= n_candidates and 1 <= replay["reason_rank"] <= n_candidates
+    for bad in ("not-a-world-query", "juggling-ind-0001", "count-train-0001"):
+        case.query_id = bad
+        with pytest.raises(UserError, match="cannot be replayed"):
+            demo.replay_case(case)

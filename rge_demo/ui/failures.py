@@ -69,6 +69,8 @@ def build(demo: Demo, model_state: gr.State) -> None:
             tour = gr.Dropdown([(t.title, t.id) for t in tours.values()], label="Tour", value=None)
             prev_b, next_b = gr.Button("Previous"), gr.Button("Next")
         tour_info = gr.Markdown()
+        replay_btn = gr.Button("Replay this stop with the model in use (before / after)")
+        replay_out = gr.Markdown()
         tour_view = gr.HTML()
     tour_pos = gr.State(0)
 
@@ -118,6 +120,21 @@ def build(demo: Demo, model_state: gr.State) -> None:
     for f in filters:
         f.change(refresh, [cases_state, *filters], [table, summary, shown_state])
     table.select(on_select, shown_state, view)
+    @gpu
+    @friendly
+    def on_replay(tour_id, pos, model_name):
+        if not tour_id:
+            raise gr.Error("open a tour first")
+        t = tours[tour_id]
+        case, _ = tour_stop(t, pos, cases_by_id(demo.load_cases(t.model)))
+        r = demo.replay_case(case, model_name)
+        return (f"| | direct rank | reasoning rank |\n|---|---:|---:|\n"
+                f"| before ({html.escape(t.model)}, saved run) | {r['before_direct_rank']} | {r['before_reason_rank']} |\n"
+                f"| now (`{html.escape(r['model'])}`) | {r['direct_rank']} | {r['reason_rank']} |\n\n"
+                f"Rationale now: *{html.escape(r['rationale'])}*")
+
+    replay_btn.click(on_replay, [tour, tour_pos, model_state], replay_out, api_name="replay_stop",
+                     concurrency_id="model")
     tour.change(lambda t: show_stop(t, 0), tour, [tour_info, tour_view, tour_pos])
     next_b.click(lambda t, p: show_stop(t, p + 1), [tour, tour_pos], [tour_info, tour_view, tour_pos])
     prev_b.click(lambda t, p: show_stop(t, p - 1), [tour, tour_pos], [tour_info, tour_view, tour_pos])
