@@ -6,6 +6,7 @@ Indexes are cached per (model fingerprint, gallery), query vectors per (fingerpr
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -71,6 +72,13 @@ class Demo:
 
         self._projections = ProjectionCache(self.settings.cache_dir / "projections")
         self._lock = threading.RLock()
+
+    @functools.cached_property
+    def workbench(self):
+        """The Train tab's uploads and background jobs (one queue and one polling thread per app)."""
+        from rge_demo.training.workbench import Workbench
+
+        return Workbench(self.settings.cache_dir / "jobs", self.manager)
 
     # -- models ----------------------------------------------------------------------------------
     @property

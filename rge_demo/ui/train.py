@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from rge_demo.service import Demo
-from rge_demo.training.workbench import LAUNCH_STAGES, PROBLEM_COLUMNS, Workbench, loss_figure
+from rge_demo.training.workbench import LAUNCH_STAGES, PROBLEM_COLUMNS, loss_figure
 
 from .common import friendly, gpu
 
@@ -25,15 +25,6 @@ Format: a `manifest.jsonl` / `.csv` with `query_text`, `query_image`, `target_te
 `rationale`, `task`, ... plus its images (one zip, or a manifest and a zip). New here? **Try the sample upload.**"""
 STAGE_HELP = ("rge: joint LM + contrastive (needs a rationale on every pair) · cold-start: LM loss only · "
               "baseline: contrastive on direct embeddings, no rationales")
-
-
-def workbench_for(demo: Demo) -> Workbench:
-    """The demo's workbench (one per Demo: one queue, one polling thread)."""
-    bench = getattr(demo, "workbench", None)
-    if bench is None:
-        bench = Workbench(demo.settings.cache_dir / "jobs", demo.manager)
-        demo.workbench = bench
-    return bench
 
 
 def _last_lines(text: str) -> str:
@@ -52,7 +43,7 @@ def _default_base(demo: Demo, choices: list[str]) -> str | None:
 
 
 def build(demo: Demo, model_state: gr.State) -> None:
-    bench = workbench_for(demo)
+    bench = demo.workbench
     gr.Markdown(HELP)
 
     # (a) upload and validation ------------------------------------------------------------------
