@@ -64,7 +64,10 @@ def build(demo: Demo, model_state: gr.State) -> None:
     shown_state = gr.State([])
 
     with gr.Accordion("Guided tours", open=True):
-        tours = {t.id: t for t in load_tours(TOURS_DIR)} if TOURS_DIR.is_dir() else {}
+        order = ("helps", "hurts", "hallucination", "both")  # the gentlest tour first
+        found = load_tours(TOURS_DIR) if TOURS_DIR.is_dir() else []
+        found.sort(key=lambda t: next((i for i, k in enumerate(order) if k in t.id), len(order)))
+        tours = {t.id: t for t in found}
         with gr.Row():
             tour = gr.Dropdown([(t.title, t.id) for t in tours.values()], label="Tour", value=None)
             prev_b, next_b = gr.Button("Previous"), gr.Button("Next")
