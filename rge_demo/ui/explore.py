@@ -53,7 +53,8 @@ def build(demo: Demo, model_state: gr.State) -> None:
         hover = [f"{p.kind}: {p.text or p.label}" + (f"<br>{p.rationale[:80]}" if p.rationale else "")
                  for p in proj.points]
         correct = [p.correct for p in proj.points]
-        fig = projection_figure(proj.result, labels, colour_by, hover, correct=correct)
+        thumbs = [thumbnail(p.image) if p.image else None for p in proj.points if p.kind == "item"]
+        fig = projection_figure(proj.result, labels, colour_by, hover, thumbnails=thumbs, correct=correct)
         note = f"Method: **{proj.result.method.upper()}**"
         if how == "umap" and proj.result.method != "umap":
             note += f" (UMAP is {umap_state()}; PCA shown meanwhile - press Project again in a few seconds)"
