@@ -58,7 +58,8 @@ def build(demo: Demo, model_state: gr.State) -> None:
         split_f = gr.Dropdown([ALL, "ind", "ood"], value=ALL, label="Split")
         tag = gr.Dropdown([ALL, *TAGS], value=ALL, label="Failure kind")
     summary = gr.Markdown()
-    table = gr.Dataframe(interactive=False, max_height=320, wrap=True)
+    table = gr.Dataframe(interactive=False, max_height=320, wrap=True,
+                         column_widths=["14%", "10%", "5%", "9%", "8%", "6%", "6%", "8%", "8%", "12%", "14%"])
     view = gr.HTML()
     cases_state = gr.State([])
     shown_state = gr.State([])
