@@ -1,8 +1,13 @@
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from conftest import TAUGHT, colour_image, taught_inputs
-from rge_demo.embedding.encoder import Encoder
+from rge_demo.embedding.encoder import Encoder, collate, emb_states
+from rge_demo.embedding.profiles import get_profile
 from rge_demo.embedding.prompts import EMB_TOKEN, EmbedInput, from_mmeb_text, instruction_for, prompt_text
 
 
@@ -71,3 +76,113 @@ def test_with_rationale_matches_generated(taught_encoder):
     generated = taught_encoder.reason(inputs)
     given = taught_encoder.with_rationale(inputs, [r.rationale for r in generated])
     assert (given * np.stack([r.vector for r in generated])).sum(1).min() >= 0.999
+
+
+# -- the read-out at <emb>: a hook on the final norm vs the old all-layer hidden states ------------
+
+def all_layer_readout(enc: Encoder, inputs, budget: int, last_token: bool = False):
+    """The naive reference: ``generate(output_hidden_states=True)`` and index the kept states.
+
+    ``hidden_states[s][-1]`` is the final layer (after the norm) of step s, and step s >= 1 feeds
+    generated token s - 1 in. A row whose ``<emb>`` is generated token j < budget is embedded at
+    step j + 1; a forced row at step ``budget`` (its last token) or, without ``last_token``, None.
+    """
+    rows = enc.rows(inputs, direct=False)
+    batch = collate(rows, enc.pad_id)
+    prompt_len = batch["input_ids"].shape[1]
+
+    class StopAfterEmb(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids[:, prompt_len:-1] == enc.emb_id).any(dim=1)
+
+    with torch.inference_mode():
+        out = enc.model.generate(**batch, max_new_tokens=budget + 1, do_sample=False, pad_token_id=enc.pad_id,
+                                 suppress_tokens=enc.suppress, return_dict_in_generate=True,
+                                 output_hidden_states=True, stopping_criteria=StoppingCriteriaList([StopAfterEmb()]))
+    states = []
+    for i, new in enumerate(out.sequences[:, prompt_len:].tolist()):
+        j = new.index(enc.emb_id) if enc.emb_id in new[:budget] else None
+        if j is not None:
+            states.append(out.hidden_states[j + 1][-1][i, -1].float())
+        else:
+            states.append(out.hidden_states[budget][-1][i, -1].float() if last_token else None)
+    return states
+
+
+def unit(h: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(h.detach(), dim=-1).numpy()
+
+
+def with_rule(enc: Encoder, rule: str) -> Encoder:
+    base = getattr(enc, "profile", None) or get_profile("micro")
+    enc.profile = dataclasses.replace(base, budget_rule=rule)
+    assert enc.budget_rule == rule
+    return enc
+
+
+def test_hook_readout_equals_all_layer_hidden_states(taught_encoder):
+    inputs = taught_inputs()
+    naive = all_layer_readout(taught_encoder, inputs, 128)
+    batched = taught_encoder.reason(inputs)
+    assert not any(r.forced for r in batched) and all(h is not None for h in naive)
+    for r, h in zip(batched, naive):
+        assert float(r.vector @ unit(h)) >= 0.9999
+    for x in inputs:  # single rows, each against its own naive read-out
+        (alone,) = taught_encoder.reason([x])
+        (h,) = all_layer_readout(taught_encoder, [x], 128)
+        assert float(alone.vector @ unit(h)) >= 0.9999
+
+
+def test_hook_keeps_one_state_per_row(taught_encoder):
+    inputs = taught_inputs()
+    taught_encoder.reason(inputs)
+    capture = taught_encoder.last_capture
+    d = taught_encoder.model.config.text_config.hidden_size
+    assert capture.states.shape == (3, d)
+    assert capture.retained_bytes() <= 2 * 3 * d * 4 + 2 * 3  # states + flags; the step buffer is dropped
+    assert "output_hidden_states" not in taught_encoder._generation_config(8).to_diff_dict()
+
+
+@pytest.mark.parametrize("rule", ["append_emb", "last_token"])
+def test_budget_rule_on_a_mixed_batch(taught_encoder, rule):
+    """Two rows finish within the budget, the long one runs out: the profile's rule embeds it."""
+    enc = with_rule(taught_encoder, rule)
+    inputs = taught_inputs()
+    tokens = {x.text: r.tokens for x, r in zip(inputs, enc.reason(inputs))}
+    budget = sorted(tokens.values())[1] + 1  # short and medium stop with <emb>, long does not
+    results = enc.reason(inputs, max_new_tokens=budget)
+    assert [r.forced for r in results] == [False, False, True]
+    naive = all_layer_readout(enc, inputs, budget, last_token=rule == "last_token")
+    for r, h in zip(results[:2], naive[:2]):
+        assert float(r.vector @ unit(h)) >= 0.9999
+    long = results[2]
+    assert long.tokens == budget
+    rows = enc.rows(inputs[2:], direct=False)
+    ids = enc.tokenizer.encode(long.rationale, add_special_tokens=False)
+    last = unit(emb_states(enc.model, collate(rows, enc.pad_id, [ids]))[0])  # state of the last rationale token
+    appended = enc.with_rationale(inputs[2:], [long.rationale])[0]
+    if rule == "last_token":
+        assert float(long.vector @ unit(naive[2])) >= 0.9999
+        assert float(long.vector @ last) >= 0.999
+        assert float(long.vector @ appended) < 0.99  # a different vector from the other rule's
+        assert not long.prompt.endswith(EMB_TOKEN)
+    else:
+        assert naive[2] is None
+        assert float(long.vector @ appended) >= 0.999
+        assert long.prompt.endswith(EMB_TOKEN)
+    alone = enc.reason(inputs[2:], max_new_tokens=budget)[0]  # batched == single under either rule
+    assert alone.forced and float(alone.vector @ long.vector) >= 0.999
+
+
+def test_force_budget_runs_every_row_to_the_budget(tiny):
+    enc = Encoder(*tiny)
+    enc.force_budget = True
+    inputs = taught_inputs()
+    assert all(not r.forced and r.tokens == 5 for r in enc.reason(inputs, max_new_tokens=6))  # 5 tokens, <emb>
+    rows = enc.rows(inputs, direct=False)
+    with torch.inference_mode():
+        generated = enc._generate(rows, 6)
+        vectors = enc._finish(rows, generated)
+        again = unit(emb_states(enc.model, collate(rows, enc.pad_id, [ids + [enc.emb_id] for ids, _, _ in generated])))
+    assert [len(ids) for ids, _, _ in generated] == [5, 5, 5]
+    assert (vectors * again).sum(1).min() >= 0.999  # the in-generate state is <emb>'s after those tokens

@@ -4,8 +4,14 @@
 * reasoning: ``prompt`` -> greedy rationale that stops at ``<emb>``; generation runs ONE more
   cached step per row, feeding ``<emb>`` back in, and that step's final-layer state is the
   embedding (the reference's "one more cached decode step", done inside ``generate`` so positions
-  and padding are handled by transformers). Rows whose budget runs out get ``<emb>`` appended and
-  one forward over ``prompt + rationale + <emb>`` (the path training takes) instead.
+  and padding are handled by transformers). The state is read by :class:`EmbCapture`, a forward
+  hook on the text model's final norm that keeps one position per row: (B, D) memory, where
+  ``output_hidden_states`` would keep every layer at every prompt position.
+
+When the budget runs out, the profile's ``budget_rule`` decides: "append_emb" appends ``<emb>``
+and runs one forward over ``prompt + rationale + <emb>`` (the path training takes); "last_token"
+embeds the final-layer state of the last generated token (MCG-NJU/RGE ``encode_and_generate``:
+its extra decode step feeds ``sequences[:, -1:]``, which is the 128th token when no ``<emb>`` came).
 
 Rows are tokenised one at a time and left-padded by :func:`collate`, so a batch and a single row
 see identical token ids and positions; the trainer uses the same :func:`collate` and
@@ -23,13 +29,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList, TextIteratorStreamer)
 
 from .prompts import EMB_TOKEN, EmbedInput, prompt_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 128
+BUDGET_RULE = "append_emb"  # when the encoder has no profile
 
 
 class NotAnRGEModel(ValueError):
@@ -53,8 +61,8 @@ class ReasonResult:
     tokens: int  # generated rationale tokens, <emb> excluded
     seconds: float  # wall time of the row's batch divided by its size
     vector: np.ndarray  # (D,) float32, unit norm
-    forced: bool  # True when the budget ran out and <emb> was appended
-    prompt: str  # exact text of the final forward: prompt + rationale + <emb>
+    forced: bool  # True when the budget ran out (the profile's budget_rule made the vector)
+    prompt: str  # exact text of the embedded sequence: prompt + rationale (+ <emb> unless "last_token" forced it)
 
 
 @dataclass
@@ -107,14 +115,87 @@ def emb_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.last_hidden_state[:, -1].float()
 
 
-class StopAfterEmb(StoppingCriteria):
-    """Per row: stop once ``<emb>`` has been fed back in (so its hidden state has been computed)."""
+def final_norm(model) -> torch.nn.Module:
+    """The text model's final norm: its output is ``last_hidden_state`` (``model.model.language_model.norm``)."""
+    norm = getattr(model.get_decoder(), "norm", None)
+    if not isinstance(norm, torch.nn.Module):
+        raise TypeError(f"{type(model).__name__}: its text model has no final norm to read the embedding from")
+    return norm
 
-    def __init__(self, emb_id: int, prompt_len: int):
-        self.emb_id, self.prompt_len = emb_id, prompt_len
+
+class EmbCapture(StoppingCriteria):
+    """Reads each row's embedding inside ``generate`` and stops the row once it has it.
+
+    A forward hook on the final norm keeps the last position of every forward step, (B, D): the
+    state of the token that step consumed. After each step ``generate`` calls this object with the
+    ids so far, the token just chosen included, so ``input_ids[:, -2]`` is the token the step
+    consumed. Rows whose consumed token is ``<emb>`` copy the step's state into ``states``; with
+    ``last_token`` set, rows still without one when the step consumes the budget's last token copy
+    that state (marked in ``took_last``). Memory: three (B, D)-sized buffers, whatever the number
+    of layers, positions or steps.
+
+    Use it as a context manager around ``generate`` (the hook is removed on exit).
+    """
+
+    def __init__(self, norm: torch.nn.Module, emb_id: int, prompt_len: int, budget: int, last_token: bool = False):
+        self.norm, self.emb_id, self.prompt_len, self.budget, self.last_token = norm, emb_id, prompt_len, budget, last_token
+        self.step: torch.Tensor | None = None  # (B, D) float32: last position of the latest step
+        self.states: torch.Tensor | None = None  # (B, D) float32
+        self.done: torch.Tensor | None = None  # (B,) bool: states[i] holds an <emb> state
+        self.took_last: torch.Tensor | None = None  # (B,) bool: states[i] is the budget's last token
+        self._handle = None
+
+    def _hook(self, module, args, output):
+        self.step = output[:, -1].to(torch.float32, copy=True)  # a copy: the (B, L, D) output is not kept
+
+    def __enter__(self) -> EmbCapture:
+        self._handle = self.norm.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+        self.step = None
+
+    def retained_bytes(self) -> int:
+        """Bytes this capture holds: the read-out's whole memory cost."""
+        return sum(t.numel() * t.element_size() for t in (self.step, self.states, self.done, self.took_last)
+                   if t is not None)
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return (input_ids[:, self.prompt_len:-1] == self.emb_id).any(dim=1)
+        if self.states is None:
+            self.states = torch.zeros_like(self.step)
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            self.took_last = torch.zeros_like(self.done)
+        consumed = input_ids.shape[1] - self.prompt_len - 2  # index of the generated token this step fed in
+        if consumed >= 0:
+            new = (input_ids[:, -2] == self.emb_id) & ~self.done & ~self.took_last
+            if self.last_token and consumed == self.budget - 1:
+                last = ~self.done & ~new
+                self.states[last] = self.step[last]
+                self.took_last |= last
+            self.states[new] = self.step[new]
+            self.done |= new
+        return self.done.clone()
+
+
+class EmbAtBudget(LogitsProcessor):
+    """Benchmarks only: ``<emb>`` is banned until the budget's last token and forced there.
+
+    Every row then writes exactly ``budget - 1`` rationale tokens and ``<emb>``: a fixed amount of
+    work per query, independent of what an untrained model would emit.
+    """
+
+    def __init__(self, emb_id: int, prompt_len: int, budget: int):
+        self.emb_id, self.prompt_len, self.budget = emb_id, prompt_len, budget
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        n = input_ids.shape[1] - self.prompt_len  # the token being chosen is generated token n
+        if n < self.budget - 1:
+            scores[:, self.emb_id] = -float("inf")
+        elif n == self.budget - 1:
+            scores.fill_(-float("inf"))
+            scores[:, self.emb_id] = 0.0
+        return scores
 
 
 class RationaleStreamer(TextIteratorStreamer):
@@ -156,6 +237,10 @@ class Encoder:
         specials = set(self.tokenizer.all_special_ids) | set(self.tokenizer.added_tokens_decoder)
         self.suppress = sorted(specials - {self.emb_id})
         self.forward_passes = 0  # counts model calls (the benchmark's warm-cache check reads it)
+        self.last_capture: EmbCapture | None = None  # the latest generate's read-out (benchmarks read its size)
+
+    force_budget = False
+    """Benchmarks only: every rationale runs to the full budget and ends in ``<emb>`` (:class:`EmbAtBudget`)."""
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -165,6 +250,11 @@ class Encoder:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def budget_rule(self) -> str:
+        """What embeds a row whose budget ran out: the profile's rule ("append_emb" or "last_token")."""
+        return getattr(getattr(self, "profile", None), "budget_rule", BUDGET_RULE)
 
     def rows(self, inputs: Sequence[EmbedInput], *, direct: bool) -> list[Row]:
         prompts = [prompt_text(self.processor, x, direct=direct) for x in inputs]
@@ -183,30 +273,40 @@ class Encoder:
         # One token past the budget: the step that feeds <emb> back in when it is the budget's last token.
         return GenerationConfig(
             max_new_tokens=max_new_tokens + 1, do_sample=False, pad_token_id=self.pad_id,
-            suppress_tokens=self.suppress or None, use_cache=True, return_dict_in_generate=True,
-            output_hidden_states=True,
+            suppress_tokens=self.suppress or None, use_cache=True,
         )
 
     def _generate(self, rows: Sequence[Row], budget: int, streamer=None) -> list[tuple[list[int], bool, torch.Tensor | None]]:
-        """Per row: (rationale ids, forced, ``<emb>`` state (D,) or None when forced)."""
+        """Per row: (rationale ids, forced, embedding state (D,) or None).
+
+        The state is ``<emb>``'s when the row emitted it within the budget; for a forced row it is
+        the last generated token's under the "last_token" rule and None under "append_emb" (then
+        :meth:`_finish` re-forwards with ``<emb>`` appended).
+        """
         batch = self._collate(rows)
         prompt_len = batch["input_ids"].shape[1]
-        out = self.model.generate(**batch, generation_config=self._generation_config(budget), streamer=streamer,
-                                  stopping_criteria=StoppingCriteriaList([StopAfterEmb(self.emb_id, prompt_len)]))
-        # hidden_states[s]: per layer, the states of step s; step s >= 1 consumes generated token s - 1.
+        processors = LogitsProcessorList([EmbAtBudget(self.emb_id, prompt_len, budget)] if self.force_budget else [])
+        capture = EmbCapture(final_norm(self.model), self.emb_id, prompt_len, budget,
+                             last_token=self.budget_rule == "last_token")
+        with capture:
+            sequences = self.model.generate(**batch, generation_config=self._generation_config(budget),
+                                            streamer=streamer, logits_processor=processors,
+                                            stopping_criteria=StoppingCriteriaList([capture]))
+        self.last_capture = capture
         results = []
-        for i, new in enumerate(out.sequences[:, prompt_len:].tolist()):
-            j = new.index(self.emb_id) if self.emb_id in new else None
-            if j is not None and j < budget and j + 1 < len(out.hidden_states):
-                results.append((new[:j], False, out.hidden_states[j + 1][-1][i, -1].float()))
+        for i, (new, done, last) in enumerate(zip(sequences[:, prompt_len:].tolist(), capture.done.tolist(),
+                                                  capture.took_last.tolist(), strict=True)):
+            if done:
+                results.append((new[:new.index(self.emb_id)], False, capture.states[i]))
             else:
-                results.append(([t for t in new[:budget] if t != self.pad_id and t != self.emb_id], True, None))
+                ids = [t for t in new[:budget] if t != self.pad_id and t != self.emb_id]
+                results.append((ids, True, capture.states[i] if last else None))
         return results
 
     def _finish(self, rows: Sequence[Row], generated) -> np.ndarray:
-        """Unit vectors for generated rows; budget-forced rows get ``<emb>`` appended and one forward."""
+        """Unit vectors of the generated rows; rows without a state get ``<emb>`` appended and one forward."""
         vectors = [None if h is None else F.normalize(h, dim=-1).cpu().numpy() for _, _, h in generated]
-        forced = [i for i, (_, f, _) in enumerate(generated) if f]
+        forced = [i for i, v in enumerate(vectors) if v is None]
         if forced:
             again = self._vectors([rows[i] for i in forced], [generated[i][0] + [self.emb_id] for i in forced])
             for i, v in zip(forced, again):
@@ -214,8 +314,9 @@ class Encoder:
         return np.stack(vectors)
 
     def _result(self, row: Row, ids: list[int], forced: bool, vector: np.ndarray, seconds: float) -> ReasonResult:
+        end = "" if forced and self.budget_rule == "last_token" else EMB_TOKEN
         return ReasonResult(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), seconds, vector, forced,
-                            row.prompt + self.tokenizer.decode(ids) + EMB_TOKEN)
+                            row.prompt + self.tokenizer.decode(ids) + end)
 
     # -- public API ----------------------------------------------------------------------------
     def direct(self, inputs: Sequence[EmbedInput], batch_size: int = 32) -> np.ndarray:
