@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     def on_step(record: dict) -> None:
         bar.total = record["total_steps"]
         bar.n = record["step"]
-        bar.set_postfix(loss=f"{record['loss']:.3f}", phase=record["phase"], refresh=False)
+        if "loss" in record:  # the step-0 probe record has no loss
+            bar.set_postfix(loss=f"{record['loss']:.3f}", phase=record["phase"], refresh=False)
         bar.refresh()
 
     try:

@@ -39,8 +39,19 @@ class TrainConfig:
     """Upper bound on cold-start steps when gated (0: cold_start_steps)."""
     batch_size: int = 32
     lr: float = 1e-3
+    """Peak learning rate of the first phase (the cold start for rge, the only phase otherwise)."""
     min_lr: float = 1e-4
     warmup_steps: int = 50
+    joint_lr: float = 0.0
+    """rge only: peak learning rate of the joint phase (0: ``lr``). Each phase has its own schedule:
+    the cold start warms up and decays by cosine over its longest possible length (the gate decides
+    where it really ends); the joint phase warms up over ``joint_warmup_steps`` and decays by cosine to ``min_lr`` over
+    exactly ``steps``. Other stages: warm-up, then cosine from ``lr`` to ``min_lr`` over ``steps``."""
+    joint_warmup_steps: int = 20
+    vision_lr_scale: float = 1.0
+    """Learning-rate factor of the vision tower's patch embedding and blocks (the merger that maps
+    visual features into the LM always trains at the full rate). 0 freezes them: an LM-only cold
+    start otherwise wears the shape information out of a micro vision tower."""
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     a_lm: float = 0.1
@@ -48,9 +59,13 @@ class TrainConfig:
     a_con: float = 1.0
     """Weight of the InfoNCE loss."""
     direct_weight: float = 0.0
-    """Weight of an extra InfoNCE on DIRECT query embeddings (keeps the RGE model's direct mode
-    usable, MICROWORLD.md point 3); applies in the joint and leakage phases (in an LM-only cold start
-    at lr 1e-3 the direct path collapsed, see the model card). 0: the paper's objective."""
+    """Weight of an extra InfoNCE on DIRECT embeddings of every query (joint and leakage phases).
+    0: the paper's objective. Prefer ``direct_share``, which trains a minority of queries directly."""
+    direct_share: float = 0.0
+    """Joint/leakage phases: this share of each batch's queries (at most half) is embedded in
+    direct mode instead of after a rationale, inside the same InfoNCE, so the RGE model keeps a
+    usable direct mode (MICROWORLD.md point 3) while most queries teach ``<emb>`` to read the
+    rationale."""
     temperature: float = 0.03
     max_new_tokens: int = 80
     """Rationale budget during on-the-fly generation."""
@@ -62,6 +77,13 @@ class TrainConfig:
     probe_every: int = 100
     """Steps between probes of self-generated answer accuracy (0: never)."""
     probe_size: int = 64
+    """Pairs data: probe/validation queries. World data: see ``probe_per_task``."""
+    probe_per_task: int = 32
+    """World data: probe queries per task (drawn from the train distribution with another seed);
+    the cold-start gate opens on the WORST task's share of right self-generated answers."""
+    shape_probe: bool = True
+    """Measure a linear probe for the shape in each grid cell, read from the visual tokens, at
+    the start, at every probe and at the end (world data only): perception kept or lost."""
     val_share: float = 0.0
     """Share of a pairs file held out for validation (not used for world data)."""
     seed: int = 0
@@ -71,20 +93,23 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        for name in ("steps", "batch_size", "train_per_task", "max_new_tokens", "probe_size"):
+        for name in ("steps", "batch_size", "train_per_task", "max_new_tokens", "probe_size", "probe_per_task"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("cold_start_steps", "cold_start_max_steps", "warmup_steps", "save_every", "probe_every", "threads"):
+        for name in ("cold_start_steps", "cold_start_max_steps", "warmup_steps", "joint_warmup_steps", "save_every",
+                     "probe_every", "threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("a_lm", "a_con", "direct_weight", "min_lr", "weight_decay", "grad_clip"):
+        for name in ("a_lm", "a_con", "direct_weight", "min_lr", "weight_decay", "grad_clip", "joint_lr", "vision_lr_scale"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.cold_start_gate <= 1:
             raise ConfigError(f"cold_start_gate must be in [0, 1], got {self.cold_start_gate!r}")
+        if not 0 <= self.direct_share <= 0.5:
+            raise ConfigError(f"direct_share must be in [0, 0.5] (direct mode on a minority of queries), got {self.direct_share!r}")
         if not 0 <= self.val_share < 1:
             raise ConfigError(f"val_share must be in [0, 1), got {self.val_share!r}")
         if self.batch_size < 2 and self.stage != "cold-start":

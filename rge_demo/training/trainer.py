@@ -49,6 +49,7 @@ CHECKPOINTS = "checkpoints"
 FINAL = "model"
 COLD_START = "cold-start-model"
 METRICS = "metrics.jsonl"
+ADAPTER = "adapter"
 KEEP_CHECKPOINTS = 2
 
 
@@ -85,7 +86,7 @@ def load_data(cfg: TrainConfig) -> tuple[dict[str, list[Pair]], list[Pair]]:
             raise ConfigError(f"tasks: unknown world task(s) {unknown}; known: {sorted(world.TASKS)}")
         pools = world_pairs(cfg.tasks, "train", cfg.train_per_task, seed=cfg.seed)
         # The probe is drawn from the TRAIN distribution with another seed: test splits stay unseen.
-        probe_pools = world_pairs(cfg.tasks, "train", max(1, cfg.probe_size // max(1, len(pools))), seed=cfg.seed + 7919)
+        probe_pools = world_pairs(cfg.tasks, "train", cfg.probe_per_task, seed=cfg.seed + 7919)
         probe = [p for ps in probe_pools.values() for p in ps]
     else:
         pairs = load_pairs(cfg.data)
@@ -93,7 +94,7 @@ def load_data(cfg: TrainConfig) -> tuple[dict[str, list[Pair]], list[Pair]]:
         if not train_pairs:
             raise DataError(f"{cfg.data}: the train split is empty (val_share {cfg.val_share})")
         pools = by_task(train_pairs)
-        probe = probe or train_pairs[: cfg.probe_size]
+        probe = (probe or train_pairs)[: cfg.probe_size]
     needs_rationale = cfg.stage in ("cold-start", "rge", "leakage")
     for task, ps in pools.items():
         if not ps:
@@ -103,18 +104,55 @@ def load_data(cfg: TrainConfig) -> tuple[dict[str, list[Pair]], list[Pair]]:
     return pools, probe
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine from ``lr`` to ``min_lr`` over all steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+def _warmup_cosine(step: int, steps: int, peak: float, floor: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def sample_batch(pools: dict[str, list[Pair]], cfg: TrainConfig, step: int) -> list[Pair]:
-    """The global batch of a step: a function of (seed, step) only, so a resumed run sees the same data."""
+def lr_at(step: int, cfg: TrainConfig, cold_start_end: int = 0) -> float:
+    """The learning rate of ``step``, per phase (see :attr:`TrainConfig.joint_lr`).
+
+    rge: the cold start (steps ``< cold_start_end``, which the gate may move) warms up and decays by
+    cosine towards ``min_lr`` over its longest possible length (``cold_start_max_steps``); the joint
+    phase restarts from ``joint_lr`` with its own warm-up and a cosine to ``min_lr`` over exactly
+    ``cfg.steps``, wherever the gate made it start. Other stages: warm-up + cosine over ``cfg.steps``.
+    """
+    if cfg.stage != "rge":
+        return _warmup_cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
+    if step < cold_start_end:
+        longest = max(cfg.cold_start_steps, cfg.cold_start_max_steps, cold_start_end)
+        return _warmup_cosine(step, longest, cfg.lr, cfg.min_lr, cfg.warmup_steps)
+    return _warmup_cosine(step - cold_start_end, cfg.steps, cfg.joint_lr or cfg.lr, cfg.min_lr, cfg.joint_warmup_steps)
+
+
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """Optimizer groups: the vision tower (patch embedding and blocks) at ``vision_lr_scale``, the
+    rest (LM, merger) at the full rate; ``vision_lr_scale`` 0 freezes the tower."""
+    tower, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        in_tower = ".visual." in f".{name}" and ".merger." not in f".{name}"
+        if in_tower and cfg.vision_lr_scale == 0:
+            p.requires_grad_(False)
+        else:
+            (tower if in_tower else rest).append(p)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if tower:
+        groups.append({"params": tower, "lr_scale": cfg.vision_lr_scale})
+    return groups
+
+
+def sample_batch(pools: dict[str, list[Pair]], cfg: TrainConfig, step: int, phase: str = "") -> list[Pair]:
+    """The global batch of a step: a function of (seed, step) only, so a resumed run sees the same data.
+
+    Contrastive phases draw one task per batch (``one_task_per_batch``: negatives from the same
+    task); the LM-only cold start mixes tasks, since it needs no negatives.
+    """
     rng = random.Random(cfg.seed * 1_000_003 + step)
-    if cfg.one_task_per_batch:
+    if cfg.one_task_per_batch and phase != "cold-start":
         pool = pools[rng.choice(sorted(pools))]
     else:
         pool = [p for ps in pools.values() for p in ps]
@@ -127,6 +165,7 @@ class StepContext:
 
     def __init__(self, model, processor, cfg: TrainConfig, accelerator: Accelerator):
         self.model, self.processor, self.cfg, self.acc = model, processor, cfg, accelerator
+        self.peft = None  # the PeftModel wrapper when training LoRA adapters (``model`` holds them in place)
         self.tok = processor.tokenizer
         self.emb_id = emb_token_id(self.tok)
         self.pad_id = self.tok.pad_token_id
@@ -235,14 +274,22 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
         q_lm, q_oracle = ctx.oracle_lm(q_rows, pairs)
         t, t_lm = ctx.targets(pairs)
         lm_parts = (q_lm[0] + t_lm[0], q_lm[1] + t_lm[1])
+        # The first ``n_direct`` queries of the (randomly drawn) batch are embedded in direct mode.
+        n_direct = round(cfg.direct_share * len(pairs)) if phase in ("joint", "leakage") else 0
         if phase == "joint":
-            ids, emitted = ctx.generate(q_rows)
-            q = ctx.hidden(ctx.batch(q_rows, [r + [ctx.emb_id] for r in ids]))[:, -1]
+            ids, emitted = ctx.generate(q_rows[n_direct:]) if n_direct < len(pairs) else ([], [])
+            suffixes = [[ctx.emb_id]] * n_direct + [r + [ctx.emb_id] for r in ids]
+            q = ctx.hidden(ctx.batch(q_rows, suffixes))[:, -1]
             con = ctx.contrastive(q, t, keys)
-            stats.update(rationale_tokens=sum(map(len, ids)) / len(ids), emitted_emb=sum(emitted) / len(ids),
-                         samples=[ctx.tok.decode(r, skip_special_tokens=True) for r in ids[:2]])
+            if ids:
+                stats.update(rationale_tokens=sum(map(len, ids)) / len(ids), emitted_emb=sum(emitted) / len(ids),
+                             samples=[ctx.tok.decode(r, skip_special_tokens=True) for r in ids[:2]])
         elif phase == "leakage":
-            con = ctx.contrastive(q_oracle, t, keys)
+            q = q_oracle
+            if n_direct:
+                q_direct = ctx.hidden(ctx.batch(q_rows[:n_direct], [[ctx.emb_id]] * n_direct))[:, -1]
+                q = torch.cat([q_direct, q_oracle[n_direct:]])
+            con = ctx.contrastive(q, t, keys)
         if cfg.direct_weight > 0 and phase != "cold-start":
             q_direct = ctx.hidden(ctx.batch(ctx.direct_rows(q_rows)))[:, -1]
             direct = ctx.contrastive(q_direct, t, keys)
@@ -267,17 +314,22 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def _save_model(model, processor, path: Path, lora: bool) -> None:
-    to_save = copy.deepcopy(model).merge_and_unload() if lora else model
+def _save_model(model, processor, path: Path, peft_model=None) -> None:
+    """A plain checkpoint folder; with LoRA the adapters are merged into a copy first."""
+    to_save = copy.deepcopy(peft_model).merge_and_unload() if peft_model is not None else model
     to_save.save_pretrained(path)
     processor.save_pretrained(path)
 
 
 def save_checkpoint(ctx: StepContext, optimizer, step: int, out: Path, extra: dict) -> Path:
+    """``checkpoints/step-N``: the (merged) model, plus with LoRA the adapters alone (``adapter/``)
+    so that a resume continues the same adapters on the unchanged base, optimizer and state."""
     path = out / CHECKPOINTS / f"step-{step:06d}"
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    _save_model(ctx.acc.unwrap_model(ctx.model), ctx.processor, tmp, ctx.cfg.lora)
+    _save_model(ctx.acc.unwrap_model(ctx.model), ctx.processor, tmp, ctx.peft)
+    if ctx.peft is not None:
+        ctx.peft.save_pretrained(tmp / ADAPTER)
     torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}, indent=1))
     shutil.rmtree(path, ignore_errors=True)
@@ -295,24 +347,74 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line half-written when the run was killed
+                continue
         path.write_text("".join(line + "\n" for line in keep))
 
 
 # ---------------------------------------------------------------------------------------- probe
 @torch.no_grad()
-def probe_accuracy(ctx: StepContext, probe: list[Pair]) -> float | None:
-    """Share of self-generated rationales whose ``answer X`` matches the oracle's (the cold-start gate)."""
+def probe_accuracy(ctx: StepContext, probe: list[Pair]) -> dict[str, float]:
+    """Per task, the share of self-generated rationales whose ``answer X`` matches the oracle's."""
     scored = [p for p in probe if world.answer_of(p.rationale)]
-    if not scored:
-        return None
-    right = 0
+    right: dict[str, list[bool]] = {}
     for i in range(0, len(scored), 32):
         chunk = scored[i:i + 32]
         ids, _ = ctx.generate(ctx.rows([p.query for p in chunk], direct=False))
-        right += sum(world.answer_of(ctx.tok.decode(r, skip_special_tokens=True)) == world.answer_of(p.rationale)
-                     for r, p in zip(ids, chunk))
-    return right / len(scored)
+        for r, p in zip(ids, chunk):
+            said = world.answer_of(ctx.tok.decode(r, skip_special_tokens=True))
+            right.setdefault(p.task, []).append(said == world.answer_of(p.rationale))
+    return {task: sum(v) / len(v) for task, v in sorted(right.items())}
+
+
+@torch.no_grad()
+def shape_probe(model, processor, n_train: int = 300, n_test: int = 150, seed: int = 4242) -> float:
+    """Linear-probe accuracy for what is in each grid cell (one of the 4 shapes, or empty), read
+    from the visual tokens (the merger's output, one token per cell) of world scenes.
+
+    A ridge-regularised least-squares classifier on one-hot targets, fitted on ``n_train`` scenes
+    and scored on ``n_test`` others: how much shape information the vision side hands the LM.
+    """
+    was_training = model.training
+    model.eval()
+    examples = world.generate("ground", "train", n_train + n_test, seed=seed)
+    feats, labels = [], []
+    dtype = next(model.parameters()).dtype
+    for i in range(0, len(examples), 64):
+        chunk = examples[i:i + 64]
+        enc = processor.image_processor(images=[e.query_image for e in chunk], return_tensors="pt")
+        out = model.model.get_image_features(enc["pixel_values"].to(model.device, dtype),
+                                             enc["image_grid_thw"].to(model.device))
+        for ex, tokens in zip(chunk, out.pooler_output):  # (9, D): one merged token per cell
+            by_cell = {o.cell: world.SHAPES.index(o.shape) for o in ex.scene.objects}
+            feats.append(tokens.float().cpu())
+            labels += [by_cell.get(c, len(world.SHAPES)) for c in range(9)]
+    model.train(was_training)
+    x = torch.cat(feats)  # (scenes * 9, D)
+    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    y = F.one_hot(torch.tensor(labels), len(world.SHAPES) + 1).float()
+    cut = n_train * 9
+    w = torch.linalg.solve(x[:cut].T @ x[:cut] + 1.0 * torch.eye(x.shape[1]), x[:cut].T @ y[:cut])
+    return ((x[cut:] @ w).argmax(1) == y[cut:].argmax(1)).float().mean().item()
+
+
+def _probe_record(ctx: StepContext, probe: list[Pair]) -> dict:
+    record: dict = {}
+    if probe:
+        per_task = probe_accuracy(ctx, probe)
+        if per_task:
+            record["probe_answer_acc"] = sum(per_task.values()) / len(per_task)
+            record["probe_worst_task_acc"] = min(per_task.values())
+            record["probe_by_task"] = per_task
+    if ctx.cfg.shape_probe and ctx.cfg.data == "world":
+        record["shape_probe"] = shape_probe(ctx.model, ctx.processor)
+    return record
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -334,17 +436,24 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
     pools, probe = load_data(cfg)  # fails before any model work on bad data
 
     resume = latest_checkpoint(out)
-    model, processor = load_model(str(resume) if resume else cfg.init, acc.device)
+    adapter = resume / ADAPTER if resume is not None and cfg.lora else None
+    # With LoRA the base never changes: a resume reloads it and continues the saved adapters.
+    model, processor = load_model(cfg.init if adapter is not None else str(resume) if resume else cfg.init, acc.device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    peft_model = None
     if cfg.lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model
 
-        get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
-                                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        if adapter is not None and adapter.is_dir():
+            peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        else:
+            peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     state = {"step": 0, "cold_start_end": cfg.cold_start_steps if cfg.stage == "rge" else 0}
     if resume:
         state.update(json.loads((resume / "trainer_state.json").read_text()))
@@ -355,11 +464,21 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
         cfg.save(out / "config.json")
         _truncate_metrics(out / METRICS, state["step"])
     ctx = StepContext(model, processor, cfg, acc)
+    ctx.peft = peft_model
     torch.manual_seed(cfg.seed + state["step"])
+
+    def write(record: dict) -> None:
+        if acc.is_main_process:
+            with open(out / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        on_step(record)
 
     step, record = state["step"], {}
     total = cfg.steps + state["cold_start_end"]
-    max_cold = cfg.cold_start_max_steps or cfg.cold_start_steps
+    max_cold = max(cfg.cold_start_max_steps, cfg.cold_start_steps)
+    answers_probe = probe if cfg.stage != "baseline" else []  # a baseline writes no rationales
+    if step == 0 and cfg.probe_every:
+        write({"step": 0, "total_steps": total, "phase": "start", **_probe_record(ctx, answers_probe)})
     status = "finished"
     while step < total:
         if should_stop():
@@ -367,9 +486,10 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
             break
         phase = _phase(cfg.stage, step, state["cold_start_end"])
         t0 = time.perf_counter()
+        lr = lr_at(step, cfg, state["cold_start_end"])
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        global_batch = sample_batch(pools, cfg, step)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        global_batch = sample_batch(pools, cfg, step, phase)
         per = len(global_batch) // acc.num_processes
         local = global_batch[acc.process_index * per:(acc.process_index + 1) * per]
         parts, stats = compute_loss(ctx, local, phase)
@@ -385,26 +505,25 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
 
         record = {"step": step, "total_steps": total, "phase": phase, "task": local[0].task,
                   "loss": parts["loss"].item(), "lm_loss": parts["lm_loss"].item(), "contrastive_loss": parts["contrastive_loss"].item(),
-                  "direct_loss": parts["direct_loss"].item(), "lr": optimizer.param_groups[0]["lr"],
+                  "direct_loss": parts["direct_loss"].item(), "lr": lr,
                   "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0, **stats}
-        if cfg.probe_every and (step % cfg.probe_every == 0 or step == total) and phase != "baseline":
-            record["probe_answer_acc"] = probe_accuracy(ctx, probe[: cfg.probe_size])
-            # The cold-start gate: extend the cold start until self-generated answers are right.
+        if cfg.probe_every and (step % cfg.probe_every == 0 or step == total):
+            t_probe = time.perf_counter()
+            record.update(_probe_record(ctx, answers_probe))
+            record["probe_seconds"] = time.perf_counter() - t_probe
+            # The cold-start gate: extend the cold start until the WORST task's answers are right.
+            worst = record.get("probe_worst_task_acc")
             if (cfg.stage == "rge" and phase == "cold-start" and step == state["cold_start_end"]
-                    and cfg.cold_start_gate and (record["probe_answer_acc"] or 0) < cfg.cold_start_gate
-                    and step < max_cold):
+                    and cfg.cold_start_gate and worst is not None and worst < cfg.cold_start_gate and step < max_cold):
                 state["cold_start_end"] = min(max_cold, step + cfg.probe_every)
                 total = cfg.steps + state["cold_start_end"]
                 record["total_steps"] = total
-                log.info("cold-start gate: answer accuracy %.2f < %.2f, extending to step %d",
-                         record["probe_answer_acc"], cfg.cold_start_gate, state["cold_start_end"])
-        if acc.is_main_process:
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        on_step(record)
+                log.info("cold-start gate: worst task's answer accuracy %.2f < %.2f, extending to step %d",
+                         worst, cfg.cold_start_gate, state["cold_start_end"])
+        write(record)
         if (cfg.stage == "rge" and step == state["cold_start_end"] and step < total and acc.is_main_process):
             # The end of the cold start is kept: the leakage ablation starts from the same point.
-            _save_model(acc.unwrap_model(model), processor, out / COLD_START, cfg.lora)
+            _save_model(acc.unwrap_model(model), processor, out / COLD_START, peft_model)
         if cfg.save_every and step % cfg.save_every == 0 and step < total and acc.is_main_process:
             save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"]})
 
@@ -414,7 +533,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
             save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"]})
         if status == "finished":
             model_dir = out / FINAL
-            _save_model(acc.unwrap_model(model), processor, model_dir, cfg.lora)
+            _save_model(acc.unwrap_model(model), processor, model_dir, peft_model)
     acc.wait_for_everyone()
     return TrainResult(out, model_dir, step, status, record)
 
