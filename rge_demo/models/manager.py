@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from rge_demo.config import ASSETS_DIR, Settings, get_settings
+from rge_demo.embedding.batcher import BatchedEncoder
 from rge_demo.embedding.encoder import Encoder
 
 from .loading import (
@@ -224,8 +225,8 @@ class ModelManager:
             info = summarize(model)
             loaded = LoadedModel(
                 spec=spec, model=model, processor=processor,
-                encoder=Encoder(model, processor, max_new_tokens=self.settings.max_new_tokens,
-                                lock=threading.RLock()),
+                encoder=BatchedEncoder(model, processor, max_new_tokens=self.settings.max_new_tokens,
+                                       lock=threading.RLock()),
                 fingerprint=fp, device=info["device"], dtype=info["dtype"], quantization=quantization,
                 parameters=info["parameters"], memory_bytes=info["memory_bytes"],
                 load_seconds=time.perf_counter() - t0,

@@ -1,0 +1,299 @@
+"""Concurrent requests on one model merged into one batch: the request collector.
+
+Several people use the app's model at once: Compare streams a rationale (:meth:`Encoder.stream`),
+search embeds one query (:meth:`Encoder.reason` or :meth:`Encoder.direct`). One at a time, four
+requests cost four ``generate`` calls and the fourth user waits for all of them. Merged, a GPU runs
+the four rows in about the time of one (a decode step is memory-bound), and a CPU still shares the
+per-step overhead.
+
+* :class:`Collector` keeps the queue. A :class:`Request` is a list of processed rows plus its kind:
+  ``("direct",)`` (one forward) or ``("reason", budget)`` (generate, then embed). A worker thread,
+  started by the first request and gone once the queue is empty (so it never keeps an unloaded
+  model alive), waits until ``window`` seconds after the oldest pending request (or until
+  ``max_rows`` rows of that kind wait), takes every pending request of the oldest request's kind in
+  arrival order up to ``max_rows`` rows, and runs them as ONE call under the encoder's lock. A
+  single request larger than ``max_rows`` runs alone, unsplit: a caller's own batch is never
+  reshaped, so its numbers are those of the unbatched encoder.
+* :class:`SplitStreamer` is the streamer of a merged ``generate``: it splits each step's (B,) new
+  tokens by row and sends each streaming request its own rationale text. Text is decoded from the
+  row's ids so far and held back while it ends in an incomplete byte-level character (U+FFFD); a
+  row's text ends at its ``<emb>``, or at its budget (the one extra step ``generate`` runs past
+  the budget is not text).
+* Budgets: requests with different budgets are batched separately (the budget is part of the
+  kind). Generating to the largest budget and trimming would make short-budget rows wait for the
+  longest one, and would change what a forced row embeds under the ``last_token`` rule (its
+  state is read at its own budget's last step); in the app every request has the model's budget,
+  so nothing is lost.
+* Errors: when a merged call raises, each of its requests runs again alone, so an error reaches
+  only the caller whose rows cause it (a streaming caller is told to drop the text it had).
+  Processing rows (prompt, image) happens in the caller's thread, so those errors never enter the
+  queue.
+
+:class:`BatchedEncoder` is an :class:`Encoder` whose ``direct``, ``reason`` and ``stream`` go
+through a collector; the model manager builds it, so the service, the tabs and the CLI call the
+same methods as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .encoder import Encoder, ReasonResult, Row, StreamEvent
+from .prompts import EmbedInput
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 0.005  # how long the oldest request waits for company
+MAX_ROWS = 16  # rows merged into one call at most
+
+
+@dataclass(eq=False)
+class Request:
+    """Rows to run and the channel their results come back on.
+
+    ``events`` carries ``("text", piece)`` while a streaming request's rationale grows,
+    ``("reset", None)`` when its text must be dropped (the merged call failed and it runs again
+    alone), then ``("done", payload)`` or ``("error", exception)``. The payload is the (n, D)
+    vectors for a direct request, ``(generated, vectors)`` for a reasoning one, ``generated``
+    being ``Encoder._generate``'s per-row (rationale ids, forced, state).
+    """
+
+    kind: tuple  # ("direct",) or ("reason", budget)
+    rows: list[Row]
+    stream: bool = False
+    arrived: float = field(default_factory=time.monotonic)
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
+
+    def __post_init__(self):
+        if not self.rows:
+            raise ValueError("a request needs at least one row")
+        if self.stream and len(self.rows) != 1:
+            raise ValueError(f"a streaming request has one row, got {len(self.rows)}")
+
+    def messages(self) -> Iterator[tuple[str, object]]:
+        """Every event up to and including the final one; an error is raised here, in the caller."""
+        while True:
+            kind, value = self.events.get()
+            if kind == "error":
+                raise value
+            yield kind, value
+            if kind == "done":
+                return
+
+    def wait(self):
+        """Block until the result is ready and return the payload."""
+        for kind, value in self.messages():
+            if kind == "done":
+                return value
+
+
+class RowText:
+    """One row's rationale text as its tokens arrive: decode all ids, send what is new and stable."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.sent = ""
+        self.closed = False
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")  # incomplete bytes wait
+        if not text.startswith(self.sent):  # the decoder rewrote earlier text: the final event carries it
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+
+class SplitStreamer:
+    """The streamer of a merged ``generate``: each step's tokens (B,) go to their rows' requests as text.
+
+    ``targets[i]`` is the streaming request of row ``i`` (None for a row nobody watches). ``generate``
+    first puts the prompt (B, L), then one (B,) tensor of new tokens per step.
+    """
+
+    def __init__(self, tokenizer, emb_id: int, budget: int, targets: Sequence[Request | None]):
+        self.emb_id, self.budget, self.targets = emb_id, budget, list(targets)
+        self.rows = [RowText(tokenizer) if t is not None else None for t in self.targets]
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, target, token in zip(self.rows, self.targets, value.reshape(-1).tolist(), strict=True):
+            if row is None or row.closed:
+                continue
+            if token == self.emb_id or len(row.ids) >= self.budget:  # the text ends at <emb> or at the budget
+                row.closed = True
+                continue
+            piece = row.add(token)
+            if piece:
+                target.events.put(("text", piece))
+
+    def end(self) -> None:
+        pass
+
+
+class Collector:
+    """Merges concurrent requests on one encoder into few model calls.
+
+    ``calls`` counts the model calls made (``"generate"``, ``"direct"``), ``requests`` the requests
+    received, per kind: with merging, calls < requests.
+    """
+
+    def __init__(self, encoder: Encoder, window: float = WINDOW_S, max_rows: int = MAX_ROWS):
+        if window < 0 or max_rows < 1:
+            raise ValueError(f"collector: window must be >= 0 and max_rows >= 1, got {window}, {max_rows}")
+        self.encoder, self.window, self.max_rows = encoder, window, max_rows
+        self.calls: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self.merged_sizes: list[int] = []  # requests per model call, in order
+        self._pending: list[Request] = []
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+
+    def submit(self, request: Request) -> Request:
+        with self._cond:
+            self._pending.append(request)
+            self.requests[request.kind[0]] += 1
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._loop, name="rge-collector", daemon=True)
+                self._worker.start()
+            self._cond.notify()
+        return request
+
+    # -- the worker ------------------------------------------------------------------------------
+    def _take(self) -> list[Request] | None:
+        """The next batch: the oldest request's kind, arrival order, at most ``max_rows`` rows."""
+        with self._cond:
+            while True:
+                if not self._pending:
+                    self._worker = None  # the next submit starts a new worker
+                    return None
+                kind = self._pending[0].kind
+                same = [r for r in self._pending if r.kind == kind]
+                left = self._pending[0].arrived + self.window - time.monotonic()
+                if left <= 0 or sum(len(r.rows) for r in same) >= self.max_rows:
+                    break
+                self._cond.wait(left)
+            batch, rows = [], 0
+            for r in same:
+                if batch and rows + len(r.rows) > self.max_rows:
+                    break
+                batch.append(r)
+                rows += len(r.rows)
+            for r in batch:
+                self._pending.remove(r)
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                self._run(batch)
+            except BaseException as e:  # a bug here must not leave callers waiting forever
+                log.exception("request collector failed")
+                for r in batch:
+                    r.events.put(("error", e))
+
+    def _run(self, batch: list[Request]) -> None:
+        enc = self.encoder
+        rows = [row for r in batch for row in r.rows]
+        kind = batch[0].kind
+        try:
+            with enc.lock, torch.inference_mode():
+                self.merged_sizes.append(len(batch))
+                if kind[0] == "direct":
+                    self.calls["direct"] += 1
+                    vectors = enc._vectors(rows)  # (N, D)
+                    generated = None
+                else:
+                    budget = kind[1]
+                    targets = [r if r.stream else None for r in batch for _ in r.rows]
+                    streamer = (SplitStreamer(enc.tokenizer, enc.emb_id, budget, targets)
+                                if any(targets) else None)
+                    self.calls["generate"] += 1
+                    enc.forward_passes += 1
+                    generated = enc._generate(rows, budget, streamer=streamer)
+                    vectors = enc._finish(rows, generated)  # (N, D)
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0].events.put(("error", e))
+                return
+            log.warning("a merged call of %d requests failed (%s: %s); running them one at a time",
+                        len(batch), type(e).__name__, e)
+            for r in batch:
+                if r.stream:
+                    r.events.put(("reset", None))
+                self._run([r])
+            return
+        start = 0
+        for r in batch:
+            end = start + len(r.rows)
+            payload = vectors[start:end] if generated is None else (generated[start:end], vectors[start:end])
+            r.events.put(("done", payload))
+            start = end
+
+
+class BatchedEncoder(Encoder):
+    """An :class:`Encoder` whose ``direct``, ``reason`` and ``stream`` requests are merged across threads.
+
+    Results equal the plain encoder's (same rows, same ``_generate`` / ``_finish``); only the batch
+    a row runs in differs, which left padding makes immaterial.
+    """
+
+    def __init__(self, model, processor, *, window: float = WINDOW_S, max_rows: int = MAX_ROWS, **kwargs):
+        super().__init__(model, processor, **kwargs)
+        self.collector = Collector(self, window, max_rows)
+        self._rows_lock = threading.Lock()  # one processor call at a time (fast tokenizers dislike concurrent use)
+
+    def rows(self, inputs: Sequence[EmbedInput], *, direct: bool) -> list[Row]:
+        with self._rows_lock:
+            return super().rows(inputs, direct=direct)
+
+    def direct(self, inputs: Sequence[EmbedInput], batch_size: int = 32) -> np.ndarray:
+        if not inputs:
+            return super().direct(inputs, batch_size)
+        out = [self.collector.submit(Request(("direct",), self.rows(inputs[i:i + batch_size], direct=True))).wait()
+               for i in range(0, len(inputs), batch_size)]
+        return np.concatenate(out)
+
+    def reason(self, inputs: Sequence[EmbedInput], batch_size: int = 32,
+               max_new_tokens: int | None = None) -> list[ReasonResult]:
+        budget = max_new_tokens or self.max_new_tokens
+        results: list[ReasonResult] = []
+        for i in range(0, len(inputs), batch_size):
+            t0 = time.perf_counter()
+            rows = self.rows(inputs[i:i + batch_size], direct=False)
+            generated, vectors = self.collector.submit(Request(("reason", budget), rows)).wait()
+            seconds = (time.perf_counter() - t0) / len(rows)
+            results += [self._result(row, ids, forced, vec, seconds)
+                        for row, (ids, forced, _), vec in zip(rows, generated, vectors, strict=True)]
+        return results
+
+    def stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> Iterator[StreamEvent]:
+        budget = max_new_tokens or self.max_new_tokens
+        t0 = time.perf_counter()
+        rows = self.rows([inp], direct=False)
+        request = self.collector.submit(Request(("reason", budget), rows, stream=True))
+        text = ""
+        for kind, value in request.messages():
+            if kind == "text":
+                text += value
+                yield StreamEvent(text=text, meta={"seconds": time.perf_counter() - t0})
+            elif kind == "reset":
+                text = ""
+            elif kind == "done":
+                generated, vectors = value
+        (ids, forced, _), vec = generated[0], vectors[0]
+        result = self._result(rows[0], ids, forced, vec, time.perf_counter() - t0)
+        yield StreamEvent(text=result.rationale, result=result)

@@ -1,0 +1,152 @@
+"""The request collector: concurrent requests merged into one model call, each caller its own result."""
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TAUGHT, colour_image, taught_inputs
+from rge_demo.config import Settings
+from rge_demo.embedding.batcher import BatchedEncoder, Request, SplitStreamer
+from rge_demo.embedding.encoder import Encoder
+from rge_demo.embedding.prompts import EmbedInput
+from rge_demo.models.manager import ModelManager
+
+WINDOW = 0.5  # generous: the four threads must land in one window even on a busy CPU
+
+
+def four_inputs():
+    return taught_inputs() + [EmbedInput("Represent the given image with the following question:", "short",
+                                         colour_image("green"))]
+
+
+def at_once(jobs):
+    """Run each job in its own thread, all released together; (results, errors) in job order."""
+    barrier = threading.Barrier(len(jobs))
+    results, errors = [None] * len(jobs), [None] * len(jobs)
+
+    def run(i, job):
+        barrier.wait()
+        try:
+            results[i] = job()
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            errors[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, j)) for i, j in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results, errors
+
+
+def streamed(encoder, inp, budget=None):
+    events = list(encoder.stream(inp, max_new_tokens=budget))
+    return [e.text for e in events[:-1]], events[-1].result
+
+
+@pytest.fixture()
+def batched(taught):
+    return BatchedEncoder(*taught, window=WINDOW)
+
+
+def test_four_concurrent_requests_run_in_one_generate_and_equal_one_at_a_time(taught, batched):
+    plain = Encoder(*taught)
+    inputs = four_inputs()
+    alone = [plain.reason([x])[0] for x in inputs]
+    assert [r.rationale for r in alone[:3]] == [TAUGHT[x.text] for x in inputs[:3]]  # rows stop at different steps
+    jobs = [lambda x=inputs[0]: streamed(batched, x), lambda x=inputs[1]: batched.reason([x])[0],
+            lambda x=inputs[2]: streamed(batched, x), lambda x=inputs[3]: batched.reason([x])[0]]
+    results, errors = at_once(jobs)
+    assert errors == [None] * 4
+    assert batched.collector.requests["reason"] == 4 and batched.collector.calls["generate"] == 1
+    for i, (ref, got) in enumerate(zip(alone, results)):
+        if i in (0, 2):
+            texts, got = got
+            assert texts and texts[-1] == ref.rationale  # the stream carried this row's whole text ...
+            assert all(ref.rationale.startswith(t) for t in texts)  # ... and only its own
+        assert got.rationale == ref.rationale
+        assert got.tokens == ref.tokens and got.forced is ref.forced is False and got.prompt == ref.prompt
+        assert float(got.vector @ ref.vector) >= 0.9999
+
+
+def test_concurrent_direct_requests_share_one_forward(taught, batched):
+    plain = Encoder(*taught)
+    inputs = four_inputs()
+    results, errors = at_once([lambda x=x: batched.direct([x]) for x in inputs])
+    assert errors == [None] * 4 and batched.collector.calls["direct"] == 1
+    for x, got in zip(inputs, results):
+        assert got.shape == (1, 64) and float(got[0] @ plain.direct([x])[0]) >= 0.9999
+
+
+def test_different_budgets_run_separately_with_their_own_budget(taught, batched):
+    plain = Encoder(*taught)
+    inputs = four_inputs()
+    budgets = [3, 100, 3, 100]
+    results, errors = at_once([lambda x=x, b=b: batched.reason([x], max_new_tokens=b)[0]
+                               for x, b in zip(inputs, budgets)])
+    assert errors == [None] * 4 and batched.collector.calls["generate"] == 2
+    for x, b, got in zip(inputs, budgets, results):
+        ref = plain.reason([x], max_new_tokens=b)[0]
+        assert got.forced is ref.forced is (b == 3) and got.rationale == ref.rationale and got.tokens == ref.tokens
+        assert float(got.vector @ ref.vector) >= 0.9999
+
+
+def test_forced_stream_stops_at_the_budget(taught, batched):
+    x = taught_inputs()[2]
+    texts, result = streamed(batched, x, budget=4)
+    assert result.forced and result.tokens == 4
+    assert texts[-1] == result.rationale == Encoder(*taught).reason([x], max_new_tokens=4)[0].rationale
+
+
+def test_an_error_reaches_only_its_caller(taught, batched):
+    inputs = four_inputs()
+    good = Encoder(*taught).reason(inputs[:2])
+    bad_row = batched.rows([inputs[0]], direct=False)[0]
+    bad_row = dataclasses.replace(bad_row, pixel_values=bad_row.pixel_values[:-4])  # fewer patches than image tokens
+    jobs = [lambda: streamed(batched, inputs[0]), lambda: batched.reason([inputs[1]])[0],
+            lambda: batched.collector.submit(Request(("reason", batched.max_new_tokens), [bad_row])).wait()]
+    results, errors = at_once(jobs)
+    assert errors[:2] == [None, None] and errors[2] is not None
+    assert batched.collector.calls["generate"] == 4  # the merged call failed, then each request ran alone
+    texts, first = results[0]
+    assert first.rationale == good[0].rationale and texts[-1] == first.rationale
+    assert results[1].rationale == good[1].rationale
+    assert float(first.vector @ good[0].vector) >= 0.9999
+
+
+def test_split_streamer_holds_partial_characters_and_ends_at_emb(tiny):
+    _, processor = tiny
+    tok = processor.tokenizer
+    enc = Encoder(*tiny)
+    text = "café ☕ naïve 日本"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert any("\ufffd" in tok.decode(ids[:k]) for k in range(1, len(ids)))  # some prefixes end mid-character
+    watch = [Request(("reason", 64), enc.rows([EmbedInput("", "x")], direct=False), stream=True) for _ in range(2)]
+    streamer = SplitStreamer(tok, enc.emb_id, budget=len(ids) + 5, targets=[watch[0], None, watch[1]])
+    streamer.put(torch.zeros((3, 7), dtype=torch.long))  # the prompt: ignored
+    for i, t in enumerate(ids):
+        second = enc.emb_id if i == 3 else t  # row 2 ends at <emb> after three tokens
+        streamer.put(torch.tensor([t, t, second]))
+    pieces = [[], []]
+    for k, r in enumerate(watch):
+        while not r.events.empty():
+            kind, piece = r.events.get()
+            assert kind == "text" and "\ufffd" not in piece
+            pieces[k].append(piece)
+    assert "".join(pieces[0]) == text
+    assert "".join(pieces[1]) == tok.decode(ids[:3], skip_special_tokens=True).rstrip("\ufffd")
+
+
+def test_worker_leaves_when_the_queue_is_empty_and_the_manager_builds_a_batched_encoder(tiny_dir, tmp_path):
+    manager = ModelManager(Settings(cache_dir=tmp_path, device="cpu"), specs=[])
+    enc = manager.load(str(tiny_dir)).encoder
+    assert isinstance(enc, BatchedEncoder)
+    enc.reason([EmbedInput("", "short")], max_new_tokens=2)
+    for _ in range(100):
+        if enc.collector._worker is None:
+            break
+        threading.Event().wait(0.01)
+    assert enc.collector._worker is None  # no thread keeps an unloaded model alive
