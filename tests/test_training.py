@@ -8,19 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rge_demo.embedding.encoder import Encoder
 from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.models.loading import load_checkpoint
 from rge_demo.training.config import ConfigError, TrainConfig
 from rge_demo.training.data import DataError
-from rge_demo.training.trainer import latest_checkpoint, train
+from rge_demo.training.trainer import latest_checkpoint, lr_at, shape_probe, train
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def config(tmp_path, tiny_dir, stage, **kw):
-    base = dict(stage=stage, init=str(tiny_dir), output_dir=str(tmp_path / stage), tasks=["majority_colour"],
+    base = dict(stage=stage, init=str(tiny_dir), output_dir=str(tmp_path / stage), tasks=["majority_shape"],
                 train_per_task=40, steps=12, batch_size=8, lr=3e-3, warmup_steps=2, max_new_tokens=8,
                 probe_every=0, save_every=5, threads=1, seed=0)
     base.update(kw)
@@ -102,3 +103,78 @@ def test_bad_config_and_data_fail_before_training(tmp_path, tiny_dir):
     with pytest.raises(DataError, match="no pairs"):
         train(config(tmp_path, tiny_dir, "baseline", data=str(pairs)))
     assert not (tmp_path / "baseline" / "checkpoints").exists()  # nothing trained
+
+
+def test_lora_trains_checkpoints_resumes_merges_and_embeds(tmp_path, tiny_dir):
+    """LoRA end to end: the checkpoint holds the adapters, resume continues them, the final model is merged."""
+    cfg = config(tmp_path, tiny_dir, "baseline", lora=True, lora_r=4, steps=6, save_every=3, lr=3e-3)
+    stop_at = {"n": 0}
+
+    def should_stop():
+        stop_at["n"] += 1
+        return stop_at["n"] > 3
+
+    first = train(cfg, should_stop=should_stop)
+    ckpt = latest_checkpoint(Path(cfg.output_dir))
+    assert first.status == "cancelled" and (ckpt / "adapter" / "adapter_config.json").is_file()
+    second = train(cfg)
+    assert second.status == "finished" and second.steps == 6
+    assert [r["step"] for r in metrics(cfg.output_dir)] == list(range(1, 7))
+    # the saved model is a plain checkpoint: merged weights under the base names, no lora_ keys
+    model, processor = load_checkpoint(second.model_dir, device="cpu", dtype="float32")
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+    base, _ = load_checkpoint(tiny_dir, device="cpu", dtype="float32")
+    name = next(n for n, _ in model.named_parameters() if n.endswith("self_attn.q_proj.weight"))
+    assert not torch.equal(dict(model.named_parameters())[name], dict(base.named_parameters())[name])
+    mlp = next(n for n, _ in model.named_parameters() if n.endswith("mlp.up_proj.weight"))
+    assert torch.equal(dict(model.named_parameters())[mlp], dict(base.named_parameters())[mlp])  # not adapted
+    vec = Encoder(model, processor).direct([EmbedInput("Represent the given answer.", "three")])
+    assert np.isfinite(vec).all() and vec.shape[0] == 1
+
+
+def test_learning_rate_follows_the_actual_phases():
+    cfg = TrainConfig(stage="rge", lr=1e-3, min_lr=1e-4, warmup_steps=10, cold_start_steps=100,
+                      cold_start_max_steps=300, steps=50, joint_lr=3e-4, joint_warmup_steps=5)
+    assert lr_at(4, cfg, 100) == pytest.approx(1e-3 * 5 / 10)
+    # the cold start decays over its longest possible length, whatever the gate decides
+    assert lr_at(90, cfg, 100) == lr_at(90, cfg, 200) > lr_at(190, cfg, 200) > 1e-4
+    # the joint phase restarts with its own warm-up and cosine, wherever the gate made it start
+    for start in (100, 200, 300):
+        assert lr_at(start, cfg, start) == pytest.approx(3e-4 / 5)
+        assert lr_at(start + 5, cfg, start) == pytest.approx(3e-4)
+        assert lr_at(start + 49, cfg, start) == pytest.approx(1e-4, rel=0.01)
+    flat = TrainConfig(stage="baseline", lr=2e-4, min_lr=2e-5, warmup_steps=0, steps=100)
+    assert lr_at(0, flat) == pytest.approx(2e-4) and lr_at(100, flat) == pytest.approx(2e-5)
+
+
+def test_frozen_vision_tower_keeps_its_weights_and_shape_probe(tmp_path, tiny_dir):
+    cfg = config(tmp_path, tiny_dir, "cold-start", vision_lr_scale=0.0, steps=6, probe_every=6, probe_per_task=2)
+    before, _ = load_checkpoint(tiny_dir, device="cpu", dtype="float32")
+    result = train(cfg)
+    after, _ = load_checkpoint(result.model_dir, device="cpu", dtype="float32")
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    tower = [n for n in b if ".visual." in f".{n}" and ".merger." not in n]
+    merger = [n for n in b if ".merger." in n]
+    assert tower and all(torch.equal(a[n], b[n]) for n in tower)
+    assert any(not torch.equal(a[n], b[n]) for n in merger)  # the merger still learns
+    rows = metrics(cfg.output_dir)
+    assert rows[0]["phase"] == "start" and rows[-1]["step"] == 6
+    assert 0 < rows[0]["shape_probe"] <= 1 and 0 < rows[-1]["shape_probe"] <= 1  # before and after, on the merger's output
+    assert set(rows[-1]["probe_by_task"]) == {"majority_shape"}
+    assert rows[-1]["probe_worst_task_acc"] == min(rows[-1]["probe_by_task"].values())
+
+
+def test_shape_probe_reads_shapes_from_a_random_tower(tiny):
+    model, processor = tiny
+    acc = shape_probe(model, processor, n_train=120, n_test=60)
+    # 5 classes (4 shapes or empty); about half the cells are empty, so a majority guess gives ~.5
+    assert 0.7 < acc <= 1.0
+
+
+def test_direct_share_trains_a_minority_of_queries_in_direct_mode(tmp_path, tiny_dir):
+    with pytest.raises(ConfigError, match="direct_share"):
+        TrainConfig(direct_share=0.75)
+    cfg = config(tmp_path, tiny_dir, "rge", cold_start_steps=0, steps=2, direct_share=0.25, batch_size=8)
+    rows = metrics(train(cfg).output_dir)
+    assert all(r["phase"] == "joint" and r["contrastive_loss"] > 0 for r in rows)
+    assert all("rationale_tokens" in r for r in rows)  # 6 of 8 queries still reasoned
