@@ -139,7 +139,7 @@ def test_hook_keeps_one_state_per_row(taught_encoder):
     capture = taught_encoder.last_capture
     d = taught_encoder.model.config.text_config.hidden_size
     assert capture.states.shape == (3, d)
-    assert capture.retained_bytes() <= 2 * 3 * d * 4 + 2 * 3  # states + flags; the step buffer is dropped
+    assert capture.retained_bytes() == 3 * (2 * d * 4 + 2)  # step and states (B, D) float32, two (B,) flags
     assert "output_hidden_states" not in taught_encoder._generation_config(8).to_diff_dict()
 
 

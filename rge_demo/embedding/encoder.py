@@ -154,10 +154,9 @@ class EmbCapture(StoppingCriteria):
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
-        self.step = None
 
     def retained_bytes(self) -> int:
-        """Bytes this capture holds: the read-out's whole memory cost."""
+        """Bytes this capture holds (the step buffer included): the read-out's whole memory cost."""
         return sum(t.numel() * t.element_size() for t in (self.step, self.states, self.done, self.took_last)
                    if t is not None)
 

@@ -1,0 +1,57 @@
+"""The benchmarks' code paths, run as a user runs them (subprocesses), at test size."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rge_demo.config import REPO_ROOT
+
+
+def bench(script: str, *args, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, f"bench/{script}", *map(str, args)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_gpu_bench_tiny_on_cpu():
+    r = bench("gpu.py", "--allow-cpu", "--tiny", "-n", 4, "--single-n", 2, "--max-new-tokens", 6)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert out.startswith("model: test-size micro config (--tiny), random weights")
+    assert "every rationale forced to 6 tokens" in out
+    rows = {}
+    for label in ("reasoning, batch 32", "reasoning, batch 8", "reasoning, one at a time (reference)"):
+        m = re.search(rf"^{re.escape(label)}\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+n/a \(CPU\)$", out, re.M)
+        assert m, f"no row {label!r} in:\n{out}"
+        rows[label] = int(m.group(1)), float(m.group(2))
+    assert [q for q, _ in rows.values()] == [4, 4, 2] and all(rate > 0 for _, rate in rows.values())
+    assert re.search(r"^speed-up over one at a time: batch 32 [\d.]+x, batch 8 [\d.]+x$", out, re.M)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+@pytest.mark.parametrize("args", [[], ["--allow-cpu"], ["--tiny"]])
+def test_gpu_bench_refuses_cpu_in_one_line(args):
+    r = bench("gpu.py", *args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "no CUDA GPU found" in r.stderr and "--allow-cpu --tiny" in r.stderr
+
+
+@pytest.mark.slow
+def test_encode_bench_memory_compares_the_read_outs():
+    r = bench("encode.py", "--memory", "--size", "test", "--batch-size", 4, "--max-new-tokens", 8,
+              "--image-side", 84, "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    kept = {}
+    for label in ("all layers (output_hidden_states)", "hook on the final norm"):
+        m = re.search(rf"^{re.escape(label)}\s+([\d.]+) MiB\s+([\d.]+) MiB\s+([\d.]+)$", r.stdout, re.M)
+        assert m, f"no row {label!r} in:\n{r.stdout}"
+        kept[label] = float(m.group(2))
+    assert kept["all layers (output_hidden_states)"] > 50 * kept["hook on the final norm"]
+    cos = float(re.search(r"min cosine all-layers vs hook: ([\d.]+)", r.stdout).group(1))
+    assert cos >= 0.9999
