@@ -21,7 +21,7 @@ def first_query(demo, name="vqa-count"):
 
 
 def test_sample_galleries_and_warm_cache(demo):
-    assert {"classification", "vqa-count", "retrieval-captions", "grounding"} <= set(demo.galleries)
+    assert {"classification", "vqa-count", "retrieval-edit", "grounding"} <= set(demo.galleries)
     demo.warm()
     index = demo.index("vqa-count")
     assert index.matrix.shape[0] == len(demo.gallery("vqa-count").items)

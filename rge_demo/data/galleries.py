@@ -33,16 +33,16 @@ class SampleGallery:
 
 
 SAMPLES: tuple[SampleGallery, ...] = (
-    SampleGallery("classification", ("majority_colour", "majority_shape"), "ind", 10,
-                  "which colour / shape appears most often: count first, then pick the class"),
+    SampleGallery("classification", ("majority_shape",), "ind", 20,
+                  "which shape appears most often: tally the shapes, then pick the class"),
     SampleGallery("vqa-count", ("count", "chart_diff"), "ind", 10,
                   "count shapes of one kind; difference between two bars of a chart"),
+    SampleGallery("vqa-relation", ("relation_colour",), "ind", 20,
+                  "the colour of the shape next to a named one: find the anchor, then look beside it"),
     SampleGallery("vqa-ood", ("count", "relation_colour", "chart_diff"), "ood", 8,
-                  "held-out compositions (unseen colour-shape pairs, bar colour pairs)"),
-    SampleGallery("retrieval-captions", ("describe",), "ind", 20,
-                  "image -> caption that counts shapes per colour (50 captions)"),
-    SampleGallery("retrieval-indirect-ood", ("indirect_colour",), "ood", 16,
-                  "text-only query about an everyday thing never seen in training -> colour swatch"),
+                  "held-out compositions (an asked shape with a count, a relation with an anchor shape, a bar pair)"),
+    SampleGallery("retrieval-edit", ("edit",), "ind", 20,
+                  "composed retrieval: the object in the named cell with a new colour, among 20 crops"),
     SampleGallery("grounding", ("ground",), "ind", 20,
                   "select the crop of the object in the named cell"),
 )

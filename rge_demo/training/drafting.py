@@ -94,18 +94,41 @@ def _query_image(row: Mapping, root: str | os.PathLike | None) -> Image.Image | 
     return load_image(Path(root).joinpath(*PurePosixPath(img).parts))
 
 
+# Models that cannot follow an instruction-style oracle prompt (they only ever saw their own task
+# prompts) draft by reasoning on the query itself: their own evidence, then the known answer.
+SELF_DRAFTING_PROFILES = frozenset({"micro"})
+
+
+def drafting_style(encoder) -> str:
+    """"oracle" (the paper's prompt: the query and its answer shown) or "self" (the query's own prompt)."""
+    profile = getattr(encoder, "profile", None)
+    return "self" if getattr(profile, "name", None) in SELF_DRAFTING_PROFILES else "oracle"
+
+
 def draft_rationales(encoder, rows: Sequence[Mapping], max_new_tokens: int = 64, *,
                      root: str | os.PathLike | None = None, batch_size: int = 8) -> list[str]:
-    """Draft a rationale per row with the loaded model, shown the query, its image and the target.
+    """Draft a rationale per row with the loaded model; every draft ends in ``answer <target>``.
 
     ``rows`` are pairs records (``query_image`` a PIL image or a path relative to ``root``).
-    Generation is :meth:`Encoder.reason` on the oracle prompt (greedy, stops at ``<emb>``).
+    Generation is :meth:`Encoder.reason` (greedy, stops at ``<emb>``) on the oracle prompt, or, for
+    models of :data:`SELF_DRAFTING_PROFILES`, on the row's own query prompt: the model states what
+    it sees and its step, and its own answer is replaced by the right one (edit the drafts where
+    the evidence then disagrees with the answer).
     """
+    from rge_demo.embedding.prompts import instruction_for
+
+    style = drafting_style(encoder)
     inputs, targets = [], []
     for row in rows:
         target = target_label(row)
-        prompt = draft_prompt(str(row.get("meta_task") or ""), str(row.get("query_text") or ""), target)
-        inputs.append(EmbedInput("", prompt, _query_image(row, root)))
+        meta_task = str(row.get("meta_task") or "")
+        if style == "self":
+            instruction = str(row.get("query_instruction") or "") or (
+                instruction_for(meta_task) if meta_task else "")
+            inputs.append(EmbedInput(instruction, str(row.get("query_text") or ""), _query_image(row, root)))
+        else:
+            prompt = draft_prompt(meta_task, str(row.get("query_text") or ""), target)
+            inputs.append(EmbedInput("", prompt, _query_image(row, root)))
         targets.append(target)
     results = encoder.reason(inputs, batch_size=batch_size, max_new_tokens=max_new_tokens)
     return [ensure_answer(r.rationale, t) for r, t in zip(results, targets)]
