@@ -1,12 +1,20 @@
-"""Ship the trained micro models: copy them into assets/, evaluate, write saved runs, tours and cards.
+"""Ship the trained micro models: copy them into assets/, evaluate on two held-out seeds, write saved
+runs, tours, cards and the results tables.
 
     python tools/release_micro.py [--runs runs] [--n 100]
 
 Reads the training folders made by ``python -m rge_demo train --config configs/<name>.json``
-(runs/rge-micro, runs/baseline-micro, runs/leakage-micro), and writes:
-assets/models/<name>/ (weights, tokenizer, processor, training/ metrics and config, README.md card),
-assets/runs/<name>/<mode>/ (saved evaluation runs the Failures tab browses), assets/tours/*.json,
-and assets/results.md (the comparison table quoted in the README).
+(runs/rge-micro, runs/baseline-micro, runs/leakage-micro) and writes:
+
+* assets/models/<name>/: weights, tokenizer, processor, training/ (metrics and config), README.md card;
+* assets/runs/rge-micro/{reason,direct}/: the saved evaluation of the first seed (the Failures tab);
+* assets/tours/*.json: guided tours drafted from those cases;
+* assets/results.json and assets/results.md: P@1 with 95 % bootstrap intervals per task, meta-task,
+  split and overall for RGE reasoning, RGE direct, baseline and leakage; paired gains; stated-answer
+  accuracy and hallucination rate of rge-micro's own rationales; the answer-swap test.
+
+The held-out seeds (``EVAL_SEEDS``) generate the ``ind`` and ``ood`` queries; they were never used
+to choose anything in the recipe (the gate and probes use train-distribution queries).
 """
 
 from __future__ import annotations
@@ -26,25 +34,31 @@ import torch  # noqa: E402
 
 from rge_demo.analysis.evaluate import evaluate, world_tasks  # noqa: E402
 from rge_demo.analysis.failures import load_pair  # noqa: E402
-from rge_demo.analysis.report import compare_runs  # noqa: E402
+from rge_demo.analysis.reasoning import answer_swap, fmt, p1_table, paired_gain, rationale_quality  # noqa: E402
 from rge_demo.analysis.tours import draft_tours  # noqa: E402
+from rge_demo.data import world  # noqa: E402
 from rge_demo.embedding.encoder import Encoder  # noqa: E402
 from rge_demo.models.loading import load_checkpoint  # noqa: E402
 
 log = logging.getLogger("release")
 ASSETS = REPO / "assets"
 SHIPPED = ("rge-micro", "baseline-micro")  # leakage-micro is an ablation: evaluated, not shipped
-# (column title, model, mode): the paper's Table 1 / Table 6 comparisons on the held-out splits.
+EVAL_SEEDS = (101, 202)
+# (column, model, mode): the paper's Table 1 / Table 6 comparisons on the held-out splits.
 COLUMNS = [("RGE reasoning", "rge-micro", "reason"), ("RGE direct", "rge-micro", "direct"),
-           ("baseline", "baseline-micro", "direct"), ("leakage (oracle in InfoNCE), reasoning", "leakage-micro", "reason")]
+           ("baseline", "baseline-micro", "direct"), ("leakage", "leakage-micro", "reason")]
+TARGETS = {"stated_answer_acc": 0.85, "hallucination_rate": 0.10, "swap_follows": 0.80, "gain": 0.05}
 
 
 def training_summary(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    probes = [(r["step"], r["probe_answer_acc"]) for r in rows if r.get("probe_answer_acc") is not None]
-    return {"steps": rows[-1]["step"], "train_seconds": round(sum(r["seconds"] for r in rows)),
-            "last_probe": probes[-1] if probes else None,
-            "cold_start_end": next((r["step"] - 1 for r in rows if r["phase"] == "joint"), None)}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "seconds" in r]
+    probes = [r for r in rows if "probe_worst_task_acc" in r]
+    shapes = [(r["step"], r["shape_probe"]) for r in rows if "shape_probe" in r]
+    return {"steps": steps[-1]["step"], "step_seconds": round(sum(r["seconds"] for r in steps)),
+            "probe_seconds": round(sum(r.get("probe_seconds", 0) for r in rows)),
+            "cold_start_end": next((r["step"] - 1 for r in steps if r["phase"] == "joint"), None),
+            "last_probe": probes[-1] if probes else None, "shape_probe": shapes}
 
 
 def ship(name: str, runs: Path) -> Path:
@@ -57,44 +71,141 @@ def ship(name: str, runs: Path) -> Path:
     return dest
 
 
-def run_eval(model_dir: Path, name: str, mode: str, n: int, out: Path) -> dict:
+def encoder_for(model_dir: Path) -> Encoder:
     model, processor = load_checkpoint(model_dir, device="cpu", dtype="float32")
-    encoder = Encoder(model, processor)
-    t0 = time.perf_counter()
-    run = evaluate(encoder, world_tasks(None, ("ind", "ood"), n=n), mode=mode, model_name=name)
-    run.save(out)
-    log.info("%s %s: %.0f s, overall P@1 %.3f", name, mode, time.perf_counter() - t0,
-             run.summary()["metrics"]["overall"]["p@1"])
-    return run.summary()
+    return Encoder(model, processor)
 
 
-def card(name: str, summary: dict, table: str, train: dict) -> str:
+def measure(model_dirs: dict[str, Path], n: int, seeds=EVAL_SEEDS) -> dict:
+    """Every figure of the results tables, per seed."""
+    out: dict = {}
+    for seed in seeds:
+        tasks = world_tasks(None, ("ind", "ood"), n=n, seed=seed)
+        per: dict = {"p1": {}, "cases": {}}
+        for title, name, mode in COLUMNS:
+            t0 = time.perf_counter()
+            run = evaluate(encoder_for(model_dirs[name]), tasks, mode=mode, model_name=name)
+            run.info["seed"] = seed
+            per["cases"][title] = run
+            per["p1"][title] = p1_table(run.cases)
+            log.info("seed %d %s: %.0f s, P@1 %.3f", seed, title, time.perf_counter() - t0, per["p1"][title]["overall"]["mean"])
+        cases = {t: r.cases for t, r in per["cases"].items()}
+        per["gain"] = {"reasoning - direct": paired_gain(cases["RGE reasoning"], cases["RGE direct"]),
+                       "reasoning - baseline": paired_gain(cases["RGE reasoning"], cases["baseline"]),
+                       "leakage - baseline": paired_gain(cases["leakage"], cases["baseline"])}
+        per["quality"] = {t: rationale_quality(cases[t]) for t in ("RGE reasoning", "leakage")}
+        per["swap"] = {name: answer_swap(encoder_for(model_dirs[name]), tasks, seed=seed)
+                       for name in ("rge-micro", "leakage-micro")}
+        out[seed] = per
+    return out
+
+
+# ------------------------------------------------------------------------------------ tables
+def _rows(groups: dict) -> list[str]:
+    metas = ["classification", "vqa", "retrieval", "grounding"]
+    keys = [f"task={t}/split={s}" for t in world.TASKS for s in ("ind", "ood")]
+    keys += [f"meta_task={m}" for m in metas] + ["split=ind", "split=ood", "overall"]
+    return [k for k in keys if k in groups]
+
+
+def _label(key: str) -> str:
+    return key.replace("task=", "").replace("meta_", "").replace("/split=", " / ").replace("split=", "all ")
+
+
+def p1_markdown(per: dict) -> str:
+    cols = [c for c, _, _ in COLUMNS]
+    lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for key in _rows(per["p1"][cols[0]]):
+        lines.append(f"| {_label(key)} | " + " | ".join(fmt(per["p1"][c][key]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def gain_markdown(results: dict) -> str:
+    lines = ["| seed | gain (points of P@1) | overall | IND | OOD |", "|---|---|---:|---:|---:|"]
+    for seed, per in results.items():
+        for name, g in per["gain"].items():
+            lines.append(f"| {seed} | {name} | {fmt(g['overall'])} | {fmt(g['split=ind'])} | {fmt(g['split=ood'])} |")
+    return "\n".join(lines)
+
+
+def quality_markdown(results: dict, column: str = "RGE reasoning", swap_model: str = "rge-micro") -> str:
+    seeds = list(results)
+    head = " | ".join(f"stated answer {s} | hallucinated {s} | swap follows {s}" for s in seeds)
+    lines = [f"| task / split | {head} |", "|---|" + "---:|" * (3 * len(seeds))]
+    keys = [f"task={t}/split={s}" for t in world.TASKS for s in ("ind", "ood")] + ["split=ind", "split=ood", "overall"]
+    for key in keys:
+        cells = []
+        for s in seeds:
+            q, w = results[s]["quality"][column].get(key), results[s]["swap"][swap_model].get(key)
+            cells += [fmt(q["stated_answer_acc"]) if q else "-", fmt(q["hallucination_rate"]) if q else "-",
+                      fmt(w["follows"]) if w else "-"]
+        lines.append(f"| {_label(key)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: dict) -> list[tuple[str, bool, str]]:
+    """(target, met, the figures) for each target of the shipped recipe, on every seed."""
+    out = []
+    for seed, per in results.items():
+        q, swap = per["quality"]["RGE reasoning"], per["swap"]["rge-micro"]
+        ind = {t: q[f"task={t}/split=ind"] for t in world.TASKS}
+        worst = min(ind, key=lambda t: ind[t]["stated_answer_acc"]["mean"])
+        out.append((f"seed {seed}: stated-answer accuracy >= .85 on every task in-domain", all(
+            v["stated_answer_acc"]["mean"] >= TARGETS["stated_answer_acc"] for v in ind.values()),
+            f"worst {worst} {ind[worst]['stated_answer_acc']['mean']:.2f}"))
+        hal = q["split=ind"]["hallucination_rate"]["mean"]
+        out.append((f"seed {seed}: hallucinated rationales <= 10 % in-domain", hal <= TARGETS["hallucination_rate"],
+                    f"{100 * hal:.1f} %"))
+        out.append((f"seed {seed}: answer swap followed >= 80 %", swap["overall"]["follows"]["mean"] >= TARGETS["swap_follows"],
+                    f"{100 * swap['overall']['follows']['mean']:.1f} %"))
+        for name in ("reasoning - direct", "reasoning - baseline"):
+            g = per["gain"][name]["overall"]
+            out.append((f"seed {seed}: {name} >= +5 points", g["mean"] >= TARGETS["gain"],
+                        f"{100 * g['mean']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]"))
+        g = per["gain"]["leakage - baseline"]["overall"]
+        out.append((f"seed {seed}: leakage below the baseline", g["mean"] < 0, f"{100 * g['mean']:+.1f} points"))
+    return out
+
+
+def results_markdown(results: dict, n: int) -> str:
+    parts = [f"<!-- written by tools/release_micro.py: {n} queries per task and split, seeds {list(results)} -->"]
+    for seed, per in results.items():
+        parts += [f"### P@1 (%) on held-out seed {seed}, 95 % bootstrap intervals", "", p1_markdown(per), ""]
+    parts += ["### Paired gains (same queries, 95 % paired bootstrap)", "", gain_markdown(results), "",
+              "### rge-micro's own rationales: stated-answer accuracy, hallucination, answer swap (%)", "",
+              quality_markdown(results), "", "### Targets", "", "| target | met | figure |", "|---|---|---|"]
+    parts += [f"| {t} | {'yes' if ok else '**no**'} | {fig} |" for t, ok, fig in targets(results)]
+    return "\n".join(parts) + "\n"
+
+
+def card(name: str, results_md: str, train: dict) -> str:
     cfg = json.loads((ASSETS / "models" / name / "training" / "config.json").read_text())
     notes_file = REPO / "configs" / f"{name}.md"
     notes = notes_file.read_text() if notes_file.exists() else ""
     stage = {"rge": "a cold start (LM loss on oracle rationales) followed by joint RGE training "
                     "(LM + InfoNCE on embeddings from self-generated rationales)",
              "baseline": "contrastive training only (InfoNCE on direct embeddings, no rationales)"}[cfg["stage"]]
+    shapes = ", ".join(f"{v:.2f} at step {s}" for s, v in train["shape_probe"])
     return f"""# {name}
 
-A micro Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, {summary.get('parameters', '2.9 M')} parameters,
-fp32 safetensors) trained by rge-demo on its synthetic world with {stage}. It is the app's offline default
-(`rge-micro`) or its no-reasoning baseline (`baseline-micro`): same data, same seed, same step budget.
+A micro Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, 2.9 M parameters, fp32 safetensors) trained
+by rge-demo on its synthetic world with {stage}. Prompt profile: `micro` (`rge_profile` in config.json).
 
-- Data: the synthetic world's train split ({cfg['train_per_task']} examples per task, all nine tasks,
-  one task per batch of {cfg['batch_size']}); evaluated on the held-out `ind` and `ood` test splits,
-  never used for tuning.
+- Data: the world's train split ({cfg['train_per_task']} examples per task, {len(world.TASKS)} tasks, batches of
+  {cfg['batch_size']}); evaluated on the held-out `ind` and `ood` splits generated with seeds
+  {list(EVAL_SEEDS)}, which were never used for tuning.
 - Command: `python -m rge_demo train --config configs/{name}.json` (seed {cfg['seed']}, one thread);
   then `python tools/release_micro.py` evaluates it and writes this card.
-- Training: {train['steps']} steps, {train['train_seconds']} s of step time on a 2-core CPU
-  (other work shared the machine){'' if train['cold_start_end'] is None else f"; cold start until step {train['cold_start_end']}"}{'' if not train['last_probe'] else f"; last probe of self-generated answers: {train['last_probe'][1]:.2f} right at step {train['last_probe'][0]}"}.
-- Config: `training/config.json`; per-step metrics: `training/metrics.jsonl`.
+- Training: {train['steps']} steps; {train['step_seconds']} s of step time plus {train['probe_seconds']} s of
+  probes{'' if train['cold_start_end'] is None else f"; cold start until step {train['cold_start_end']}"}.
+- Vision tower frozen (`vision_lr_scale` 0, the merger trains); linear shape probe on the visual tokens:
+  {shapes or 'not measured'}.
+- Config: `training/config.json`; per-step metrics and probes: `training/metrics.jsonl`.
 
-## Held-out results (P@1, {summary['n']} queries per mode)
-
-{table}
 {notes}
-How the run went and what it means: see the project README, section "Does reasoning help here?".
+## Held-out results
+
+{results_md}
 """
 
 
@@ -103,30 +214,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(REPO / "runs"), help="training output folders")
     parser.add_argument("--n", type=int, default=100, help="queries per task and split")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     runs = Path(args.runs)
     for name in SHIPPED:
         ship(name, runs)
-    summaries = {}
-    for title, name, mode in COLUMNS:
-        model_dir = ASSETS / "models" / name if name in SHIPPED else runs / name / "model"
-        summaries[title] = run_eval(model_dir, name, mode, args.n, ASSETS / "runs" / name / mode)
-    for name in ("baseline-micro", "leakage-micro"):  # only rge-micro's runs are browsed: keep the rest small
-        shutil.rmtree(ASSETS / "runs" / name, ignore_errors=True)
-    shutil.rmtree(ASSETS / "runs" / "rge-micro" / "direct" / "images")  # the Failures tab reads reason/images
-    table = compare_runs(summaries)
-    (ASSETS / "results.md").write_text(table)
+    model_dirs = {name: ASSETS / "models" / name if name in SHIPPED else runs / name / "model"
+                  for _, name, _ in COLUMNS}
+    results = measure(model_dirs, args.n)
+    first = results[EVAL_SEEDS[0]]["cases"]
+    shutil.rmtree(ASSETS / "runs", ignore_errors=True)
+    first["RGE reasoning"].save(ASSETS / "runs" / "rge-micro" / "reason")
+    first["RGE direct"].save(ASSETS / "runs" / "rge-micro" / "direct")
+    shutil.rmtree(ASSETS / "runs" / "rge-micro" / "direct" / "images", ignore_errors=True)  # Failures reads reason/images
+    md = results_markdown(results, args.n)
+    (ASSETS / "results.md").write_text(md)
     (ASSETS / "results.json").write_text(json.dumps(
-        {t: s["metrics"] for t, s in summaries.items()}, indent=1, sort_keys=True) + "\n")
+        {str(seed): {k: v for k, v in per.items() if k != "cases"} for seed, per in results.items()},
+        indent=1, sort_keys=True) + "\n")
     for name in SHIPPED:
-        (ASSETS / "models" / name / "README.md").write_text(card(name, summaries[COLUMNS[0][0]] if name == "rge-micro"
-                                                                else summaries["baseline"], table,
-                                                                training_summary(runs / name)))
+        (ASSETS / "models" / name / "README.md").write_text(card(name, md, training_summary(runs / name)))
     cases = load_pair(ASSETS / "runs" / "rge-micro" / "reason", ASSETS / "runs" / "rge-micro" / "direct")
     shutil.rmtree(ASSETS / "tours", ignore_errors=True)
     tours = draft_tours(cases, ASSETS / "tours", "rge-micro")
-    log.info("wrote %d tours; results:\n%s", len(tours), table)
+    log.info("wrote %d tours; results:\n%s", len(tours), md)
     return 0
 
 

@@ -174,11 +174,10 @@ def _what_it_did(c: F.Case) -> str:
         return f"found the {' '.join(ask['anchor'])} and looked {ask.get('relation', 'next to')} it"
     if c.task == "ground" and "cell" in ask:
         return f"looked up the {ask['cell']} object"
-    if c.task == "indirect_colour" and c.meta.get("text"):
-        return f"recalled the colour of {c.meta['text']}"
-    return {"majority_colour": "tallied the colours", "majority_shape": "tallied the shapes",
-            "chart_diff": "read the two bar heights and subtracted", "describe": "counted the shapes of each colour",
-            "text_to_word": "spelled out the letters", "count": "counted"}.get(c.task, "reasoned")
+    if c.task == "edit" and "cell" in ask:
+        return f"looked up the {ask['cell']} object and recoloured it {ask.get('colour', '')}".rstrip()
+    return {"majority_shape": "tallied the shapes", "chart_diff": "read the two bar heights and subtracted",
+            "count": "counted"}.get(c.task, "reasoned")
 
 
 def _truth(c: F.Case) -> str | None:
@@ -188,9 +187,6 @@ def _truth(c: F.Case) -> str | None:
     if c.task == "count" and "shape" in ask and facts:
         cells = [cell for _, s, cell in objs if s == ask["shape"]]
         return f"the scene holds {_amount(len(cells), ask['shape'])}" + (f" ({_join(cells)})" if cells else "")
-    if c.task == "majority_colour" and objs:
-        tally = Counter(col for col, _, _ in objs).most_common()
-        return "the scene holds " + _join([_amount(k, "shape", v) for v, k in tally])
     if c.task == "majority_shape" and objs:
         tally = Counter(s for _, s, _ in objs).most_common()
         return "the scene holds " + _join([_amount(k, v) for v, k in tally])
@@ -209,17 +205,12 @@ def _truth(c: F.Case) -> str | None:
             if 0 <= k < 9 and world.CELLS[k] in at:
                 return (f"the {' '.join(anchor)} is at {cell}, and {ask['relation']} it is a "
                         f"{' '.join(at[world.CELLS[k]])}")
-    if c.task == "ground" and "cell" in ask:
+    if c.task in ("ground", "edit") and "cell" in ask:
         obj = next((f"{col} {s}" for col, s, cell in objs if cell == ask["cell"]), None)
+        if obj and c.task == "edit":
+            return f"the {ask['cell']} object is a {obj}, so made {ask.get('colour')} it is a {c.target_label}"
         if obj:
             return f"the {ask['cell']} object is a {obj}"
-    if c.task == "describe" and objs:
-        return "the scene holds " + _join([f"a {col} {s}" for col, s, _ in objs])
-    if c.task == "indirect_colour" and c.meta.get("text"):
-        return f"{c.meta['text']} is {c.target_label}"
-    if c.task == "text_to_word":
-        ink = c.meta.get("ink", "black")
-        return f"the word is '{c.target_label}'" + (f", written in {ink} ink" if ink not in ("", "black") else "")
     return None
 
 
@@ -250,7 +241,9 @@ def explain(c: F.Case, focus: str) -> str:
     """A short paragraph on one case; ``focus``: "helps", "hurts", "flaws" or "both wrong"."""
     t, truth, right = c.target_label, _truth(c), F.stated_right(c)
     verdict = ""
-    if right is True:
+    if right is True and F.hallucinations(c):  # praise only a rationale that is right throughout
+        verdict = ", the right answer, though from evidence the scene does not hold"
+    elif right is True:
         verdict = f", which is right ({truth})" if truth else ", which is right"
     elif right is False:
         verdict = f", but {truth}" if truth else f", but the answer is '{t}'"
