@@ -167,6 +167,41 @@ def targets(results: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
+def compare_examples(model_dir: Path, per_gallery: int = 2) -> list[dict]:
+    """The Compare tab's one-click examples: per sample gallery, queries where reasoning visibly helps
+    (direct misses, reasoning ranks the answer first, the rationale states it and names nothing the
+    scene lacks), best first; galleries without such a query give their first queries instead."""
+    from rge_demo.analysis.eval_tasks import EvalCandidate, EvalItem, EvalQuery, EvalTask
+    from rge_demo.data.galleries import DEFAULT_DIR
+    from rge_demo.data.items import Gallery
+
+    def gallery_task(g: Gallery) -> EvalTask:
+        cands = [EvalCandidate(it.id, it.label or it.text, EvalItem(it.meta.get("instruction", g.candidate_instruction),
+                                                                    it.text, None, g.image_path(it.image)))
+                 for it in g.items]
+        queries = [EvalQuery(q.id, EvalItem(q.instruction, q.text, None, g.image_path(q.image)), g.index_of(q.target_id),
+                             q.rationale, dict(q.meta)) for q in g.queries]
+        return EvalTask(g.name, g.meta_task or "mixed", "ind", queries, cands, "gallery")
+
+    encoder = encoder_for(model_dir)
+    examples = []
+    for folder in sorted(p for p in DEFAULT_DIR.iterdir() if (p / "manifest.json").is_file()):
+        gallery = Gallery.load(folder)
+        task = gallery_task(gallery)
+        reason = {c["query_id"]: c for c in evaluate(encoder, [task], mode="reason").cases}
+        direct = {c["query_id"]: c for c in evaluate(encoder, [task], mode="direct").cases}
+        def helps(qid):
+            r, d = reason[qid], direct[qid]
+            return r["correct"] and not d["correct"] and world.answer_of(r["rationale"]) == r["target_label"] \
+                and not r["hallucinations"]
+        good = sorted((q for q in reason if helps(q)), key=lambda q: (-direct[q]["rank"], q))[:per_gallery]
+        chosen = good or [q.id for q in gallery.queries[:per_gallery]]
+        examples += [{"gallery": gallery.name, "query_id": q, "reasoning_helps": q in good,
+                      "direct_rank": direct[q]["rank"], "reason_rank": reason[q]["rank"],
+                      "rationale": reason[q]["rationale"]} for q in chosen]
+    return sorted(examples, key=lambda e: not e["reasoning_helps"])  # the default (first) one helps
+
+
 def results_markdown(results: dict, n: int) -> str:
     parts = [f"<!-- written by tools/release_micro.py: {n} queries per task and split, seeds {list(results)} -->"]
     for seed, per in results.items():
@@ -235,6 +270,8 @@ def main() -> int:
         indent=1, sort_keys=True) + "\n")
     for name in SHIPPED:
         (ASSETS / "models" / name / "README.md").write_text(card(name, md, training_summary(runs / name)))
+    examples = compare_examples(ASSETS / "models" / "rge-micro")
+    (ASSETS / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
     cases = load_pair(ASSETS / "runs" / "rge-micro" / "reason", ASSETS / "runs" / "rge-micro" / "direct")
     shutil.rmtree(ASSETS / "tours", ignore_errors=True)
     tours = draft_tours(cases, ASSETS / "tours", "rge-micro")
