@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SAMPLE_GALLERIES = REPO_ROOT / "sample_galleries"
 RUNS_DIR = ASSETS_DIR / "runs"
 TOURS_DIR = ASSETS_DIR / "tours"
+EXAMPLES_FILE = ASSETS_DIR / "examples.json"  # written by tools/release_micro.py
 MAX_TEXT_CHARS = 2000
 
 
@@ -89,6 +90,28 @@ class Demo:
         return self.manager.load(name or self.default_model)
 
     # -- galleries and indexes -------------------------------------------------------------------
+    def examples(self, per_gallery: int = 2) -> list[dict]:
+        """The Compare tab's one-click examples: ``{gallery, image, text, instruction, target_id,
+        reasoning_helps}``, the default first. The shipped list (``assets/examples.json``) holds
+        queries where the shipped model's reasoning visibly helps with a right rationale; without it,
+        each gallery's first queries."""
+        import json
+
+        chosen = []
+        if EXAMPLES_FILE.is_file():
+            chosen = [(e["gallery"], e["query_id"], e.get("reasoning_helps", False))
+                      for e in json.loads(EXAMPLES_FILE.read_text(encoding="utf-8"))]
+        chosen = [c for c in chosen if c[0] in self.galleries and c[1] in {q.id for q in self.galleries[c[0]].queries}]
+        if not chosen:
+            chosen = [(name, q.id, False) for name, g in self.galleries.items() for q in g.queries[:per_gallery]]
+        out = []
+        for name, qid, helps in chosen:
+            g = self.galleries[name]
+            q = next(q for q in g.queries if q.id == qid)
+            out.append({"gallery": name, "image": str(g.image_path(q.image)) if q.image else None, "text": q.text,
+                        "instruction": q.instruction, "target_id": q.target_id, "reasoning_helps": helps})
+        return out
+
     def gallery(self, name: str) -> Gallery:
         if name not in self.galleries:
             raise UserError(f"unknown gallery {name!r}; choose one of {sorted(self.galleries)}")

@@ -1,0 +1,63 @@
+"""What ships in assets/: the models declare their profile, tours only praise right rationales, the
+default Compare example is one where reasoning helps, and the model drafts real rationales."""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from rge_demo.analysis import failures as F
+from rge_demo.analysis.tours import load_tours, tour_stop
+from rge_demo.config import ASSETS_DIR
+from rge_demo.data.sample_upload import sample_rows
+from rge_demo.embedding.encoder import Encoder
+from rge_demo.models.loading import load_checkpoint
+from rge_demo.training.drafting import draft_rationales, drafting_style
+
+RGE_MICRO = ASSETS_DIR / "models" / "rge-micro"
+
+
+@pytest.mark.parametrize("name", ["rge-micro", "baseline-micro"])
+def test_shipped_models_declare_the_micro_profile(name):
+    config = json.loads((ASSETS_DIR / "models" / name / "config.json").read_text())
+    assert config.get("rge_profile") == "micro"
+
+
+def test_tours_praise_only_rationales_that_are_right():
+    cases = {c.query_id: c for c in F.load_pair(ASSETS_DIR / "runs" / "rge-micro" / "reason",
+                                                 ASSETS_DIR / "runs" / "rge-micro" / "direct")}
+    tours = load_tours(ASSETS_DIR / "tours")
+    assert tours
+    for tour in tours:
+        for i, stop in enumerate(tour.stops):
+            case, text = tour_stop(tour, i, cases)
+            if "which is right" in text:
+                assert F.stated_right(case) is True and not F.hallucinations(case), (tour.id, stop.query_id)
+            if "reasoning-helps" in tour.id:
+                assert case.reason_rank == 1 and case.direct_rank > 1
+
+
+def test_the_default_compare_example_is_one_where_reasoning_helps():
+    examples = json.loads((ASSETS_DIR / "examples.json").read_text())
+    first = examples[0]
+    assert first["reasoning_helps"] and first["reason_rank"] == 1 and first["direct_rank"] > 1
+    assert (ASSETS_DIR.parent / "sample_galleries" / first["gallery"] / "manifest.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def rge_micro():
+    model, processor = load_checkpoint(RGE_MICRO, device="cpu", dtype="float32")
+    return Encoder(model, processor)
+
+
+def test_rge_micro_drafts_real_rationales(rge_micro):
+    rows, images = sample_rows(n_per_task=4, seed=3)
+    for r in rows:
+        r["query_image"] = Image.open(io.BytesIO(images[r["query_image"]])).convert("RGB")
+    assert drafting_style(rge_micro) == "self"
+    drafts = draft_rationales(rge_micro, rows)
+    for row, draft in zip(rows, drafts):
+        body, _, answer = draft.rpartition("answer ")
+        assert answer.strip() == (row.get("target_text") or row["target_id"].split("/")[-1].replace("_", " "))
+        assert len(body.split()) >= 4, draft  # the model's own evidence, not just "answer X"
