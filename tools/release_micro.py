@@ -61,6 +61,17 @@ def training_summary(run_dir: Path) -> dict:
             "last_probe": probes[-1] if probes else None, "shape_probe": shapes}
 
 
+def declare_profile(model_dir: Path, profile: str = "micro") -> None:
+    """Write ``rge_profile`` into a micro checkpoint's config.json (runs started before the builder
+    wrote the key lack it; without it a checkpoint gets the reference profile)."""
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    if config.get("rge_profile") != profile:
+        config["rge_profile"] = profile
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        log.info("%s: declared prompt profile %r", path, profile)
+
+
 def ship(name: str, runs: Path) -> Path:
     src, dest = runs / name / "model", ASSETS / "models" / name
     shutil.rmtree(dest, ignore_errors=True)
@@ -253,6 +264,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = Path(args.runs)
+    for _, name, _ in COLUMNS:
+        declare_profile(runs / name / "model")
     for name in SHIPPED:
         ship(name, runs)
     model_dirs = {name: ASSETS / "models" / name if name in SHIPPED else runs / name / "model"
