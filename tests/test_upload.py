@@ -227,3 +227,31 @@ def test_separate_manifest_and_image_zip(tmp_path):
     archive = make_zip(inputs / "images.zip", [("photos/images/a.png", png())])
     path, root = unpack_upload(tmp_path / "job", manifest=manifest, archive=archive)
     assert root.name == "photos" and validate(path, root).ok
+
+
+@pytest.mark.parametrize("layout, entries", [
+    ("flat", [("a.png", png()), ("b.png", png("blue"))]),
+    ("images/", [("images/a.png", png()), ("images/b.png", png("blue"))]),
+    ("one top folder", [("myset/images/a.png", png()), ("myset/images/b.png", png("blue"))]),
+    ("one top folder, flat", [("myset/a.png", png()), ("myset/b.png", png("blue"))]),
+])
+def test_a_manifest_plus_a_zip_of_the_images_it_names(tmp_path, layout, entries):
+    """The README's layout: images/x.png in the manifest resolves whatever folder the zip puts them in."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    other = {**GOOD, "query_image": "images/b.png", "target_text": "one"}
+    manifest = write_upload(inputs, jsonl(GOOD, other), name="manifest.jsonl")
+    archive = make_zip(inputs / "images.zip", entries)
+    path, root = unpack_upload(tmp_path / "job", manifest=manifest, archive=archive)
+    report = validate(path, root)
+    assert report.ok, (layout, problems_of(report))
+    assert root.resolve().is_relative_to((tmp_path / "job").resolve())
+    pairs = load_pairs(build_dataset(report, tmp_path / "job"))
+    assert [p.query.image.getpixel((0, 0)) for p in pairs] == [(255, 0, 0), (0, 0, 255)]  # the right image per row
+
+
+def test_a_zip_with_its_manifest_and_flat_images(tmp_path):
+    """One zip: manifest.jsonl naming images/x.png, the images beside it without the folder."""
+    archive = make_zip(tmp_path / "all.zip", [("manifest.jsonl", jsonl(GOOD).encode()), ("a.png", png())])
+    path, root = unpack_upload(tmp_path / "job", archive=archive)
+    assert validate(path, root).ok

@@ -18,6 +18,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from rge_demo.errors import RGEUserError
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "pairs.jsonl")
@@ -28,7 +30,7 @@ IGNORED_PARTS = {"__MACOSX", ".DS_Store"}  # macOS archive litter, skipped silen
 CHUNK = 1 << 16
 
 
-class UploadError(ValueError):
+class UploadError(RGEUserError, ValueError):
     """An upload that cannot be used; the message names the entry (or file) and the problem."""
 
 

@@ -2,7 +2,9 @@
 
 An upload is a manifest of pairs (JSON Lines or CSV, columns = :data:`PAIR_FIELDS`) plus the images
 it names, either as a separate zip or inside the same zip (``manifest.jsonl`` / ``manifest.csv`` /
-``pairs.jsonl`` at the root or in one top folder). Nothing is trusted:
+``pairs.jsonl`` at the root or in one top folder). A separate zip may hold the images at its root,
+under ``images/`` or under one top folder: :func:`unpack_upload` finds the folder where the
+manifest's paths (e.g. ``images/x.png``) resolve. Nothing is trusted:
 
 * :func:`extract_zip` (from :mod:`rge_demo.data.safezip`) checks every entry in the central
   directory BEFORE writing anything, then counts the bytes again while streaming.
@@ -34,9 +36,12 @@ from rge_demo.data.safezip import (  # noqa: F401  (re-exported: part of the upl
 )
 from rge_demo.data.sample_upload import make_sample_upload  # noqa: F401  (part of this module's API)
 from rge_demo.embedding.prompts import INSTRUCTIONS
-from rge_demo.training.data import PAIR_FIELDS
 
 log = logging.getLogger(__name__)
+
+PAIR_FIELDS = ("query_text", "query_image", "target_text", "target_image", "rationale", "task",
+               "meta_task", "query_instruction", "target_instruction", "target_id")
+"""The columns of a manifest and the fields of a pairs file (the trainer's reader uses the same)."""
 
 TEXT_FIELDS = ("query_text", "target_text", "rationale", "task", "meta_task", "query_instruction",
                "target_instruction", "target_id")
@@ -68,17 +73,71 @@ def unpack_upload(job_dir: str | os.PathLike, manifest: str | os.PathLike | None
     files.mkdir(parents=True, exist_ok=True)
     if archive is not None:
         extract_zip(archive, files, limits)
+    limits = limits or UploadLimits()
     if manifest is None:
         path = find_manifest(files)
-        return path, path.parent
+        return path, _image_root([path.parent], _image_refs(path, limits), upload)
     suffix = Path(manifest).suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         raise UploadError(f"{Path(manifest).name}: the manifest must be .jsonl or .csv, got {suffix!r}")
     copy = upload / f"manifest{suffix}"
     shutil.copyfile(manifest, copy)
     top = [p for p in files.iterdir() if p.name not in IGNORED_PARTS]
-    image_root = top[0] if len(top) == 1 and top[0].is_dir() else files
-    return copy, image_root
+    candidates = ([top[0]] if len(top) == 1 and top[0].is_dir() else []) + [files]
+    return copy, _image_root(candidates, _image_refs(copy, limits), upload)
+
+
+def _image_refs(manifest: Path, limits: UploadLimits) -> list[PurePosixPath]:
+    """The safe relative image paths a manifest names (best effort: :func:`validate` reports the rest)."""
+    if manifest.stat().st_size > limits.max_file_bytes:
+        return []
+    try:
+        text = manifest.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return []
+    scratch = ValidationReport(manifest, manifest.parent)  # its problems are validate()'s to report
+    refs = []
+    for _, rec in _records(text, manifest.suffix.lower(), scratch):
+        for k in IMAGE_FIELDS:
+            value = rec.get(k)
+            if isinstance(value, str) and _safe_relative(value.strip()):
+                refs.append(PurePosixPath(value.strip()))
+    return refs
+
+
+def _safe_relative(rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return bool(rel) and "\\" not in rel and not p.is_absolute() and not re.match(r"^[A-Za-z]:", rel) \
+        and ".." not in p.parts
+
+
+def _image_root(candidates: list[Path], refs: list[PurePosixPath], upload: Path) -> Path:
+    """The folder in which the manifest's image paths resolve as written.
+
+    ``candidates`` are tried in order (the zip's single top folder, then its root; or the folder of a
+    manifest found in the zip); the one where most paths resolve wins. When the paths share one first
+    folder (``images/x.png``) that the zip does not have (it holds ``x.png`` at its root or in one top
+    folder), the named files are moved under ``upload/image-root/images/`` so they resolve as written.
+    """
+    def found(root: Path, strip: int) -> list[PurePosixPath]:
+        return [r for r in refs if len(r.parts) > strip and root.joinpath(*r.parts[strip:]).is_file()]
+
+    best = max(candidates, key=lambda root: len(found(root, 0)))  # the first on a tie
+    hits = len(found(best, 0))
+    if not refs or hits == len(refs) or len({r.parts[0] for r in refs}) != 1:
+        return best
+    for root in candidates:
+        flat = found(root, 1)
+        if len(flat) > hits:
+            base = upload / "image-root"
+            for r in flat:
+                dst = base.joinpath(*r.parts)
+                if not dst.exists():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    root.joinpath(*r.parts[1:]).rename(dst)
+            log.info("images named as %s/... found flat in %s; moved under %s", refs[0].parts[0], root, base)
+            return base
+    return best
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -188,7 +247,7 @@ def _records(text: str, suffix: str, report: ValidationReport) -> list[tuple[int
 def _image_ok(rel: str, root: Path, limits: UploadLimits, cache: dict) -> str:
     """Content hash of a valid image; raises ValueError with the problem otherwise."""
     p = PurePosixPath(rel)
-    if "\\" in rel or p.is_absolute() or re.match(r"^[A-Za-z]:", rel) or ".." in p.parts:
+    if not _safe_relative(rel):
         raise ValueError(f"image path must be relative inside the upload, got {rel!r}")
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{rel!r}: not an image file type ({sorted(IMAGE_SUFFIXES)})")
@@ -304,10 +363,14 @@ def _copy_image(root: Path, rel: str, data: Path) -> str:
     return new
 
 
-def build_dataset(report: ValidationReport, job_dir: str | os.PathLike, skip_bad: bool = False) -> Path:
-    """Write ``job_dir/data/pairs.jsonl`` (+ ``data/images/``) from the report's valid rows.
+def build_dataset(report: ValidationReport, job_dir: str | os.PathLike, skip_bad: bool = False, *,
+                  name: str = "pairs.jsonl", rationales: dict[int, str] | None = None) -> Path:
+    """Write ``job_dir/data/<name>`` (+ ``data/images/``) from the report's valid rows, in their order.
 
-    With problems and ``skip_bad=False`` nothing is written and :class:`UploadError` says what to do.
+    ``rationales`` (``{manifest line: text}``) replace the manifest's rationale of those rows (saved
+    edits carried into a rebuilt dataset). Images are copied once and never overwritten, so several
+    pairs files can share ``data/images/``. With problems and ``skip_bad=False`` nothing is written
+    and :class:`UploadError` says what to do.
     """
     if report.problems and not skip_bad:
         lines = report.bad_lines
@@ -322,12 +385,14 @@ def build_dataset(report: ValidationReport, job_dir: str | os.PathLike, skip_bad
     out_lines = []
     for row in report.ok_rows:
         rec = {k: row[k] for k in PAIR_FIELDS if row.get(k)}
+        if rationales and rationales.get(row["line"]):
+            rec["rationale"] = rationales[row["line"]]
         for k in IMAGE_FIELDS:
             if k in rec:
                 rec[k] = _copy_image(report.image_root, rec[k], data)
         rec.setdefault("task", rec.get("meta_task", "retrieval"))
         out_lines.append(json.dumps(rec, ensure_ascii=False))
-    pairs = data / "pairs.jsonl"
+    pairs = data / name
     atomic_write_text(pairs, "\n".join(out_lines) + "\n")
     log.info("wrote %d pairs to %s (%d skipped)", len(out_lines), pairs, len(report.bad_lines))
     return pairs

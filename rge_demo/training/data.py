@@ -17,10 +17,8 @@ from PIL import Image
 
 from rge_demo.data import world
 from rge_demo.data.images import ImageError, load_image
+from rge_demo.data.upload import PAIR_FIELDS  # noqa: F401  (the pairs schema lives with the upload validator)
 from rge_demo.embedding.prompts import EmbedInput, instruction_for
-
-PAIR_FIELDS = ("query_text", "query_image", "target_text", "target_image", "rationale", "task",
-               "meta_task", "query_instruction", "target_instruction", "target_id")
 
 
 class DataError(ValueError):
