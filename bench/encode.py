@@ -20,8 +20,8 @@ full budget (default 128: 127 tokens, then ``<emb>``), read out two ways, each i
 (hidden-state tensors kept vs the hook's buffers; torch has no CPU allocator statistics) and the
 minimum cosine between the two variants' vectors.
 
-    python bench/encode.py [--model PATH_OR_NAME] [-n 64] [--batch-size 32] [--threads N] [--repeat R]
-    python bench/encode.py --memory [--batch-size 32] [--max-new-tokens 128] [--size mid] [--image-side 336]
+    python -m bench.encode [--model PATH_OR_NAME] [-n 64] [--batch-size 32] [--threads N] [--repeat R]
+    python -m bench.encode --memory [--batch-size 32] [--max-new-tokens 128] [--size mid] [--image-side 336]
 """
 
 from __future__ import annotations
@@ -37,11 +37,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-try:
-    import rge_demo  # noqa: F401
-except ModuleNotFoundError:  # run as a script from a checkout: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

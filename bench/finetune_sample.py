@@ -1,6 +1,6 @@
 """The Train tab's path without a browser: sample upload -> dataset -> job -> before/after P@1.
 
-    python bench/finetune_sample.py [--steps 40] [--batch-size 8]
+    python -m bench.finetune_sample [--steps 40] [--batch-size 8]
 
 Fine-tunes the shipped rge-micro (stage rge: joint LM + InfoNCE) on assets/sample_upload in a
 background job, exactly as the tab does, and prints seconds per step and P@1 before and after on
@@ -15,11 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rge_demo.config import Settings  # noqa: E402
-from rge_demo.models.manager import ModelManager  # noqa: E402
-from rge_demo.training.workbench import Workbench  # noqa: E402
+from rge_demo.config import Settings
+from rge_demo.models.manager import ModelManager
+from rge_demo.training.workbench import Workbench
 
 
 def main() -> int:

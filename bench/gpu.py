@@ -12,9 +12,9 @@ Random weights rarely emit ``<emb>``, so every rationale is forced to the full b
 work per query is then fixed. Printed: reasoning queries/s at batch 32, at batch 8 and one query
 at a time (the reference's loop), and the peak GPU memory of each (``torch.cuda.max_memory_allocated``).
 
-    python bench/gpu.py [--attn sdpa|flash_attention_2] [--quant none|8bit|4bit] [-n 32] [--single-n 8]
+    python -m bench.gpu [--attn sdpa|flash_attention_2] [--quant none|8bit|4bit] [-n 32] [--single-n 8]
                         [--max-new-tokens 128] [--image-side 448]
-    python bench/gpu.py --allow-cpu --tiny    # the same code path on a test-size config, on CPU
+    python -m bench.gpu --allow-cpu --tiny    # the same code path on a test-size config, on CPU
 
 ``--quant`` saves the random model to a temporary folder and loads it back through the project's
 loader with a bitsandbytes config (vision tower and lm_head unquantised), as a user's checkpoint.
@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 
-from encode import build_model, queries  # bench/encode.py: this folder is on sys.path when run as a script
+from bench.encode import build_model, queries
 from rge_demo.embedding.encoder import Encoder
 from rge_demo.models import micro
 

@@ -15,8 +15,8 @@ from rge_demo.config import REPO_ROOT
 
 def bench(script: str, *args, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, f"bench/{script}", *map(str, args)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    cmd = [sys.executable, "-m", f"bench.{script.removesuffix('.py')}", *map(str, args)]  # from the repository root
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_gpu_bench_tiny_on_cpu():

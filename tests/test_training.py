@@ -69,7 +69,7 @@ def test_resume_continues_the_step_count(tmp_path, tiny_dir):
 
 
 def test_two_processes_give_the_single_process_loss_and_gradient(tiny_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     worker = str(REPO / "tests" / "dist_worker.py")
 
     def run(cmd):
