@@ -1,6 +1,6 @@
 """App latency, measured like a user: start-up, first rationale token, one full compare.
 
-    python bench/app.py [--model rge-micro] [--runs 5]
+    python -m bench.app [--model rge-micro] [--runs 5]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
 streaming endpoint with gradio_client: seconds to the first streamed rationale text and to the
@@ -16,15 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from gradio_client import Client, handle_file
 
-from gradio_client import Client, handle_file  # noqa: E402
-
-from apprunner import RunningApp  # noqa: E402
-from rge_demo.data.items import Gallery  # noqa: E402
-from rge_demo.models.manager import default_specs  # noqa: E402
-from rge_demo.service import SAMPLE_GALLERIES  # noqa: E402
+from rge_demo.data.items import Gallery
+from rge_demo.models.manager import default_specs
+from rge_demo.service import SAMPLE_GALLERIES
+from tests.apprunner import RunningApp  # run from the repository root: python -m bench.app
 
 
 def one_compare(client: Client, gallery: str, i: int) -> tuple[float, float]:
