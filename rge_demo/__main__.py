@@ -171,7 +171,7 @@ def embed_query(loaded, inp, reason: bool) -> dict:
                 "forced": r.forced, "seconds": r.seconds, "vector": r.vector}
     t0 = time.perf_counter()
     vec = enc.direct([inp], batch_size=1)[0]
-    return {"mode": "direct", "prompt": prompt_text(loaded.processor, inp, direct=True), "rationale": "",
+    return {"mode": "direct", "prompt": prompt_text(loaded.processor, inp, direct=True, profile=enc.profile), "rationale": "",
             "tokens": 0, "forced": False, "seconds": time.perf_counter() - t0, "vector": vec}
 
 
@@ -256,6 +256,159 @@ def cmd_search(args) -> int:
     for h in hits:
         what = h.item.text or h.item.image or ""
         print(f"{h.rank:>3}  {h.score:+.4f}  {h.item.id}  {h.item.label}  {what}".rstrip())
+    return 0
+
+
+def load_prompting(args):
+    """``(spec, profile, processor)`` of ``--model`` without loading its weights: what ``prompts`` needs."""
+    from rge_demo.embedding.profiles import ProfileError, profile_for_folder
+    from rge_demo.models.loading import check_checkpoint, load_processor, resolve_source
+    from rge_demo.models.manager import ModelManager
+
+    settings = get_settings()
+    spec = ModelManager(settings).resolve(args.model or settings.model)
+    folder = resolve_source(spec.source)
+    check_checkpoint(folder)
+    try:
+        profile = profile_for_folder(folder)
+    except ProfileError as e:
+        raise UsageError(str(e)) from None
+    try:
+        processor = load_processor(folder, min_pixels=profile.min_pixels, max_pixels=profile.max_pixels)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{folder}: cannot load the processor/tokenizer ({type(e).__name__}: {e})") from None
+    return spec, profile, processor
+
+
+@command("prompts", "print the exact text the model is given for each item (MMEB rows, or one query)", arguments=[
+    arg("--model", help="registry name, local folder or hub id (default: RGE_MODEL or rge-micro); no weights are loaded"),
+    arg("--mmeb", default=None, metavar="DIR", help="a local MMEB-eval copy: every query and candidate prompt"),
+    arg("--subsets", default=None, help="comma-separated MMEB subsets (default: every one found)"),
+    arg("--limit", type=int, default=None, help="first N rows of each MMEB subset"),
+    arg("--image-root", dest="image_root", default=None, help="MMEB image folder (default DIR/images)"),
+    arg("--image", default=None, help="one item's image file"),
+    arg("--text", default="", help="one item's text"),
+    arg("--task", default=None, help="a task preset of the model's prompt profile: its instruction for --side"),
+    arg("--instruction", default=None, help="the instruction, instead of --task"),
+    arg("--side", choices=["query", "candidate"], default="query", help="side of the one item (default query)"),
+    arg("--direct", action="store_true", help="query prompts in direct mode (ending in <emb>); "
+                                              "default: the reasoning prompt the rationale grows from"),
+    arg("--json", action="store_true", help='one JSON object per line: {"subset", "row", "side", "prompt"}'),
+])
+def cmd_prompts(args) -> int:
+    from rge_demo.analysis.eval_tasks import EvalDataError, load_mmeb, prompt_records
+    from rge_demo.embedding.profiles import ProfileError
+    from rge_demo.embedding.prompts import prompt_text
+
+    single = args.image is not None or args.text or args.task or args.instruction is not None
+    if args.mmeb and single:
+        raise UsageError("give --mmeb DIR or one item (--image/--text/--task/--instruction), not both")
+    if not args.mmeb and (args.subsets or args.limit is not None or args.image_root):
+        raise UsageError("--subsets/--limit/--image-root need --mmeb DIR")
+    if args.task and args.instruction is not None:
+        raise UsageError("give --task or --instruction, not both")
+    if not args.mmeb and not single:
+        raise UsageError("give --mmeb DIR or one item (--image and/or --text, with --task or --instruction)")
+    spec, profile, processor = load_prompting(args)
+    if args.mmeb:
+        try:
+            tasks = load_mmeb(args.mmeb, [s.strip() for s in args.subsets.split(",") if s.strip()]
+                              if args.subsets else None, args.limit, args.image_root)
+        except (EvalDataError, ValueError) as e:
+            raise UsageError(str(e)) from None
+        records = prompt_records(tasks, processor, profile, direct_queries=args.direct)
+    else:
+        try:
+            instruction = profile.task(args.task)[args.side] if args.task else args.instruction or ""
+        except ProfileError as e:
+            raise UsageError(str(e)) from None
+        inp = query_input(args, instruction)
+        if args.side == "candidate":
+            inp = type(inp)(inp.instruction, inp.text, inp.image, side="candidate")
+        direct = args.direct or args.side == "candidate"  # candidates are always embedded directly
+        records = [{"subset": None, "row": 0, "side": args.side,
+                    "prompt": prompt_text(processor, inp, direct=direct, profile=profile)}]
+    if not args.json:
+        print(f"model: {spec.name}  prompt profile: {profile.name}")
+    for r in records:
+        if args.json:
+            print(json.dumps(r, ensure_ascii=False))
+        else:
+            print(f"--- {r['subset'] or '(one item)'} row {r['row']} {r['side']}\n{r['prompt']}")
+    return 0
+
+
+@command("sample", "sample N rationales per query: stated answers, ranks, spread, pass@k (one JSON line per query)",
+         parents=("model",), arguments=[
+             arg("--text", default="", help="query text (with --gallery)"),
+             arg("--image", default=None, help="query image file (with --gallery)"),
+             arg("--world", default=None, help="world task(s), comma-separated: sample their evaluation queries"),
+             arg("--split", choices=["ind", "ood"], default="ind", help="world split (default ind)"),
+             arg("--limit", type=int, default=4, help="queries per world task (default 4)"),
+             arg("--gallery", default=None, help="gallery folder: rank its items for --text/--image"),
+             arg("--target", default=None, help="id of the right gallery item (with --gallery)"),
+             arg("--instruction", default=None, help="query instruction (default: the gallery's meta-task's)"),
+             arg("-n", type=int, default=8, help="samples per query (default 8)"),
+             arg("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)"),
+             arg("--seed", type=int, default=0, help="seed of the draws (default 0)"),
+             arg("--k", default="1,2,4,8", help="pass@k values, comma-separated (default 1,2,4,8; n is added)"),
+             arg("--batch-size", type=int, default=32, help="generated rows per generate call (default 32)"),
+         ])
+def cmd_sample(args) -> int:
+    from rge_demo.analysis import sampling
+
+    if (args.world is None) == (args.gallery is None):
+        raise UsageError("give --world TASKS or --gallery DIR (with --target and a query)")
+    if args.n < 1 or args.limit < 1 or args.batch_size < 1:
+        raise UsageError("-n, --limit and --batch-size must be >= 1")
+    if not args.temperature > 0:
+        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    try:
+        ks = [int(k) for k in args.k.split(",") if k.strip()]
+    except ValueError:
+        raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    opts = {"n": args.n, "temperature": args.temperature, "seed": args.seed, "ks": ks,
+            "batch_size": args.batch_size}
+    if args.world is not None:
+        from rge_demo.analysis.eval_tasks import world_tasks
+
+        try:
+            tasks = world_tasks([t.strip() for t in args.world.split(",") if t.strip()], (args.split,), args.limit)
+        except KeyError as e:
+            raise UsageError(e.args[0]) from None
+        loaded, _ = load_model(args)
+        records = sampling.evaluate_sampling(loaded.encoder, tasks, **opts)
+        for r in records:
+            print(json.dumps({"model": loaded.spec.name, **r}))
+        table = sampling.sampling_table(records)
+        print(json.dumps({"model": loaded.spec.name, "summary": {
+            name: {k: (None if v != v else round(v, 6)) for k, v in row.items()} for name, row in table.items()}}))
+        return 0
+
+    from rge_demo.data.items import Gallery
+    from rge_demo.embedding.gallery import embed_fn
+    from rge_demo.embedding.index import EmbeddingCache, GalleryIndex
+    from rge_demo.embedding.prompts import instruction_for
+
+    if not Path(args.gallery).is_dir():
+        raise UsageError(f"{args.gallery}: no such gallery folder")
+    gallery = Gallery.load(args.gallery)
+    if args.target is None:
+        raise UsageError("--gallery needs --target ID: the right item to rank")
+    try:
+        target = gallery.index_of(args.target)
+    except KeyError:
+        raise UsageError(f"gallery {gallery.name}: no item {args.target!r} (--target)") from None
+    default = instruction_for(gallery.meta_task, "query") if gallery.meta_task else ""
+    inp = query_input(args, args.instruction if args.instruction is not None else default)
+    loaded, settings = load_model(args)
+    index = GalleryIndex.build(gallery, embed_fn(loaded.encoder, gallery), fingerprint=loaded.fingerprint,
+                               instruction=gallery.candidate_instruction,
+                               cache=EmbeddingCache(settings.embeddings_dir), batch_size=args.batch_size,
+                               progress=TqdmProgress(f"embedding {gallery.name}"))
+    result = sampling.sample_queries(loaded.encoder, [inp], index.matrix, [target], **opts)[0]
+    print(json.dumps({"model": loaded.spec.name, "gallery": gallery.name, "target_id": args.target,
+                      "target_label": gallery.items[target].label, **result.to_dict()}))
     return 0
 
 

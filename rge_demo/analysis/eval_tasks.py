@@ -8,13 +8,16 @@ indices into the task's de-duplicated candidates.
 MMEB-eval layout (TIGER-Lab/MMEB-eval): ``<root>/<Subset>/test-*.parquet`` with columns
 ``qry_text, qry_img_path, tgt_text (list), tgt_img_path (list)``; image paths are relative to an
 image folder (``<root>/images`` by default, ``<root>/eval_images`` also tried). Texts hold
-``<|image_1|>`` where the image goes; it is stripped and the image goes into the model's image slot.
+``<|image_1|>`` where the image goes. An item keeps its raw text, subset and side: the model's prompt
+profile decides what the model sees (the reference profile rewrites per subset and keeps the
+placeholder's place; the micro profile strips it and puts the image first), see
+:mod:`rge_demo.embedding.prompts`. :func:`prompt_records` lists every prompt a run would embed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from PIL import Image
 
 from rge_demo.data import world
 from rge_demo.data.images import load_image
-from rge_demo.embedding.prompts import EmbedInput, from_mmeb_text
+from rge_demo.embedding.prompts import EmbedInput, from_mmeb_text, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +55,28 @@ class EvalDataError(ValueError):
 
 @dataclass
 class EvalItem:
-    """Something to embed: instruction + text + an image held in memory or read lazily from a path."""
+    """Something to embed: instruction + text + an image held in memory or read lazily from a path.
+
+    MMEB items also keep their raw text (``mmeb_text``, placeholder included), ``subset`` and
+    ``side`` ("query" | "candidate") for the profile's rewrite; ``text`` is the raw text without
+    the placeholder.
+    """
 
     instruction: str = ""
     text: str = ""
     image: Image.Image | None = None
     image_path: Path | None = None
+    mmeb_text: str | None = None
+    subset: str = ""
+    side: str = "query"
 
     def to_input(self) -> EmbedInput:
         """The EmbedInput; an image on disk is loaded here (ImageError names the file)."""
         image = self.image
         if image is None and self.image_path is not None:
             image = load_image(self.image_path)
-        return EmbedInput(instruction=self.instruction, text=self.text, image=image)
+        return EmbedInput(instruction=self.instruction, text=self.text, image=image, mmeb_text=self.mmeb_text,
+                          subset=self.subset, side=self.side)
 
     @property
     def has_image(self) -> bool:
@@ -175,10 +187,11 @@ def _as_list(value, where: str) -> list:
         raise EvalDataError(f"{where}: expected a list, got {type(value).__name__}") from None
 
 
-def _mmeb_item(text, img, image_root: Path, where: str) -> EvalItem:
+def _mmeb_item(text, img, image_root: Path, where: str, subset: str = "", side: str = "query") -> EvalItem:
     text = "" if text is None else str(text)
     img = "" if img is None else str(img)
-    item = EvalItem("", from_mmeb_text(text), None, image_root / img if img else None)
+    item = EvalItem("", from_mmeb_text(text), None, image_root / img if img else None, mmeb_text=text,
+                    subset=subset, side=side)
     if not item.text and not img:
         raise EvalDataError(f"{where}: neither text nor image")
     return item
@@ -248,12 +261,12 @@ def _mmeb_task(name: str, frames, limit: int | None, img_root: Path) -> EvalTask
             for j, (t, im) in enumerate(zip(texts, imgs)):
                 key = ("" if t is None else str(t), "" if im is None else str(im))
                 if key not in by_key:
-                    item = _mmeb_item(t, im, img_root, f"{where} candidate {j}")
+                    item = _mmeb_item(t, im, img_root, f"{where} candidate {j}", name, "candidate")
                     by_key[key] = len(cands)
                     label = item.text[:80] if item.text else Path(key[1]).name
                     cands.append(EvalCandidate(f"{name}/c{len(cands)}", label, item))
                 own.append(by_key[key])
-            item = _mmeb_item(row.qry_text, row.qry_img_path, img_root, f"{where} query")
+            item = _mmeb_item(row.qry_text, row.qry_img_path, img_root, f"{where} query", name, "query")
             queries.append(EvalQuery(f"{name}/{len(queries)}", item, 0, candidates=own))
     if not queries:
         raise EvalDataError(f"subset {name}: no rows in {', '.join(str(p) for p, _ in frames)}")
@@ -267,3 +280,29 @@ def _check_images(tasks: list[EvalTask], img_root: Path) -> None:
     if missing:
         raise EvalDataError(f"{len(missing)} image file(s) not found under the image folder {img_root} "
                             f"(set --image-root), e.g. {', '.join(missing[:3])}")
+
+
+# ---------------------------------------------------------------------------------------- prompts
+def query_prompt(encoder, item: EvalItem, mode: str) -> str:
+    """The exact text a query's embedding starts from, under the encoder's profile: the generation
+    prompt in "reason" and "oracle" modes, that prompt + ``<emb>`` in "direct" mode."""
+    return prompt_text(encoder.processor, item, direct=mode == "direct", profile=getattr(encoder, "profile", None))
+
+
+def prompt_records(tasks: Sequence[EvalTask], processor, profile, direct_queries: bool = False) -> Iterator[dict]:
+    """``{"subset", "row", "side", "prompt"}`` for every item an evaluation of ``tasks`` embeds, in order.
+
+    Per row: its query ("reason" prompt, or direct with ``direct_queries``), then the candidates it
+    is the first row to list (candidates are embedded once per task, in direct mode). ``prompt`` is
+    the exact text given to the processor. Images are not read.
+    """
+    for task in tasks:
+        seen: set[int] = set()
+        for row, q in enumerate(task.queries):
+            yield {"subset": task.name, "row": row, "side": "query",
+                   "prompt": prompt_text(processor, q.item, direct=direct_queries, profile=profile)}
+            for c in q.candidates if q.candidates is not None else range(len(task.candidates)):
+                if c not in seen:
+                    seen.add(c)
+                    yield {"subset": task.name, "row": row, "side": "candidate",
+                           "prompt": prompt_text(processor, task.candidates[c].item, direct=True, profile=profile)}

@@ -33,7 +33,7 @@ from rge_demo.data.items import atomic_write_bytes, atomic_write_text
 from rge_demo.embedding.index import CacheKey, EmbeddingCache, rank_of, top_k
 
 from .eval_tasks import (EVAL_SPLITS, MMEB_META_TASKS, MMEB_OOD, EvalCandidate, EvalDataError, EvalItem,
-                         EvalQuery, EvalTask, load_mmeb, mmeb_group, world_tasks)
+                         EvalQuery, EvalTask, load_mmeb, mmeb_group, query_prompt, world_tasks)
 from .metrics import grouped_metrics
 from .report import compare_runs, run_table
 
@@ -166,6 +166,7 @@ def evaluate(encoder, tasks: Sequence[EvalTask], mode: str = "reason", batch_siz
             batch = task.queries[start:start + batch_size]
             for q, emb in zip(batch, _embed_queries(encoder, batch, mode, max_new_tokens)):
                 run.cases.append(_case(task, q, emb, matrix))
+                run.cases[-1]["prompt"] = query_prompt(encoder, q.item, mode)  # what `rge_demo prompts` prints
                 if q.item.image is not None:
                     run.images[q.id] = q.item.image
             done += len(batch)
@@ -199,7 +200,8 @@ def _cache_key(item: EvalItem, fingerprint: str) -> CacheKey:
     """Same content hash as ``index.item_key`` for images on disk (file bytes); pixels otherwise."""
     src = item.image_path if item.image_path is not None else item.image
     image_hash = content_hash(src) if src is not None else None
-    content = hashlib.sha256(json.dumps([item.text, image_hash]).encode("utf-8")).hexdigest()
+    parts = [item.text, image_hash] + ([item.subset, item.side, item.mmeb_text] if item.mmeb_text is not None else [])
+    content = hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()  # MMEB: the profile's rewrite depends on all
     return CacheKey(fingerprint, item.instruction, content)
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
                           StoppingCriteriaList, TextIteratorStreamer)
 
+from .profiles import profile_for
 from .prompts import EMB_TOKEN, EmbedInput, prompt_text
 
 log = logging.getLogger(__name__)
@@ -225,9 +226,10 @@ class Encoder:
     """
 
     def __init__(self, model, processor, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 lock: threading.RLock | None = None):
+                 lock: threading.RLock | None = None, profile=None):
         self.model = model
         self.processor = processor
+        self.profile = profile or profile_for(model.config)  # prompts and budget rule (rge_demo.embedding.profiles)
         self.tokenizer = processor.tokenizer
         self.max_new_tokens = max_new_tokens
         self.lock = lock or threading.RLock()
@@ -256,7 +258,7 @@ class Encoder:
         return getattr(getattr(self, "profile", None), "budget_rule", BUDGET_RULE)
 
     def rows(self, inputs: Sequence[EmbedInput], *, direct: bool) -> list[Row]:
-        prompts = [prompt_text(self.processor, x, direct=direct) for x in inputs]
+        prompts = [prompt_text(self.processor, x, direct=direct, profile=self.profile) for x in inputs]
         return process_rows(self.processor, prompts, [x.image for x in inputs])
 
     def _collate(self, rows, suffixes=None):

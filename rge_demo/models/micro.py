@@ -160,6 +160,7 @@ def build_config(size: MicroSize, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
         emb_token_id=ids[EMB_TOKEN],
+        rge_profile="micro",  # rge_demo.embedding.profiles: 84x84 pixels, image first, append <emb>
     )
 
 
