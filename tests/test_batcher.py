@@ -2,6 +2,7 @@
 
 import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -79,6 +80,29 @@ def test_concurrent_direct_requests_share_one_forward(taught, batched):
     assert errors == [None] * 4 and batched.collector.calls["direct"] == 1
     for x, got in zip(inputs, results):
         assert got.shape == (1, 64) and float(got[0] @ plain.direct([x])[0]) >= 0.9999
+
+
+def test_users_out_of_step_fall_into_step(taught):
+    """Two pairs of Compare-like users (direct, then reasoning, three times), the second pair starting while
+    the first generates. Served oldest-first they would stay two half-full batches apart (6 generate calls);
+    waiting for the callers just served merges all four from the second cycle on."""
+    batched = BatchedEncoder(*taught, window=0.05, linger=1.0)  # linger=0 gives 6 calls of 2
+    inputs = four_inputs()
+
+    def user(x, late):
+        while late and not batched.collector.calls["generate"]:  # start while the first pair generates
+            time.sleep(0.001)
+        for _ in range(3):
+            batched.direct([x])
+            batched.reason([x])
+
+    threads = [threading.Thread(target=user, args=(x, i >= 2)) for i, x in enumerate(inputs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert batched.collector.requests["reason"] == 12
+    assert batched.collector.calls["generate"] <= 4 and 4 in batched.collector.merged_sizes
 
 
 def test_different_budgets_run_separately_with_their_own_budget(taught, batched):

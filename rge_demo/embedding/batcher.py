@@ -9,11 +9,11 @@ per-step overhead.
 * :class:`Collector` keeps the queue. A :class:`Request` is a list of processed rows plus its kind:
   ``("direct",)`` (one forward) or ``("reason", budget)`` (generate, then embed). A worker thread,
   started by the first request and gone once the queue is empty (so it never keeps an unloaded
-  model alive), waits until ``window`` seconds after the oldest pending request (or until
-  ``max_rows`` rows of that kind wait), takes every pending request of the oldest request's kind in
-  arrival order up to ``max_rows`` rows, and runs them as ONE call under the encoder's lock. A
-  single request larger than ``max_rows`` runs alone, unsplit: a caller's own batch is never
-  reshaped, so its numbers are those of the unbatched encoder.
+  model alive), gathers a batch (when: a short ``window`` for a first request; after a batch, the
+  callers just served, for up to ``linger`` seconds; see :class:`Collector`), takes the waiting
+  requests of one kind in arrival order up to ``max_rows`` rows and runs them as ONE call under
+  the encoder's lock. A single request larger than ``max_rows`` runs alone, unsplit: a caller's
+  own batch is never reshaped, so its numbers are those of the unbatched encoder.
 * :class:`SplitStreamer` is the streamer of a merged ``generate``: it splits each step's (B,) new
   tokens by row and sends each streaming request its own rationale text. Text is decoded from the
   row's ids so far and held back while it ends in an incomplete byte-level character (U+FFFD); a
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_S = 0.005  # how long the oldest request waits for company
 MAX_ROWS = 16  # rows merged into one call at most
+LINGER_S = 0.1  # after a batch, how long to wait for the callers just served to come back
 
 
 @dataclass(eq=False)
@@ -147,18 +148,33 @@ class SplitStreamer:
 class Collector:
     """Merges concurrent requests on one encoder into few model calls.
 
+    When to run: a request that finds the worker idle waits ``window`` seconds for company. After a
+    batch of k rows, with p rows already waiting, the worker expects k + p rows (the callers it
+    just served usually come straight back: Compare asks for a direct vector, then a rationale, then
+    the user's next query) and waits for them, at most ``linger`` seconds from the end of that
+    batch. Without this, two groups of users that got out of step (one generating while the other
+    waits for its direct vector) stay out of step forever, each batch half full.
+
+    What to run: the kind with the most waiting rows (ties: the oldest request's kind), in arrival
+    order up to ``max_rows`` rows; a request passed over twice goes first.
+
     ``calls`` counts the model calls made (``"generate"``, ``"direct"``), ``requests`` the requests
-    received, per kind: with merging, calls < requests.
+    received, per kind: with merging, calls < requests. ``merged_sizes`` lists requests per call.
     """
 
-    def __init__(self, encoder: Encoder, window: float = WINDOW_S, max_rows: int = MAX_ROWS):
-        if window < 0 or max_rows < 1:
-            raise ValueError(f"collector: window must be >= 0 and max_rows >= 1, got {window}, {max_rows}")
-        self.encoder, self.window, self.max_rows = encoder, window, max_rows
+    def __init__(self, encoder: Encoder, window: float = WINDOW_S, max_rows: int = MAX_ROWS,
+                 linger: float = LINGER_S):
+        if window < 0 or linger < 0 or max_rows < 1:
+            raise ValueError(f"collector: window and linger must be >= 0 and max_rows >= 1, "
+                             f"got {window}, {linger}, {max_rows}")
+        self.encoder, self.window, self.max_rows, self.linger = encoder, window, max_rows, linger
         self.calls: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
-        self.merged_sizes: list[int] = []  # requests per model call, in order
+        self.merged_sizes: list[int] = []
         self._pending: list[Request] = []
+        self._skipped: dict[int, int] = {}  # id(request) -> batches chosen over it
+        self._expect: int | None = None  # rows expected back after the last batch
+        self._linger_until = 0.0
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
 
@@ -167,34 +183,59 @@ class Collector:
             self._pending.append(request)
             self.requests[request.kind[0]] += 1
             if self._worker is None:
+                self._expect = None
                 self._worker = threading.Thread(target=self._loop, name="rge-collector", daemon=True)
                 self._worker.start()
             self._cond.notify()
         return request
 
     # -- the worker ------------------------------------------------------------------------------
+    def _ready(self, now: float) -> tuple[bool, float]:
+        """(run a batch now?, how long to wait otherwise); call with the condition held."""
+        rows = sum(len(r.rows) for r in self._pending)
+        if self._expect is not None:  # right after a batch: wait for the callers just served
+            if self._pending and (rows >= min(self._expect, self.max_rows) or now >= self._linger_until):
+                return True, 0.0
+            return False, self._linger_until - now
+        left = self._pending[0].arrived + self.window - now
+        return left <= 0 or rows >= self.max_rows, left
+
     def _take(self) -> list[Request] | None:
-        """The next batch: the oldest request's kind, arrival order, at most ``max_rows`` rows."""
+        """The next batch (None: nothing came, the worker leaves)."""
         with self._cond:
             while True:
-                if not self._pending:
+                now = time.monotonic()
+                if not self._pending and (self._expect is None or now >= self._linger_until):
                     self._worker = None  # the next submit starts a new worker
                     return None
-                kind = self._pending[0].kind
-                same = [r for r in self._pending if r.kind == kind]
-                left = self._pending[0].arrived + self.window - time.monotonic()
-                if left <= 0 or sum(len(r.rows) for r in same) >= self.max_rows:
+                ready, wait = self._ready(now)
+                if ready:
                     break
-                self._cond.wait(left)
+                self._cond.wait(wait)
+            kind = self._choose()
             batch, rows = [], 0
-            for r in same:
+            for r in self._pending:
+                if r.kind != kind:
+                    continue
                 if batch and rows + len(r.rows) > self.max_rows:
                     break
                 batch.append(r)
                 rows += len(r.rows)
             for r in batch:
                 self._pending.remove(r)
+                self._skipped.pop(id(r), None)
+            for r in self._pending:
+                self._skipped[id(r)] = self._skipped.get(id(r), 0) + 1
             return batch
+
+    def _choose(self) -> tuple:
+        starved = [r for r in self._pending if self._skipped.get(id(r), 0) >= 2]
+        if starved:
+            return starved[0].kind
+        rows: dict[tuple, int] = {}
+        for r in self._pending:  # insertion order: the oldest request's kind first
+            rows[r.kind] = rows.get(r.kind, 0) + len(r.rows)
+        return max(rows, key=rows.get)  # max keeps the first of equals
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
@@ -204,6 +245,10 @@ class Collector:
                 log.exception("request collector failed")
                 for r in batch:
                     r.events.put(("error", e))
+            with self._cond:
+                waiting = sum(len(r.rows) for r in self._pending)
+                self._expect = sum(len(r.rows) for r in batch) + waiting
+                self._linger_until = time.monotonic() + self.linger
 
     def _run(self, batch: list[Request]) -> None:
         enc = self.encoder
@@ -251,9 +296,10 @@ class BatchedEncoder(Encoder):
     a row runs in differs, which left padding makes immaterial.
     """
 
-    def __init__(self, model, processor, *, window: float = WINDOW_S, max_rows: int = MAX_ROWS, **kwargs):
+    def __init__(self, model, processor, *, window: float = WINDOW_S, max_rows: int = MAX_ROWS,
+                 linger: float = LINGER_S, **kwargs):
         super().__init__(model, processor, **kwargs)
-        self.collector = Collector(self, window, max_rows)
+        self.collector = Collector(self, window, max_rows, linger)
         self._rows_lock = threading.Lock()  # one processor call at a time (fast tokenizers dislike concurrent use)
 
     def rows(self, inputs: Sequence[EmbedInput], *, direct: bool) -> list[Row]:

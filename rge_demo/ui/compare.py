@@ -10,6 +10,8 @@ from rge_demo.service import Demo
 from .common import friendly, gpu
 from .render import comparison_html, hits_html, moves_html
 
+ENCODE_LIMIT = 16  # Compare/search requests served at once (the collector merges up to 16 rows per call)
+
 
 def _query_choices(demo: Demo, gallery_name: str) -> list[tuple[str, str]]:
     g = demo.galleries[gallery_name]
@@ -86,7 +88,9 @@ def build(demo: Demo, model_state: gr.State) -> None:
     preset.change(lambda p: instruction_for(p), preset, instruction)
     inputs = [gallery, image, text, instruction, target, k, model_state]
     outputs = [direct_out, rationale, reason_out, moved, cost, last]
-    run.click(on_run, inputs, outputs, api_name="compare", concurrency_id="model")
+    # Compare and search share "encode" (not the one-at-a-time "model" slot): concurrent requests reach the
+    # encoder's request collector, which merges them into one batch (rge_demo.embedding.batcher).
+    run.click(on_run, inputs, outputs, api_name="compare", concurrency_id="encode", concurrency_limit=ENCODE_LIMIT)
     reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state],
                       [reason_out, moved, last], api_name="reembed", concurrency_id="model")
 
@@ -101,7 +105,8 @@ def build(demo: Demo, model_state: gr.State) -> None:
         api_inputs = [gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Number(value=5, precision=0), gr.Checkbox(),
                       gr.Image(type="filepath")]
         api_out, api_btn = gr.JSON(), gr.Button()
-    api_btn.click(search, api_inputs, api_out, api_name="search", concurrency_id="model")
+    api_btn.click(search, api_inputs, api_out, api_name="search", concurrency_id="encode",
+                  concurrency_limit=ENCODE_LIMIT)
 
     examples = []
     for name in galleries:
@@ -112,4 +117,4 @@ def build(demo: Demo, model_state: gr.State) -> None:
         ex = gr.Examples(examples, [gallery, image, text, instruction, target],
                          label="Examples: click one to run it")
         # One click fills the inputs, then runs the comparison.
-        ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="model")
+        ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="encode", concurrency_limit=ENCODE_LIMIT)
