@@ -17,7 +17,8 @@ from pathlib import Path
 
 from rge_demo.config import Settings
 from rge_demo.models.manager import ModelManager
-from rge_demo.training.workbench import Workbench
+from rge_demo.app.sessions import new_key
+from rge_demo.app.workbench import Workbench
 
 
 def main() -> int:
@@ -25,19 +26,20 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
+    key = new_key()  # one session, as one browser would be
     with tempfile.TemporaryDirectory() as tmp:
         bench = Workbench(Path(tmp) / "jobs", ModelManager(Settings(cache_dir=Path(tmp))))
-        upload, report = bench.sample_upload()
-        pairs = bench.build(upload, report, skip_bad=False)
-        bench.save_drafts(upload, bench.drafts(upload))  # template rationales for rows without one
-        job = bench.launch(pairs, "rge-micro", "rge", args.steps, args.batch_size, 1e-4, 0.1, 1.0, 0.03, False,
+        upload, report = bench.sample_upload(key)
+        v1 = bench.build(key, upload.name, report, skip_bad=False)
+        v2 = bench.save_drafts(key, v1.id, bench.drafts(key, v1.id))  # template rationales for rows without one
+        job = bench.launch(key, v2.id, "rge-micro", "rge", args.steps, args.batch_size, 1e-4, 0.1, 1.0, 0.03, False,
                            48, 0.25, "sample fine-tune")
         t0 = time.perf_counter()
-        while (progress := bench.progress(job.id))["status"] not in ("finished", "failed", "cancelled"):
+        while (progress := bench.progress(key, job.id))["status"] not in ("finished", "failed", "cancelled"):
             time.sleep(2)
         print(f"job {progress['status']} in {time.perf_counter() - t0:.0f} s wall; "
               f"{progress['metrics']['seconds'].mean():.2f} s per step (batch {args.batch_size})")
-        print(bench.results(job.id).to_string(index=False))
+        print(bench.results(key, job.id).to_string(index=False))
         bench.close()
     return 0
 

@@ -77,7 +77,7 @@ class Demo:
     @functools.cached_property
     def workbench(self):
         """The Train tab's uploads and background jobs (one queue and one polling thread per app)."""
-        from rge_demo.training.workbench import Workbench
+        from rge_demo.app.workbench import Workbench
 
         return Workbench(self.settings.cache_dir / "jobs", self.manager)
 

@@ -1,97 +1,135 @@
-"""Train tab orchestration (rge_demo.training.workbench) end to end on the tiny model, and the tab's wiring."""
+"""The Train tab's service (rge_demo.app.workbench) end to end on the tiny model, and the tab's wiring."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
 import gradio as gr
+import pandas as pd
 import pytest
 
+from rge_demo.app.datasets import DatasetError
+from rge_demo.app.sessions import new_key, owner_id
+from rge_demo.app.workbench import Workbench, WorkbenchError, loss_figure
 from rge_demo.config import Settings
 from rge_demo.data.upload import UploadError
 from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.models.manager import ModelManager, default_specs
-from rge_demo.training import drafting
-from rge_demo.training.workbench import Workbench, WorkbenchError, loss_figure
+from rge_demo.training.data import load_pairs
+
+KEY, OTHER = new_key(), new_key()
+
+
+def manager_for(tmp_path, tiny_dir) -> ModelManager:
+    manager = ModelManager(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu"),
+                           specs=default_specs())
+    manager.register(tiny_dir, name="tiny")  # shared: registered before any session spoke
+    return manager
 
 
 @pytest.fixture()
 def bench(tmp_path, tiny_dir):
-    manager = ModelManager(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu"),
-                           specs=default_specs())
-    manager.register(tiny_dir, name="tiny")
-    wb = Workbench(None, manager, background=False)
+    wb = Workbench(None, manager_for(tmp_path, tiny_dir), background=False)
     yield wb
     wb.close()
 
 
-def test_sample_upload_to_trained_model_in_the_registry(bench, tmp_path):
-    folder, report = bench.sample_upload()
+@pytest.fixture()
+def idle_bench(tmp_path, tiny_dir):
+    """No job ever starts (max_running 0): for what happens around a job, not in it."""
+    wb = Workbench(tmp_path / "jobs", manager_for(tmp_path, tiny_dir), background=False, max_running=0)
+    yield wb
+    wb.close()
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sample_upload_to_trained_model_in_the_registry(bench, tmp_path, tiny_dir):
+    folder, report = bench.sample_upload(KEY)
     assert report.ok and report.task_counts == {"count": 20, "ground": 20}
     assert folder.parent == tmp_path / "cache" / "jobs" / "uploads"
-    again, _ = bench.sample_upload()
+    again, _ = bench.sample_upload(KEY)
     assert again != folder  # every upload gets its own folder
 
-    pairs = bench.build(folder.name, report)
-    assert pairs == folder / "data" / "pairs.jsonl" and bench.datasets() == [folder.name]
-    assert "20 without a rationale" in bench.dataset_summary(folder.name)
-    with pytest.raises(WorkbenchError, match="20 of 40 pairs have no rationale"):
-        bench.launch(pairs, "tiny", "rge", 2, 4, 1e-3, 0.1, 1.0, 0.03, False, 8, 0.2, "too early")
+    v1 = bench.build(KEY, folder.name, report)
+    assert v1.id == f"{folder.name}/v1" and v1.path == folder / "data" / "v1.jsonl"
+    assert bench.datasets(KEY) == [v1.id]
+    assert "20 without a rationale" in bench.dataset_summary(KEY, v1.id)
+    with pytest.raises(WorkbenchError, match="20 of 40 pairs .* have no rationale"):
+        bench.launch(KEY, v1.id, "tiny", "rge", 2, 4, 1e-3, 0.1, 1.0, 0.03, False, 8, 0.2, "too early")
 
-    table = bench.drafts(folder.name)  # no encoder: template drafts
+    table = bench.drafts(KEY, v1.id)  # no encoder: template drafts
     assert len(table) == 20 and all(r.endswith(f"answer {t}") for r, t in zip(table["rationale"], table["target"]))
     table.loc[0, "rationale"] = "edited. answer " + table.loc[0, "target"]
-    bench.save_drafts(folder.name, table.astype(str))  # a browser sends strings back
-    assert len(bench.drafts(folder.name)) == 0 and "0 without a rationale" in bench.dataset_summary(folder.name)
-    first = json.loads(pairs.read_text().splitlines()[int(table.loc[0, "row"])])
+    v2 = bench.save_drafts(KEY, v1.id, table.astype(str))  # a browser sends strings back
+    assert v2.id == f"{folder.name}/v2" and len(bench.drafts(KEY, v2.id)) == 0
+    assert "0 without a rationale" in bench.dataset_summary(KEY, v2.id)
+    assert "20 without a rationale" in bench.dataset_summary(KEY, v1.id)  # v1 is as it was
+    first = json.loads(v2.path.read_text().splitlines()[int(table.loc[0, "row"])])
     assert first["rationale"].startswith("edited.")
 
-    job = bench.launch(pairs, "tiny", "rge", 2, 4, 1e-3, 0.1, 1.0, 0.03, False, 8, 0.2, "smoke")
+    job = bench.launch(KEY, v2.id, "tiny", "rge", 2, 4, 1e-3, 0.1, 1.0, 0.03, False, 8, 0.2, "smoke")
     cfg = job.config()
-    assert (cfg.threads, cfg.batch_size, cfg.max_new_tokens, cfg.data) == (1, 4, 8, str(pairs))
-    assert cfg.init == str(tiny_dir_of(bench))
-    deadline = time.time() + 60
-    while (p := bench.progress(job.id))["status"] not in ("finished", "failed") and time.time() < deadline:
-        time.sleep(0.2)
+    assert (cfg.threads, cfg.batch_size, cfg.max_new_tokens, cfg.data) == (1, 4, 8, str(v2.path))
+    assert cfg.init == str(tiny_dir) and job.dataset == v2.id
+    deadline = time.time() + 600
+    while (p := bench.progress(KEY, job.id))["status"] not in ("finished", "failed") and time.time() < deadline:
+        time.sleep(0.5)
     assert p["status"] == "finished", p["log_tail"]
     assert p["step"] == p["total_steps"] == 2 and p["metrics"]["loss"].notna().all()
-    assert bench.jobs_table()["status"].tolist() == ["finished"]
+    assert bench.jobs_table(KEY)["status"].tolist() == ["finished"]
+    assert bench.jobs_table(KEY)["dataset"].tolist() == [v2.id]
     assert "finished" in bench.status_line(p) and len(loss_figure(p["metrics"]).data) >= 2
 
-    results = bench.results(job.id, max_queries=4)
+    results = bench.results(KEY, job.id, max_queries=4)
     assert results["model"].tolist() == ["before", "before", "after", "after"]
     assert results["p@1"].between(0, 1).all() and (job.path / "before_after.csv").is_file()
 
-    name = bench.register_result(job.id)
-    assert name == f"job-{job.id}" and name in bench.base_models()
+    name = bench.register_result(KEY, job.id)
+    assert name == f"job-{job.id}" and name in bench.base_models(KEY) and name in bench.model_names(KEY)
+    assert name not in bench.model_names(OTHER)  # this session's model only
     vec = bench.manager.load(name).encoder.direct([EmbedInput("Represent the given answer.", "two")])
     assert vec.shape[0] == 1 and abs(float((vec ** 2).sum()) - 1) < 1e-4
     with pytest.raises(ValueError, match="nothing to cancel"):
-        bench.cancel(job.id)
+        bench.cancel(KEY, job.id)
+
+    # An app restart: a new manager and workbench on the same folder still list the fine-tuned model.
+    restarted = Workbench(None, manager_for(tmp_path, tiny_dir), background=False)
+    try:
+        assert name in restarted.model_names(KEY) and name not in restarted.model_names(OTHER)
+        assert name in {r["name"] for r in restarted.model_catalog(KEY)}
+        assert restarted.manager.load(name).encoder.direct([EmbedInput("", "two")]).shape[0] == 1
+    finally:
+        restarted.close()
 
 
-def tiny_dir_of(bench):
-    return next(s.source for s in bench.manager.specs() if s.name == "tiny")
-
-
-def test_bad_uploads_and_bad_launch_fields_give_clear_errors(bench, tmp_path):
+def test_bad_uploads_and_bad_launch_fields_give_clear_errors(idle_bench, tmp_path):
+    bench = idle_bench
     manifest = tmp_path / "pairs.jsonl"
     manifest.write_text('{"query_text": "a cat", "target_text": "cat", "rationale": "furry. answer cat"}\n'
                         '{"query_text": "a dog"}\n'
                         '{"query_text": "a cow", "target_text": "cow", "rationale": "moo. answer cow"}\n')
-    folder, report = bench.new_upload(manifest)
+    folder, report = bench.new_upload(KEY, manifest)
     assert [(p.line, p.field) for p in report.problems] == [(2, "target_text")]
     with pytest.raises(UploadError, match="skip"):
-        bench.build(folder.name, report)
-    pairs = bench.build(folder.name, None, skip_bad=True)  # the report is made again from the upload
-    assert len(drafting.load_rows(folder, missing_only=False)) == 2
+        bench.build(KEY, folder.name, report)
+    assert bench.datasets(KEY) == []  # nothing was written
+    version = bench.build(KEY, folder.name, None, skip_bad=True)  # the report is made again from the upload
+    assert version.n_pairs == 2 and len(version.rows()) == 2
     with pytest.raises(UploadError, match="nothing uploaded"):
-        bench.new_upload()
-    with pytest.raises(WorkbenchError, match="no upload"):
-        bench.drafts("../../etc")
+        bench.new_upload(KEY)
+    with pytest.raises(DatasetError, match="no dataset"):
+        bench.drafts(KEY, "../../etc")
+    with pytest.raises(DatasetError, match="no version v9"):
+        bench.drafts(KEY, f"{folder.name}/v9")
 
-    good = dict(pairs_path=pairs, base_model="tiny", stage="rge", steps=2, batch_size=2, lr=1e-3, a_lm=0.1,
+    good = dict(dataset=version.id, base_model="tiny", stage="rge", steps=2, batch_size=2, lr=1e-3, a_lm=0.1,
                 a_con=1.0, temperature=0.03, lora=False, max_new_tokens=8, val_share=0.0, name="")
     for field, value, message in [("steps", 0, "steps must be a whole number"),
                                   ("steps", 2.5, "steps must be a whole number"),
@@ -103,12 +141,85 @@ def test_bad_uploads_and_bad_launch_fields_give_clear_errors(bench, tmp_path):
                                   ("base_model", "MCG-NJU/RGE", "hub id"),
                                   ("base_model", "someone/else", "hub id"),
                                   ("base_model", "no-such-model", "not a registered model"),
-                                  ("pairs_path", tmp_path / "pairs.jsonl", "no dataset")]:
-        with pytest.raises(WorkbenchError, match=message):
-            bench.launch(**{**good, field: value})
-    assert bench.jobs_table().empty  # nothing was queued
-    with pytest.raises(WorkbenchError, match="choose a job"):
-        bench.progress("")
+                                  ("dataset", str(tmp_path / "pairs.jsonl"), "no dataset"),
+                                  ("dataset", "", "no dataset")]:
+        with pytest.raises((WorkbenchError, DatasetError), match=message):
+            bench.launch(KEY, **{**good, field: value})
+    assert bench.jobs_table(KEY).empty  # nothing was queued
+    with pytest.raises(ValueError, match="choose a job"):
+        bench.progress(KEY, "")
+
+
+def test_rebuild_and_rationale_saves_make_new_versions_that_keep_every_saved_rationale(idle_bench):
+    """Defect 1: 20 drafted + 1 edited rationale survive "Build dataset" again; a job's version never changes."""
+    bench = idle_bench
+    folder, report = bench.sample_upload(KEY)
+    v1 = bench.build(KEY, folder.name, report)
+    assert v1.n_rationales == 20  # the manifest's own
+    table = bench.drafts(KEY, v1.id)
+    v2 = bench.save_drafts(KEY, v1.id, table)  # 20 saved
+    given = next(r for r in v2.rows() if r["row"] not in set(table["row"]))
+    edit = given["row"]
+    v3 = bench.save_drafts(KEY, v2.id, pd.DataFrame([{"row": edit, "rationale": "my own. answer x"}]))  # 1 edit
+    assert [v.version for v in (v1, v2, v3)] == [1, 2, 3] and v3.n_rationales == 40
+    job = bench.launch(KEY, v3.id, "tiny", "rge", 2, 4, 1e-3, 0.1, 1.0, 0.03, False, 8, 0.2, "on v3")
+    before = {v.id: digest(v.path) for v in (v1, v2, v3)}
+
+    v4 = bench.build(KEY, folder.name, None)  # "Build dataset" again: from the manifest, plus every saved rationale
+    assert v4.version == 4 and v4.n_pairs == 40 and v4.n_rationales == 40
+    rows = {r["row"]: r["rationale"] for r in v4.rows()}
+    assert rows[edit] == "my own. answer x"
+    saved = dict(zip(table["row"], table["rationale"]))
+    assert all(rows[i] == text for i, text in saved.items())  # the 20 drafted ones
+    changed = sum(a["rationale"] != b.get("rationale") for a, b in zip(v4.rows(), v1.rows()))
+    assert changed == 21  # 20 saved + 1 edit, none lost
+
+    assert {v.id: digest(v.path) for v in (v1, v2, v3)} == before  # no version was changed in place
+    assert job.config().data == str(v3.path) and bench.queue.job(owner_id(KEY), job.id).dataset == v3.id
+    assert bench.jobs_table(KEY)["dataset"].tolist() == [v3.id]
+    assert len(load_pairs(job.config().data)) == 40
+    assert v3.path.stat().st_mode & 0o222 == 0  # a built version is read-only on disk too
+    assert bench.save_drafts(KEY, v4.id, table).id == v4.id  # nothing new: no new version
+
+
+def test_a_page_reload_and_an_app_restart_bring_the_session_back(tmp_path, tiny_dir):
+    """Defect 3 (Train): the tab's load event gives a known key its last upload, dataset versions and jobs."""
+    from rge_demo.service import Demo
+    from rge_demo.ui import train
+
+    settings = Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu")
+    demo = Demo(settings, galleries_dir=tmp_path)
+    try:
+        with gr.Blocks():
+            on_page_load, inputs, outputs = train.build(demo, gr.State(None))
+        assert len(inputs) == 1 and len(outputs) == 10
+        first = on_page_load(None, None)  # a new browser: a key is made
+        key = first[0]
+        assert isinstance(key, str) and len(key) >= 16 and first[1] == ""
+        folder, report = demo.workbench.sample_upload(key)
+        version = demo.workbench.build(key, folder.name, report)
+        demo.workbench.queue.manager.max_running = 0  # keep the job queued: no trainer in this test
+        job = demo.workbench.launch(key, version.id, str(tiny_dir), "baseline", 2, 4, 1e-3, 0.1, 1.0, 0.03, False,
+                                    8, 0.2, "queued")
+    finally:
+        demo.workbench.close()
+
+    restarted = Demo(settings, galleries_dir=tmp_path)  # a new app process on the same cache folder
+    try:
+        restarted.workbench.queue.manager.max_running = 0
+        with gr.Blocks():
+            on_page_load, _, _ = train.build(restarted, gr.State(None))
+        back, upload, summary, problems, counts, datasets, info, jobs, job_pick, base = on_page_load(key, None)
+        assert back == key and upload == folder.name and "40 valid" in summary
+        assert counts.values.tolist() == [["count", 20], ["ground", 20]] and problems.empty
+        assert datasets["choices"] == [(version.label, version.id)] and datasets["value"] == version.id
+        assert "40 pair(s)" in info and jobs["id"].tolist() == [job.id] and job_pick["value"] == job.id
+        assert tiny_dir.name in base["choices"]
+        stranger = on_page_load(None, None)  # another browser sees none of it
+        assert stranger[1] == "" and stranger[5]["choices"] == [] and stranger[7].empty
+        assert tiny_dir.name not in stranger[9]["choices"]  # the folder this session named is its own
+    finally:
+        restarted.workbench.close()
 
 
 def test_the_tab_builds_inside_blocks(tmp_path, tiny_dir):
@@ -120,6 +231,6 @@ def test_the_tab_builds_inside_blocks(tmp_path, tiny_dir):
         with gr.Blocks() as blocks:
             train.build(demo, gr.State(None))
         names = {d.get("api_name") for d in blocks.config["dependencies"]}
-        assert {"validate_upload", "launch_training", "training_progress"} <= names
+        assert {"validate_upload", "launch_training", "training_progress", "build_dataset"} <= names
     finally:
         demo.workbench.close()

@@ -1,16 +1,20 @@
-"""Background training jobs: a queue on disk, one trainer subprocess per device at a time.
+"""Background training jobs, the process side: a queue on disk, one trainer subprocess per device at a time.
 
 Each job is a folder ``jobs_root/<job_id>/`` holding ``config.json`` (the job's :class:`TrainConfig`
 with ``output_dir`` set to the folder), ``status.json`` (written atomically), ``log.txt`` (the
-trainer's stdout and stderr) and what the trainer writes there (``metrics.jsonl``,
-``checkpoints/``, ``model/``). The state lives on disk only, so the job list survives a page
-reload and an app restart: a new :class:`JobManager` on the same root picks it up.
+trainer's stdout and stderr), ``exit.json`` (the worker's exit code, written as it exits) and what
+the trainer writes there (``metrics.jsonl``, ``checkpoints/``, ``model/``). The state lives on disk
+only, so the job list survives a page reload and an app restart: a new :class:`JobManager` on the
+same root picks it up, and the exit record tells it how a worker it never watched ended (a clean
+cancel with a checkpoint reads "cancelled", not "failed").
 
 :meth:`JobManager.poll` does all the work (reap finished processes, start the next queued job); the
 UI's timer calls it, and a daemon thread calls it every ``poll_interval`` seconds so jobs advance
 with no page open. A file lock on the root makes polls of several managers safe.
-The trainer runs as ``python -m rge_demo train --config job/config.json``: SIGTERM makes it
+A worker runs ``python -m rge_demo.training.worker --config job/config.json``: that is
+``python -m rge_demo train --config ...`` plus the exit record. SIGTERM makes the trainer
 checkpoint and exit with code 3 (cancelled); running it again resumes from the last checkpoint.
+Reading progress, ownership and before/after evaluation are the app's side: :mod:`rge_demo.app.jobs`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import logging
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -30,21 +35,19 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pandas as pd
-
-import rge_demo
 from rge_demo.data.items import atomic_write_text
+from rge_demo.errors import RGEUserError
 
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_DIR = "status.json", "config.json", "log.txt", "metrics.jsonl", "model"
+EXIT_FILE = "exit.json"
+CHECKPOINTS = "checkpoints"  # the trainer's checkpoint folder (rge_demo.training.trainer.CHECKPOINTS)
 ACTIVE = ("running", "cancelling")
 DONE = ("finished", "cancelled", "failed")
 EXIT_CANCELLED = 3  # python -m rge_demo train: stopped cleanly with a checkpoint
-METRIC_COLUMNS = ["step", "phase", "loss", "lm_loss", "contrastive_loss", "direct_loss", "lr", "seconds"]
-PROJECT_ROOT = Path(rge_demo.__file__).resolve().parent.parent
 
 try:
     import fcntl
@@ -52,7 +55,7 @@ except ImportError:  # Windows: one manager per root, the thread lock is all the
     fcntl = None
 
 
-class JobError(ValueError):
+class JobError(RGEUserError, ValueError):
     """A job request that cannot be done (unknown id, wrong state); the message says why."""
 
 
@@ -74,6 +77,8 @@ class Job:
     error: str = ""
     cancel_requested: bool = False
     attempts: int = 0
+    owner: str = ""  # the owner id of the session that launched it ("" for jobs from before owners)
+    dataset: str = ""  # the dataset version it trains on ("<upload>/v<N>"), when it came from an upload
 
     @property
     def path(self) -> Path:
@@ -88,8 +93,23 @@ class Job:
         model = self.path / MODEL_DIR
         return model if (model / "config.json").exists() else None
 
+    @property
+    def checkpoint(self) -> Path | None:
+        """The last complete checkpoint the trainer saved (the one a resume starts from), if any."""
+        done = [p for p in sorted((self.path / CHECKPOINTS).glob("step-*")) if (p / "trainer_state.json").exists()]
+        return done[-1] if done else None
+
     def config(self) -> TrainConfig:
         return TrainConfig.from_file(self.config_path)
+
+    def exit_record(self) -> dict | None:
+        """What the worker of the current attempt wrote as it exited (``{"code", "attempt", ...}``), if it did."""
+        try:
+            record = json.loads((self.path / EXIT_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(record, dict) and isinstance(record.get("code"), int) and record.get("attempt") == self.attempts
+        return record if ok else None
 
     def save(self) -> None:
         atomic_write_text(self.path / STATUS_FILE, json.dumps(asdict(self), indent=1) + "\n")
@@ -110,16 +130,6 @@ def tail(path: Path, lines: int = 30, max_bytes: int = 16_384) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Records of a metrics.jsonl being written: a half-written last line is skipped."""
-    out = []
-    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
-        for line in f:
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-    return out
 
 
 def _process_state(pid: int, config_path: Path) -> tuple[str, int | None]:
@@ -191,11 +201,6 @@ class JobManager:
         """Every job under the root, oldest first (read from disk)."""
         return self._read_all()
 
-    def jobs_table(self) -> pd.DataFrame:
-        return pd.DataFrame([{"id": j.id, "name": j.name, "status": j.status, "attempts": j.attempts,
-                              "error": j.error.splitlines()[0] if j.error else ""} for j in self.jobs()],
-                            columns=["id", "name", "status", "attempts", "error"])
-
     def job(self, job_id: str) -> Job:
         folder = self.root / job_id
         if not re.fullmatch(r"[\w.-]+", job_id) or not (folder / STATUS_FILE).is_file():
@@ -203,8 +208,11 @@ class JobManager:
         return Job.load(folder)
 
     # -- requests -----------------------------------------------------------------------------
-    def submit(self, cfg: TrainConfig, name: str = "") -> Job:
-        """Create a queued job running ``cfg`` (its output_dir becomes the job folder); starts it if free."""
+    def submit(self, cfg: TrainConfig, name: str = "", *, owner: str = "", dataset: str = "") -> Job:
+        """Create a queued job running ``cfg`` (its output_dir becomes the job folder); starts it if free.
+
+        ``owner`` and ``dataset`` are recorded in the job's status (the app layer checks them).
+        """
         slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40] or "job"
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{uuid.uuid4().hex[:6]}"
         folder = self.root / job_id
@@ -215,7 +223,7 @@ class JobManager:
         (folder / LOG_FILE).touch()
         now = time.time()
         with self._locked():
-            Job(job_id, name or slug, str(folder), created=now, queued_at=now).save()
+            Job(job_id, name or slug, str(folder), created=now, queued_at=now, owner=owner, dataset=dataset).save()
         log.info("queued job %s", job_id)
         self.poll()
         return self.job(job_id)
@@ -283,11 +291,16 @@ class JobManager:
         self._finish(job, code)
 
     def _finish(self, job: Job, code: int | None) -> None:
+        if code is None:  # a worker this manager never started (an app restart): it left its exit code
+            record = job.exit_record()
+            code = record["code"] if record else None
         job.ended, job.returncode, job.pid = time.time(), code, None
         if code == 0 or (code is None and job.model_dir is not None):
             job.status = "finished"
-        elif code == EXIT_CANCELLED or (job.cancel_requested and code == -signal.SIGTERM):
-            job.status = "cancelled"  # -SIGTERM: cancelled before the trainer set its handler
+        elif code == EXIT_CANCELLED or (job.cancel_requested and code in (-signal.SIGTERM, None)):
+            # -SIGTERM / no record: stopped by our SIGTERM before the trainer set its handler; a resume
+            # starts from the last checkpoint (or from the start when there is none)
+            job.status = "cancelled"
         else:
             why = ("the worker process vanished while no manager watched it" if code is None
                    else f"worker exited with code {code}" + (f" (signal {-code})" if code < 0 else ""))
@@ -297,9 +310,9 @@ class JobManager:
         log.info("job %s %s (exit code %s)", job.id, job.status, code)
 
     def _start(self, job: Job) -> None:
-        cmd = [sys.executable, "-m", "rge_demo", "train", "--config", str(job.config_path)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
+        cmd = [sys.executable, "-m", __name__, "--config", str(job.config_path), "--attempt", str(job.attempts + 1)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        (job.path / EXIT_FILE).unlink(missing_ok=True)
         with open(job.path / LOG_FILE, "ab") as out:
             out.write(f"=== attempt {job.attempts + 1}, {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                       f"{' '.join(cmd)}\n".encode())
@@ -325,85 +338,39 @@ class JobManager:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    # -- watching -----------------------------------------------------------------------------
-    def progress(self, job_id: str, last: int = 500) -> dict:
-        """Status, step / total, ETA, the last metrics records (a DataFrame), samples and the log tail."""
-        job = self.job(job_id)
-        records = read_metrics(job.path / METRICS_FILE)
-        try:
-            total = job.config().total_steps
-        except Exception:  # a config the trainer will reject: the log says why
-            total = 0
-        total = records[-1].get("total_steps", total) if records else total
-        step = records[-1]["step"] if records else 0
-        recent = [r["seconds"] for r in records[-20:] if "seconds" in r]
-        eta = sum(recent) / len(recent) * max(0, total - step) if recent and job.status in ACTIVE else None
-        metrics = pd.DataFrame(records[-last:]).reindex(columns=METRIC_COLUMNS) if records else pd.DataFrame(columns=METRIC_COLUMNS)
-        samples = [{"step": r["step"], "rationale": s} for r in records[-5:] for s in r.get("samples", [])]
-        end = job.ended if job.status in DONE and job.ended else time.time()
-        return {"id": job.id, "name": job.name, "status": job.status, "step": step, "total_steps": total,
-                "eta_seconds": eta, "elapsed_seconds": end - job.started if job.started else 0.0,
-                "metrics": metrics, "samples": samples, "log_tail": tail(job.path / LOG_FILE),
-                "error": job.error, "model_dir": str(job.model_dir) if job.model_dir else None}
 
+# ------------------------------------------------------------------------------- the worker process
+def run_worker(config: str, attempt: int) -> int:
+    """``python -m rge_demo train --config <config>`` in this process, then the exit record.
 
-# ------------------------------------------------------------------------------ before / after
-def _default_encoder(source: str):
-    """An :class:`Encoder` on CPU for a checkpoint folder or a micro size name (the trainer's loader)."""
-    from rge_demo.embedding.encoder import Encoder
-
-    from .trainer import load_model
-
-    model, processor = load_model(source, "cpu")
-    return Encoder(model.eval(), processor)
-
-
-def _eval_tasks(queries: list, pairs: list) -> list:
-    """The validation pairs as evaluation tasks: per task, the distinct targets among all pairs."""
-    from rge_demo.analysis.evaluate import EvalCandidate, EvalItem, EvalQuery, EvalTask
-
-    def item(x) -> EvalItem:
-        return EvalItem(x.instruction, x.text, x.image)
-
-    tasks = []
-    for task in sorted({q.task for q in queries}):
-        gallery = list({p.target_key: p for p in pairs if p.task == task}.values())
-        keys = [p.target_key for p in gallery]
-        asked = [q for q in queries if q.task == task]
-        tasks.append(EvalTask(task, task, "validation",
-                              [EvalQuery(f"{task}-{i}", item(q.query), keys.index(q.target_key)) for i, q in enumerate(asked)],
-                              [EvalCandidate(k, p.target.text or k, item(p.target)) for k, p in zip(keys, gallery)],
-                              source="upload"))
-    return tasks
-
-
-def before_after(job: Job, encoder_factory=None, max_queries: int = 64) -> pd.DataFrame:
-    """P@1 on the job's validation share, base model (``cfg.init``) vs trained (``job/model``), both modes.
-
-    ``encoder_factory(path_or_size) -> Encoder`` (default: the trainer's loader on CPU). Without a
-    validation share (``val_share`` 0) the first training pairs are used, which flatters "after":
-    the ``split`` column says so. Returns rows (model, mode, p@1, n, split).
+    The record (``exit.json`` beside the config, written atomically) is how a manager that did not
+    start this process (after an app restart) learns the exit code.
     """
-    from rge_demo.analysis.evaluate import evaluate
+    code: int | None = 1
+    argv = sys.argv
+    try:
+        sys.argv = ["rge_demo", "train", "--config", config]
+        runpy.run_module("rge_demo", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+        with contextlib.suppress(OSError):
+            atomic_write_text(Path(config).resolve().parent / EXIT_FILE,
+                              json.dumps({"code": code, "attempt": attempt, "pid": os.getpid(), "time": time.time()}) + "\n")
+    return code
 
-    from .data import load_pairs, split_pairs
 
-    cfg = job.config()
-    if job.model_dir is None:
-        raise JobError(f"job {job.id} has no trained model yet (status {job.status})")
-    if cfg.data == "world":
-        raise JobError("before/after compares on an uploaded pairs file; this job trained on the world")
-    pairs = load_pairs(cfg.data)
-    _, val = split_pairs(pairs, cfg.val_share, seed=cfg.seed)
-    split = "validation" if val else "train (no validation share)"
-    val = (val or pairs)[:max_queries]
-    tasks = _eval_tasks(val, pairs)
-    factory = encoder_factory or _default_encoder
-    rows = []
-    for label, source in (("before", cfg.init), ("after", str(job.model_dir))):
-        encoder = factory(source)
-        for mode in ("direct", "reason"):
-            run = evaluate(encoder, tasks, mode=mode, max_new_tokens=cfg.max_new_tokens, model_name=label)
-            rows.append({"model": label, "mode": mode, "p@1": run.summary()["metrics"]["overall"]["p@1"],
-                         "n": len(val), "split": split})
-    return pd.DataFrame(rows)
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=run_worker.__doc__)
+    parser.add_argument("--config", required=True, help="the job's config.json")
+    parser.add_argument("--attempt", type=int, default=0, help="the job's attempt number (for the exit record)")
+    args = parser.parse_args(argv)
+    return run_worker(args.config, args.attempt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,12 +10,13 @@ import gradio as gr
 
 from rge_demo.data.images import ImageError
 from rge_demo.data.items import ManifestError
+from rge_demo.errors import RGEUserError
 from rge_demo.models.loading import ModelError
 from rge_demo.service import UserError
 
 log = logging.getLogger(__name__)
 
-EXPECTED = (UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
+EXPECTED = (RGEUserError, UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
 
 
 def friendly(fn):

@@ -19,6 +19,7 @@ def build_blocks(demo: Demo) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as blocks:
         gr.Markdown(INTRO)
         model_state = gr.State(None)  # per-session model choice; None means the app's default
+        session = train.session_state(demo)  # per-browser key: the owner of its uploads, datasets, jobs, models
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 compare.build(demo, model_state)
@@ -27,8 +28,9 @@ def build_blocks(demo: Demo) -> gr.Blocks:
             with gr.Tab("Failures", id="failures"):
                 failures.build(demo, model_state)
             with gr.Tab("Train", id="train"):
-                train.build(demo, model_state)
+                restore_train = train.build(demo, model_state, session)
             with gr.Tab("Models", id="models"):
-                on_load = models.build(demo, model_state)
-        blocks.load(*on_load)
+                on_load = models.build(demo, model_state, session)
+        # the session key first (made on a browser's first visit), then the lists it owns
+        blocks.load(*restore_train, api_visibility="private").then(*on_load, api_visibility="private")
     return blocks

@@ -8,18 +8,24 @@ import pandas as pd
 from rge_demo.service import Demo
 
 from .common import friendly
+from .train import session_of
 
 STATUS_COLUMNS = ["name", "source", "device", "dtype", "quantization", "parameters", "memory_mb", "loaded_at"]
 
 
-def build(demo: Demo, model_state: gr.State):
-    """Lay out the tab; returns (fn, inputs, outputs) for the page's load event."""
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
+    """Lay out the tab; returns (fn, inputs, outputs) for the page's load event.
+
+    ``session`` is the browser's key: the lists show the shared models and those this browser added.
+    """
+    bench = demo.workbench
+    session = session if session is not None else gr.State(None)
     gr.Markdown("The model chosen here is used by every tab in this browser session.")
     current = gr.Markdown()
     status = gr.Dataframe(headers=STATUS_COLUMNS, label="Loaded models", interactive=False)
     catalog = gr.Dataframe(label="Registry", interactive=False)
     with gr.Row():
-        source = gr.Dropdown([s.name for s in demo.manager.specs()], value=demo.default_model,
+        source = gr.Dropdown(bench.shared_model_names(), value=demo.default_model,
                              label="Model: registry name, local folder or hub id", allow_custom_value=True)
         dtype = gr.Dropdown(["auto", "float32", "bfloat16", "float16"], value="auto", label="dtype")
         quant = gr.Dropdown(["none", "8bit", "4bit"], value="none", label="quantization (bitsandbytes, CUDA)")
@@ -28,30 +34,42 @@ def build(demo: Demo, model_state: gr.State):
         unload = gr.Button("Unload")
         refresh = gr.Button("Refresh")
 
-    def tables(model_name):
-        rows = demo.manager.status()
+    def tables(model_name, session_key=None, request: gr.Request = None):
+        catalog_rows = bench.visible_catalog(session_key, getattr(request, "session_hash", None))
+        visible = {r["name"] for r in catalog_rows}
+        rows = [r for r in demo.manager.status() if r["name"] in visible]
         using = model_name or demo.default_model
         return (f"**In use in this session:** `{using}`",
                 pd.DataFrame(rows, columns=STATUS_COLUMNS) if rows else pd.DataFrame(columns=STATUS_COLUMNS),
-                pd.DataFrame(demo.manager.catalog()))
+                pd.DataFrame(catalog_rows))
 
     @friendly
-    def on_load(name, dt, q, progress=gr.Progress()):
-        progress(0.1, desc=f"loading {name}")
-        loaded = demo.manager.load(name, dtype=dt, quantization=None if q == "none" else q)
+    def on_load(name, dt, q, session_key, request: gr.Request, progress=gr.Progress()):
+        key = session_of(session_key, request)
+        spec = bench.resolve_model(key, name)  # a new folder joins this browser's list only
+        progress(0.1, desc=f"loading {spec.name}")
+        loaded = demo.manager.load(spec.name, dtype=dt, quantization=None if q == "none" else q)
         progress(0.6, desc="embedding the galleries")
         demo.warm(loaded.name)
-        return (loaded.name, *tables(loaded.name), gr.update(choices=[s.name for s in demo.manager.specs()]))
+        return (loaded.name, *tables(loaded.name, key), gr.update(choices=bench.model_names(key)))
 
     @friendly
-    def on_unload(name, model_name):
+    def on_unload(name, model_name, session_key, request: gr.Request):
+        bench.check_model(session_of(session_key, request), name)
         if not demo.manager.unload(name):
             raise gr.Error(f"{name!r} is not loaded")
         using = None if name == model_name else model_name
-        return (using, *tables(using))
+        return (using, *tables(using, session_key, request))
 
-    load.click(on_load, [source, dtype, quant], [model_state, current, status, catalog, source], api_name="load_model")
-    unload.click(on_unload, [source, model_state], [model_state, current, status, catalog], api_name="unload_model")
-    refresh.click(tables, model_state, [current, status, catalog])
-    model_state.change(tables, model_state, [current, status, catalog])
-    return tables, model_state, [current, status, catalog]
+    load.click(on_load, [source, dtype, quant, session], [model_state, current, status, catalog, source],
+               api_name="load_model")
+    unload.click(on_unload, [source, model_state, session], [model_state, current, status, catalog],
+                 api_name="unload_model")
+    refresh.click(tables, [model_state, session], [current, status, catalog])
+    model_state.change(tables, [model_state, session], [current, status, catalog])
+
+    def on_page(model_name, session_key, request: gr.Request):
+        names = bench.visible_catalog(session_key, getattr(request, "session_hash", None))
+        return (*tables(model_name, session_key, request), gr.update(choices=[r["name"] for r in names]))
+
+    return on_page, [model_state, session], [current, status, catalog, source]

@@ -1,6 +1,9 @@
-"""Train tab: upload pairs -> validate -> build a dataset -> draft rationales -> background job -> result.
+"""Train tab: upload pairs -> validate -> build a dataset version -> draft rationales -> background job -> result.
 
-Wiring only: every action is a method of :class:`rge_demo.training.workbench.Workbench`.
+Wiring only: every action is a method of :class:`rge_demo.app.workbench.Workbench`, called with the
+browser's session key (kept in ``gr.BrowserState``; an API client may pass its own ``session_key``,
+else its connection is its session). A page reload shows the session's last upload, its dataset
+versions and its jobs again.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import logging
 import gradio as gr
 import pandas as pd
 
+from rge_demo.app.sessions import is_key, new_key, session_key
+from rge_demo.app.workbench import COUNT_COLUMNS, DRAFT_COLUMNS, LAUNCH_STAGES, PROBLEM_COLUMNS, loss_figure
 from rge_demo.service import Demo
-from rge_demo.training.workbench import LAUNCH_STAGES, PROBLEM_COLUMNS, loss_figure
 
 from .common import friendly, gpu
 
@@ -35,15 +39,25 @@ def _last_lines(text: str) -> str:
 def _default_base(demo: Demo, choices: list[str]) -> str | None:
     if "rge-micro" in choices:
         return "rge-micro"
-    try:
-        spec = demo.manager.resolve(demo.default_model)
-        return spec.name if spec.kind != "hub" and spec.available else (choices[0] if choices else None)
-    except Exception:  # an unusable default model: the Models tab says why
-        return choices[0] if choices else None
+    default = next((c for c in choices if c == demo.default_model), None)
+    return default or (choices[0] if choices else None)
 
 
-def build(demo: Demo, model_state: gr.State) -> None:
+def session_state(demo: Demo) -> gr.BrowserState:
+    """The per-browser session key (the owner of its uploads, datasets and jobs); made on the first page load."""
+    return gr.BrowserState(None, storage_key="rge-demo-session", secret=demo.workbench.browser_secret)
+
+
+def session_of(browser_key, request: gr.Request | None) -> str:
+    """The session key of a request: the browser's, else (an API client that sent none) its connection's."""
+    return session_key(browser_key, getattr(request, "session_hash", None))
+
+
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
+    """Lay out the tab; returns (fn, inputs, outputs) for the page's load event (the session's state back)."""
     bench = demo.workbench
+    if session is None:
+        session = session_state(demo)
     gr.Markdown(HELP)
 
     # (a) upload and validation ------------------------------------------------------------------
@@ -59,8 +73,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
     with gr.Row():
         problems = gr.Dataframe(headers=PROBLEM_COLUMNS, label="Problems (line, field, problem)", interactive=False,
                                 max_height=260, wrap=True, scale=3)
-        counts = gr.Dataframe(headers=["task", "valid pairs"], label="Valid pairs per task", interactive=False,
-                              scale=1)
+        counts = gr.Dataframe(headers=COUNT_COLUMNS, label="Valid pairs per task", interactive=False, scale=1)
     with gr.Row():
         skip = gr.Checkbox(label="Skip the listed rows (build from the valid rows only)", value=False)
         build_btn = gr.Button("Build dataset", variant="primary")
@@ -68,22 +81,20 @@ def build(demo: Demo, model_state: gr.State) -> None:
 
     # (b) rationales -----------------------------------------------------------------------------
     gr.Markdown("### 2. Rationales")
-    datasets = bench.datasets()
     with gr.Row():
-        dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset (a built upload)")
+        dataset = gr.Dropdown([], value=None, label="Dataset (a version of a built upload; every save makes a new one)")
         draft_with = gr.Radio(["templates", "the model in use"], value="templates", label="Draft with")
         draft_btn = gr.Button("Draft missing rationales")
     dataset_info = gr.Markdown()
-    drafts = gr.Dataframe(headers=["row", "task", "query_text", "target", "rationale"], interactive=True,
+    drafts = gr.Dataframe(headers=DRAFT_COLUMNS, interactive=True,
                           static_columns=[0, 1, 2, 3], wrap=True, max_height=320,
                           label="Drafts: edit the rationale column, then save (each should end in 'answer <target>')")
-    save_btn = gr.Button("Save rationales into the dataset")
+    save_btn = gr.Button("Save rationales into the dataset (a new version)")
 
     # (c) launch ---------------------------------------------------------------------------------
     gr.Markdown("### 3. Launch a training job")
-    bases = bench.base_models()
     with gr.Row():
-        base = gr.Dropdown(bases, value=_default_base(demo, bases), allow_custom_value=True,
+        base = gr.Dropdown([], value=None, allow_custom_value=True,
                            label="Base model (registry name or local folder)")
         stage = gr.Radio(list(LAUNCH_STAGES), value="rge", label="Stage", info=STAGE_HELP)
         job_name = gr.Textbox(label="Job name (optional)", max_lines=1)
@@ -102,10 +113,9 @@ def build(demo: Demo, model_state: gr.State) -> None:
 
     # (d) jobs -----------------------------------------------------------------------------------
     gr.Markdown("### 4. Jobs (one runs at a time; the others wait in the queue)")
-    jobs = gr.Dataframe(value=bench.jobs_table, label="Jobs", interactive=False, max_height=220, wrap=True)
-    ids = bench.job_ids()
+    jobs = gr.Dataframe(label="Jobs (this browser's)", interactive=False, max_height=220, wrap=True)
     with gr.Row():
-        job = gr.Dropdown(ids, value=ids[-1] if ids else None, label="Job", scale=3)
+        job = gr.Dropdown([], value=None, label="Job", scale=3)
         refresh_btn = gr.Button("Refresh", scale=0)
         cancel_btn = gr.Button("Cancel", variant="stop", scale=0)
         resume_btn = gr.Button("Resume", scale=0)
@@ -128,74 +138,101 @@ def build(demo: Demo, model_state: gr.State) -> None:
     results = gr.Dataframe(headers=["model", "mode", "p@1", "n", "split"], interactive=False)
     use_info = gr.Markdown()
 
-    # -- callbacks -------------------------------------------------------------------------------
+    # -- callbacks (each takes the browser's session key first) ---------------------------------
     def report_outputs(folder, report):
         bad, per_task = bench.report_tables(report)
         head = ("**Valid.** " if report.ok else "**Problems found.** ") + report.summary()
         return folder.name, report, head, bad, per_task
 
-    @friendly
-    def on_validate(manifest_path, archive_path):
-        return report_outputs(*bench.new_upload(manifest_path, archive_path))
+    def dataset_update(key, value=None):
+        choices = bench.dataset_choices(key)
+        return gr.update(choices=choices, value=value or (choices[0][1] if choices else None))
+
+    def on_page_load(session_key, request: gr.Request):
+        """A new browser gets a key; a known one gets its last upload, dataset versions and jobs back."""
+        key = session_key if is_key(session_key) else new_key()
+        try:
+            r = bench.restore(key)
+            bases = bench.base_models(key)
+        except Exception:
+            log.exception("restoring the Train tab failed")
+            return (key, *(gr.skip(),) * 9)
+        head = ("**Valid.** " if r["ok"] else "**Problems found.** ") + r["summary"] if r["upload"] else ""
+        return (key, r["upload"] or "", head, r["problems"], r["counts"],
+                gr.update(choices=r["datasets"], value=r["dataset"]),
+                bench.dataset_summary(key, r["dataset"]) if r["dataset"] else "",
+                r["jobs"], gr.update(choices=list(r["jobs"]["id"]), value=r["job"]),
+                gr.update(choices=bases, value=_default_base(demo, bases)))
 
     @friendly
-    def on_sample():
-        return report_outputs(*bench.sample_upload())
+    def on_validate(session_key, manifest_path, archive_path, request: gr.Request):
+        return report_outputs(*bench.new_upload(session_of(session_key, request), manifest_path, archive_path))
 
     @friendly
-    def on_build(upload, report, skip_bad):
-        pairs = bench.build(upload, report, skip_bad)
-        name = pairs.parent.parent.name
-        return gr.update(choices=bench.datasets(), value=name), bench.dataset_summary(name)
+    def on_sample(session_key, request: gr.Request):
+        return report_outputs(*bench.sample_upload(session_of(session_key, request)))
 
     @friendly
-    def on_dataset(name):
-        return bench.dataset_summary(name) if name else ""
+    def on_build(session_key, upload, report, skip_bad, request: gr.Request):
+        key = session_of(session_key, request)
+        version = bench.build(key, upload, report, skip_bad)
+        return dataset_update(key, version.id), bench.dataset_summary(key, version.id)
+
+    @friendly
+    def on_dataset(session_key, name, request: gr.Request):
+        return bench.dataset_summary(session_of(session_key, request), name) if name else ""
 
     @gpu
     @friendly
-    def on_draft(name, how, model_name):
+    def on_draft(session_key, name, how, model_name, request: gr.Request):
+        key = session_of(session_key, request)
         encoder = demo.model(model_name).encoder if how == "the model in use" else None
-        table = bench.drafts(name, encoder)
+        table = bench.drafts(key, name, encoder)
         if not len(table):
             gr.Info("every pair already has a rationale")
         return table
 
     @friendly
-    def on_save(name, table):
-        bench.save_drafts(name, table)
-        gr.Info("rationales saved into the dataset")
-        return bench.dataset_summary(name), bench.drafts(name).iloc[0:0]
+    def on_save(session_key, name, table, request: gr.Request):
+        key = session_of(session_key, request)
+        version = bench.save_drafts(key, name, table)
+        gr.Info(f"rationales saved as {version.id}" if version.id != name else "nothing changed")
+        return dataset_update(key, version.id), bench.dataset_summary(key, version.id), \
+            pd.DataFrame(columns=DRAFT_COLUMNS)
 
     @friendly
-    def on_launch(name, base_model, stg, n_steps, bs, rate, w_lm, w_con, temp, use_lora, budget, share, title):
-        new = bench.launch(bench.pairs_path(name), base_model, stg, n_steps, bs, rate, w_lm, w_con, temp,
-                           bool(use_lora), budget, share, title)
+    def on_launch(session_key, name, base_model, stg, n_steps, bs, rate, w_lm, w_con, temp, use_lora, budget, share,
+                  title, request: gr.Request):
+        key = session_of(session_key, request)
+        new = bench.launch(key, name, base_model, stg, n_steps, bs, rate, w_lm, w_con, temp, bool(use_lora), budget,
+                           share, title)
         gr.Info(f"job {new.id} {new.status}")
-        return (gr.update(choices=bench.job_ids(), value=new.id), bench.jobs_table(), *show(new.id))
+        return (gr.update(choices=bench.job_ids(key), value=new.id), bench.jobs_table(key), *show(key, new.id))
 
-    def show(job_id):
+    def show(key, job_id):
         """Status line, loss curve, samples and log tail of a job."""
         if not job_id:
             return "No job selected.", loss_figure(None), pd.DataFrame(columns=["step", "rationale"]), ""
-        p = bench.progress(job_id)
+        p = bench.progress(key, job_id)
         return (bench.status_line(p), loss_figure(p["metrics"], p["name"]),
                 pd.DataFrame(p["samples"], columns=["step", "rationale"]), _last_lines(p["log_tail"]))
 
     @friendly
-    def on_show(job_id):
-        return (bench.jobs_table(), *show(job_id))
+    def on_show(session_key, job_id, request: gr.Request):
+        key = session_of(session_key, request)
+        return (bench.jobs_table(key), *show(key, job_id))
 
-    def on_tick(job_id, last):
+    def on_tick(session_key, job_id, last, request: gr.Request):
         """Every 2 s: redraw only what changed (a stale picker or a vanished job must not raise)."""
         try:
-            table = bench.jobs_table()
+            key = session_of(session_key, request)
+            table = bench.jobs_table(key)
             ids_now = list(table["id"])
             if job_id not in ids_now:
                 job_id = ids_now[-1] if ids_now else None
-            p = bench.progress(job_id) if job_id else None
+            p = bench.progress(key, job_id) if job_id else None
         except Exception:
-            log.exception("training progress tick failed")
+            log.debug("training progress tick skipped", exc_info=True)
             return (gr.skip(),) * 7
         key_jobs = tuple(zip(table["id"], table["status"], table["attempts"]))
         key_job = (job_id, p["status"], p["step"], len(_last_lines(p["log_tail"]))) if p else None
@@ -205,53 +242,59 @@ def build(demo: Demo, model_state: gr.State) -> None:
         if key_job == last[1]:
             detail = (gr.skip(),) * 4
         elif p is None:
-            detail = show(None)
+            detail = show(key, None)
         else:
             detail = (bench.status_line(p), loss_figure(p["metrics"], p["name"]),
                       pd.DataFrame(p["samples"], columns=["step", "rationale"]), _last_lines(p["log_tail"]))
         return (jobs_out, pick_out, *detail, (key_jobs, key_job))
 
     @friendly
-    def on_cancel(job_id):
-        gr.Info(f"job {job_id}: {bench.cancel(job_id).status}")
-        return (bench.jobs_table(), *show(job_id))
+    def on_cancel(session_key, job_id, request: gr.Request):
+        key = session_of(session_key, request)
+        gr.Info(f"job {job_id}: {bench.cancel(key, job_id).status}")
+        return (bench.jobs_table(key), *show(key, job_id))
 
     @friendly
-    def on_resume(job_id):
-        gr.Info(f"job {job_id}: {bench.resume(job_id).status}")
-        return (bench.jobs_table(), *show(job_id))
+    def on_resume(session_key, job_id, request: gr.Request):
+        key = session_of(session_key, request)
+        gr.Info(f"job {job_id}: {bench.resume(key, job_id).status}")
+        return (bench.jobs_table(key), *show(key, job_id))
 
     @friendly
-    def on_results(job_id, progress=gr.Progress()):
+    def on_results(session_key, job_id, request: gr.Request, progress=gr.Progress()):
         progress(0.1, desc="evaluating the base and the trained model in both modes")
-        return bench.results(job_id)
+        return bench.results(session_of(session_key, request), job_id)
 
     @friendly
-    def on_use(job_id, progress=gr.Progress()):
-        name = bench.register_result(job_id)
+    def on_use(session_key, job_id, request: gr.Request, progress=gr.Progress()):
+        name = bench.register_result(session_of(session_key, request), job_id)
         progress(0.2, desc=f"loading {name}")
-        demo.manager.load(name)
+        demo.model(name)
         progress(0.5, desc="embedding the galleries")
         demo.warm(name)
         return name, (f"**{name}** is now the model in use in every tab of this session "
-                      "(open Compare to try it; the Models tab lists it).")
+                      "(open Compare to try it; the Models tab lists it for this browser only).")
 
     detail_out = [status, curve, samples, log_tail]
     report_out = [upload_id, report_state, summary, problems, counts]
-    validate_btn.click(on_validate, [manifest, archive], report_out, api_name="validate_upload")
-    sample_btn.click(on_sample, None, report_out, api_name="sample_upload")
-    build_btn.click(on_build, [upload_id, report_state, skip], [dataset, dataset_info], api_name="build_dataset")
-    dataset.change(on_dataset, dataset, dataset_info)
-    draft_btn.click(on_draft, [dataset, draft_with, model_state], drafts, api_name="draft_rationales",
+    validate_btn.click(on_validate, [session, manifest, archive], report_out, api_name="validate_upload")
+    sample_btn.click(on_sample, session, report_out, api_name="sample_upload")
+    build_btn.click(on_build, [session, upload_id, report_state, skip], [dataset, dataset_info],
+                    api_name="build_dataset")
+    dataset.change(on_dataset, [session, dataset], dataset_info, api_visibility="private")
+    draft_btn.click(on_draft, [session, dataset, draft_with, model_state], drafts, api_name="draft_rationales",
                     concurrency_id="model")
-    save_btn.click(on_save, [dataset, drafts], [dataset_info, drafts], api_name="save_rationales")
-    launch_btn.click(on_launch, [dataset, base, stage, steps, batch, lr, a_lm, a_con, temperature, lora, max_new,
-                                 val_share, job_name], [job, jobs, *detail_out], api_name="launch_training")
-    refresh_btn.click(on_show, job, [jobs, *detail_out], api_name="training_progress")
-    job.input(on_show, job, [jobs, *detail_out])
-    timer.tick(on_tick, [job, seen], [jobs, job, *detail_out, seen], show_progress="hidden",
+    save_btn.click(on_save, [session, dataset, drafts], [dataset, dataset_info, drafts], api_name="save_rationales")
+    launch_btn.click(on_launch, [session, dataset, base, stage, steps, batch, lr, a_lm, a_con, temperature, lora,
+                                 max_new, val_share, job_name], [job, jobs, *detail_out], api_name="launch_training")
+    refresh_btn.click(on_show, [session, job], [jobs, *detail_out], api_name="training_progress")
+    job.input(on_show, [session, job], [jobs, *detail_out], api_visibility="private")
+    timer.tick(on_tick, [session, job, seen], [jobs, job, *detail_out, seen], show_progress="hidden",
                concurrency_limit=None, api_visibility="private")
-    cancel_btn.click(on_cancel, job, [jobs, *detail_out], api_name="cancel_training")
-    resume_btn.click(on_resume, job, [jobs, *detail_out], api_name="resume_training")
-    results_btn.click(on_results, job, results, api_name="training_results", concurrency_id="model")
-    use_btn.click(on_use, job, [model_state, use_info], api_name="use_trained_model", concurrency_id="model")
+    cancel_btn.click(on_cancel, [session, job], [jobs, *detail_out], api_name="cancel_training")
+    resume_btn.click(on_resume, [session, job], [jobs, *detail_out], api_name="resume_training")
+    results_btn.click(on_results, [session, job], results, api_name="training_results", concurrency_id="model")
+    use_btn.click(on_use, [session, job], [model_state, use_info], api_name="use_trained_model",
+                  concurrency_id="model")
+    return on_page_load, [session], [session, upload_id, summary, problems, counts, dataset, dataset_info, jobs, job,
+                                     base]

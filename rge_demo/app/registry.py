@@ -1,0 +1,122 @@
+"""Which models each session sees: the shared registry plus the models the session itself added.
+
+The :class:`~rge_demo.models.manager.ModelManager` holds one registry for the whole app. Models it
+had before any session spoke (shipped micro models, the hub checkpoint, the app's ``--model``)
+are shared. A folder or hub id a session names, and a model it fine-tuned, are that session's
+only: registered with the manager (so it can be loaded by name) but listed, loaded and trained
+from by their owners alone. The list of those private models is kept in
+``jobs_root/models.json``, so a fine-tuned model is still there after an app restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from rge_demo.data.items import atomic_write_text
+from rge_demo.errors import OwnershipError
+
+log = logging.getLogger(__name__)
+
+REGISTRY_FILE = "models.json"
+
+
+class ModelAccess:
+    """Per-session model lists over one shared :class:`ModelManager`."""
+
+    def __init__(self, jobs_root: str | os.PathLike, manager):
+        self.manager = manager
+        self.path = Path(jobs_root).resolve() / REGISTRY_FILE
+        self._lock = threading.RLock()
+        self._private: dict[str, dict] = {}  # name -> {"source", "owners", "description", "job"}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            entries = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else []
+        except (OSError, ValueError) as e:
+            log.error("ignoring %s: unreadable (%s)", self.path, e)
+            entries = []
+        for entry in entries if isinstance(entries, list) else []:
+            try:
+                name, source = str(entry["name"]), str(entry["source"])
+                owners = [str(o) for o in entry.get("owners", [])]
+            except (KeyError, TypeError):
+                continue
+            if not Path(source).is_dir():
+                log.warning("model %s: its folder %s is gone; left out", name, source)
+                continue
+            spec = self.manager.register(source, name=name, description=str(entry.get("description", "")))
+            self._private[spec.name] = {"source": spec.source, "owners": owners,
+                                        "description": spec.description, "job": entry.get("job", "")}
+
+    def _save(self) -> None:
+        entries = [{"name": n, **e} for n, e in sorted(self._private.items())]
+        atomic_write_text(self.path, json.dumps(entries, indent=1) + "\n")
+
+    # -- reading -------------------------------------------------------------------------------
+    def visible(self, owner: str, name: str) -> bool:
+        entry = self._private.get(name)
+        return entry is None or owner in entry["owners"]
+
+    def specs(self, owner: str) -> list:
+        """The shared models and ``owner``'s own, in registry order."""
+        with self._lock:
+            return [s for s in self.manager.specs() if self.visible(owner, s.name)]
+
+    def names(self, owner: str) -> list[str]:
+        return [s.name for s in self.specs(owner)]
+
+    def catalog(self, owner: str) -> list[dict]:
+        """The manager's catalog rows ``owner`` may see."""
+        with self._lock:
+            return [row for row in self.manager.catalog() if self.visible(owner, row["name"])]
+
+    def check(self, owner: str, name: str) -> None:
+        """Refuse a model that another session added."""
+        if not self.visible(owner, name):
+            raise OwnershipError(f"model {name} belongs to another session")
+
+    # -- adding --------------------------------------------------------------------------------
+    def resolve(self, owner: str, name_or_path: str | os.PathLike):
+        """The spec of a name ``owner`` sees, or of a folder / hub id, which joins ``owner``'s list only."""
+        text = str(name_or_path)
+        with self._lock:
+            known = {s.name: s for s in self.manager.specs()}
+            by_source = {s.source: s for s in known.values()}
+            if text in known:
+                self.check(owner, text)
+                return known[text]
+            path = Path(text).expanduser()
+            source = str(path.resolve()) if path.is_dir() else text
+            if source in by_source:
+                spec = by_source[source]
+                entry = self._private.get(spec.name)
+                if entry is None:
+                    return spec  # a shared model named by its folder
+                if entry.get("job") and owner not in entry["owners"]:
+                    raise OwnershipError(f"model {spec.name} belongs to another session")
+            spec = self.manager.resolve(text)  # UnknownModel (a ModelError) for anything else
+            self._add(owner, spec)
+            return spec
+
+    def add_trained(self, owner: str, model_dir: str | os.PathLike, name: str, description: str, job: str):
+        """Register a fine-tuned model as ``name`` for ``owner`` (kept across app restarts)."""
+        with self._lock:
+            spec = self.manager.register(model_dir, name=name, description=description)
+            self._add(owner, spec, job=job)
+            return spec
+
+    def _add(self, owner: str, spec, job: str = "") -> None:
+        entry = self._private.setdefault(spec.name, {"source": spec.source, "owners": [],
+                                                     "description": spec.description, "job": job})
+        if owner not in entry["owners"]:
+            entry["owners"].append(owner)
+        self._save()
+        log.info("model %s is in the list of session %s", spec.name, owner[:8])
+
+
+__all__ = ["ModelAccess", "REGISTRY_FILE"]

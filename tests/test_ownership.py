@@ -1,0 +1,156 @@
+"""Defect 2: sessions do not touch each other's work.
+
+Two browser keys on one app: each sees and changes only its own uploads, dataset versions, jobs and
+the model folders it named; what another session owns is refused with a sentence that says so,
+through the service and through the Train and Models tabs' callbacks. No job trains here
+(``max_running=0``): ownership is decided before any work.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import gradio as gr
+import pytest
+
+from rge_demo.app.sessions import CONNECTION_PREFIX, new_key, owner_id, session_key
+from rge_demo.app.workbench import Workbench
+from rge_demo.config import Settings
+from rge_demo.errors import OwnershipError, RGEUserError, SessionKeyError
+from rge_demo.models.manager import ModelManager, default_specs
+from rge_demo.training.worker import Job
+
+A, B = new_key(), new_key()
+
+
+@pytest.fixture()
+def bench(tmp_path, tiny_dir):
+    manager = ModelManager(Settings(cache_dir=tmp_path / "cache", device="cpu"), specs=default_specs())
+    manager.register(tiny_dir, name="tiny")  # shared
+    wb = Workbench(tmp_path / "jobs", manager, background=False, max_running=0)
+    yield wb
+    wb.close()
+
+
+@pytest.fixture()
+def a_work(bench):
+    """Session A: the 40-pair sample upload built as v1, rationales saved as v2, a queued job on v2."""
+    folder, report = bench.sample_upload(A)
+    v1 = bench.build(A, folder.name, report)
+    v2 = bench.save_drafts(A, v1.id, bench.drafts(A, v1.id))
+    job = bench.launch(A, v2.id, "tiny", "rge", 2, 4, 1e-3, 0.1, 1.0, 0.03, False, 8, 0.2, "A's job")
+    return folder.name, v2, job
+
+
+def test_another_session_cannot_read_or_change_an_upload_or_dataset(bench, a_work, tmp_path):
+    upload, v2, _ = a_work
+    other, _ = bench.sample_upload(B)  # B has its own 40 pairs
+    refused = {
+        "build": lambda: bench.build(B, upload, None, skip_bad=True),
+        "report": lambda: bench.report(B, upload),
+        "summary": lambda: bench.dataset_summary(B, v2.id),
+        "draft": lambda: bench.drafts(B, v2.id),
+        "save rationales": lambda: bench.save_drafts(B, v2.id, bench.drafts(A, f"{upload}/v1")),
+        "launch": lambda: bench.launch(B, v2.id, "tiny", "baseline", 2, 4, 1e-3, 0.1, 1.0, 0.03, False, 8, 0.2, ""),
+    }
+    for what, call in refused.items():
+        with pytest.raises(OwnershipError, match=f"^upload {upload} belongs to another session$"):
+            call()
+        assert isinstance(OwnershipError("x"), (PermissionError, RGEUserError)), what
+    assert bench.datasets(A) == [v2.id, f"{upload}/v1"] and bench.dataset(A, v2.id).n_pairs == 40
+    assert bench.datasets(B) == [] and bench.restore(B)["upload"] == other.name
+    assert bench.jobs_table(B).empty
+    assert bench.restore(A)["upload"] == upload and bench.restore(A)["dataset"] == v2.id
+
+
+def test_another_session_cannot_watch_cancel_resume_or_use_a_job(bench, a_work):
+    _, _, job = a_work
+    for call in (lambda: bench.progress(B, job.id), lambda: bench.cancel(B, job.id),
+                 lambda: bench.resume(B, job.id), lambda: bench.results(B, job.id),
+                 lambda: bench.register_result(B, job.id)):
+        with pytest.raises(OwnershipError, match=f"^job {job.id} belongs to another session$"):
+            call()
+    assert bench.queue.manager.job(job.id).status == "queued"  # untouched
+    assert bench.jobs_table(A)["id"].tolist() == [job.id] and bench.job_ids(B) == []
+    assert bench.cancel(A, job.id).status == "cancelled"  # the owner can
+    with pytest.raises(RGEUserError, match="no job"):
+        bench.progress(B, "../../etc")
+
+
+def test_a_job_from_before_sessions_had_owners_is_read_only(bench, tmp_path):
+    folder = bench.root / "old-job"
+    folder.mkdir()
+    Job("old-job", "old", str(folder), status="failed", created=1.0).save()
+    for key in (A, B):
+        assert bench.job_ids(key) == ["old-job"] and bench.progress(key, "old-job")["status"] == "failed"
+        with pytest.raises(OwnershipError, match="made before sessions had owners and is read-only"):
+            bench.resume(key, "old-job")
+
+
+def test_a_folder_a_session_names_joins_its_own_model_list_only(bench, a_work, tiny_dir, tmp_path):
+    _, v2, _ = a_work
+    mine = shutil.copytree(tiny_dir, tmp_path / "b-base")
+    assert bench.init_folder(B, str(mine)) == str(mine.resolve())
+    assert "b-base" in bench.base_models(B) and "b-base" in bench.model_names(B)
+    assert "b-base" not in bench.base_models(A) and "b-base" not in bench.model_names(A)
+    assert "b-base" not in {r["name"] for r in bench.model_catalog(A)}
+    assert "b-base" not in bench.shared_model_names()
+    with pytest.raises(OwnershipError, match="^model b-base belongs to another session$"):
+        bench.launch(A, v2.id, "b-base", "baseline", 2, 4, 1e-3, 0.1, 1.0, 0.03, False, 8, 0.2, "")
+    with pytest.raises(OwnershipError):
+        bench.check_model(A, "b-base")
+    assert "tiny" in bench.model_names(A) and "tiny" in bench.model_names(B)  # shared stays shared
+
+    again = Workbench(tmp_path / "jobs", bench.manager, background=False, max_running=0)  # after a restart
+    try:
+        assert "b-base" in again.model_names(B) and "b-base" not in again.model_names(A)
+    finally:
+        again.close()
+
+
+def test_session_keys(bench, tmp_path):
+    assert session_key(A) == A and owner_id(A) != owner_id(B) and len(owner_id(A)) == 32
+    assert session_key(None, "abcdefghijk") == CONNECTION_PREFIX + "abcdefghijk"  # an API client without a key
+    for bad in ("short", "x" * 200, "has space in it!!", 12345):
+        with pytest.raises(SessionKeyError):
+            session_key(bad, "abcdefghijk")
+    with pytest.raises(SessionKeyError, match="no session key"):
+        session_key(None, None)
+    with pytest.raises(SessionKeyError):
+        bench.datasets("")
+    bench.sample_upload(A)
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "jobs").rglob("*.json"))
+    assert A.encode() not in stored and owner_id(A).encode() in stored  # only the key's hash is written
+    assert bench.browser_secret == Workbench(tmp_path / "jobs", bench.manager, background=False).browser_secret
+
+
+def fn(blocks: gr.Blocks, api_name: str):
+    return next(f.fn for f in blocks.fns.values() if f.api_name == api_name)
+
+
+def test_the_tabs_pass_the_browser_key(tmp_path, tiny_dir):
+    """The Train and Models tabs' callbacks act as the browser whose key they get."""
+    from rge_demo.service import Demo
+    from rge_demo.ui.layout import build_blocks
+
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu"), galleries_dir=tmp_path)
+    try:
+        demo.workbench.queue.manager.max_running = 0
+        blocks = build_blocks(demo)
+        upload, *_ = fn(blocks, "sample_upload")(A, None)
+        with pytest.raises(gr.Error, match=f"upload {upload} belongs to another session"):
+            fn(blocks, "build_dataset")(B, upload, None, False, None)
+        dataset, info = fn(blocks, "build_dataset")(A, upload, None, False, None)
+        assert dataset["value"] == f"{upload}/v1" and "40 pair(s)" in info
+
+        mine = shutil.copytree(tiny_dir, tmp_path / "a-model")
+        with pytest.raises(gr.Error, match="not a registered model"):
+            fn(blocks, "load_model")("no-such-model", "auto", "none", A, None)
+        spec = demo.workbench.resolve_model(A, str(mine))  # as the Models tab does for a folder
+        with pytest.raises(gr.Error, match=f"model {spec.name} belongs to another session"):
+            fn(blocks, "load_model")(spec.name, "auto", "none", B, None)
+        with pytest.raises(gr.Error, match="belongs to another session"):
+            fn(blocks, "unload_model")(spec.name, None, B, None)
+        assert spec.name in demo.workbench.model_names(A) and spec.name not in demo.workbench.model_names(B)
+    finally:
+        demo.workbench.close()
