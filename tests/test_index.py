@@ -367,3 +367,232 @@ def test_zero_vector_named(gallery):
     with pytest.raises(ValueError, match="zero embedding.*'i0'"):
         GalleryIndex.build(gallery, lambda items: np.zeros((len(items), DIM)), fingerprint=FP,
                            instruction=INSTR)
+
+
+# ------------------------------------------------------------------------------ FAISS backends
+
+faiss = pytest.importorskip("faiss")
+
+from rge_demo.config import Settings, SettingsError  # noqa: E402
+from rge_demo.embedding import faiss_index  # noqa: E402
+from rge_demo.embedding.faiss_index import FaissFlatSearcher, FaissIVFSearcher, ivf_nlist  # noqa: E402
+from rge_demo.embedding.gallery import build_index  # noqa: E402
+from rge_demo.embedding.index import IVF_MIN_ITEMS, choose_backend, make_searcher  # noqa: E402
+
+
+def _clustered(rng, n, d, centres=40, spread=0.15):
+    """Unit vectors around a few random centres (what embeddings of a real gallery look like)."""
+    c = _unit(rng, centres, d)[rng.integers(0, centres, n)]
+    x = c + spread * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def sorted_top_k(q, m, k):
+    """naive_top_k by a full vectorised sort (for sizes where the pure-Python one is too slow)."""
+    scores = q @ m.T
+    order = np.lexsort((np.broadcast_to(np.arange(len(m)), scores.shape), -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def _recall(got, truth):
+    return np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth)])
+
+
+def _signs(rng, n, d=16, distinct=None):
+    """Rows of +-1/4 (unit norm for d=16): every dot product is a multiple of 1/16, exact in float32
+    whatever the summation order, so equal scores are equal in numpy and FAISS alike. (With
+    continuous values numpy's BLAS can differ by an ulp between two identical rows.)"""
+    base = rng.choice(np.float32([-0.25, 0.25]), (distinct or n, d))
+    return base if distinct is None else base[rng.integers(0, distinct, n)].copy()
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 7, 50, 300, 400])
+def test_faiss_flat_matches_naive(seed, k):
+    rng = np.random.default_rng(seed)
+    if seed % 2:  # exact ties: 4 distinct rows, ~75 copies each, and queries tying across them
+        q, m = _signs(rng, 9), _signs(rng, 300, distinct=4)
+    else:
+        q, m = _unit(rng, 9, 16), _unit(rng, 300, 16)
+    s, i = FaissFlatSearcher(m).top_k(q, k)
+    ns, ni = naive_top_k(q, m, k)
+    assert s.shape == ni.shape == (9, min(k, 300)) and s.dtype == np.float32 and i.dtype == np.int64
+    np.testing.assert_array_equal(i, ni)
+    np.testing.assert_allclose(s, ns, atol=1e-5)
+    np.testing.assert_array_equal(i, top_k(q, m, k)[1])  # the numpy path, index for index
+
+
+def test_faiss_flat_ties_lower_index_first():
+    m = np.array([[1, 0], [0, 1], [1, 0], [1, 0], [0, 1]] * 5, np.float32)  # 15 rows score 1 for q0
+    q = np.array([[1, 0], [0, 1]], np.float32)
+    _, i = FaissFlatSearcher(m).top_k(q, 3)
+    assert i.tolist() == [[0, 2, 3], [1, 4, 6]]
+    s, i = FaissFlatSearcher(m).top_k(np.zeros((0, 2)), 3)
+    assert s.shape == i.shape == (0, 3)
+
+
+def test_ivf_nlist():
+    assert ivf_nlist(100_000) == 1265 and ivf_nlist(1_000_000) == 4000
+    assert ivf_nlist(2000) == 51 and ivf_nlist(10) == 1  # >= 39 training points per cell
+
+
+def test_ivf_calibrated_recall_and_exact_when_probing_all():
+    rng = np.random.default_rng(0)
+    m = _clustered(rng, 4000, 32)
+    ivf = FaissIVFSearcher(m)
+    assert ivf.nlist == ivf_nlist(4000) == 102 and 1 <= ivf.nprobe < ivf.nlist
+    assert ivf.recall >= 0.95
+    # held-out queries near the data: recall@10 against the naive reference
+    q = _clustered(np.random.default_rng(1), 200, 32)
+    _, got = ivf.top_k(q, 10)
+    _, truth = sorted_top_k(q, m, 10)
+    assert _recall(got, truth) >= 0.9
+    # probing every cell is the exact search, ties ordered by index like numpy
+    ivf.nprobe = ivf.nlist
+    s, i = ivf.top_k(q[:20], 10)
+    ns, ni = sorted_top_k(q[:20], m, 10)
+    np.testing.assert_array_equal(i, ni)
+    np.testing.assert_allclose(s, ns, atol=1e-5)
+
+
+def test_ivf_uniform_data_still_reaches_target():
+    rng = np.random.default_rng(2)
+    m = _unit(rng, 3000, 24)  # no cluster structure: IVF's worst case, needs many cells probed
+    ivf = FaissIVFSearcher(m)
+    assert ivf.recall >= 0.95
+    ivf2 = FaissIVFSearcher(m, nprobe=1)
+    assert ivf2.nprobe == 1 and np.isnan(ivf2.recall)
+    _, got1 = ivf2.top_k(m[:50], 10)
+    _, got = ivf.top_k(m[:50], 10)
+    _, truth = sorted_top_k(m[:50], m, 10)
+    assert _recall(got, truth) > _recall(got1, truth)
+
+
+def test_ivf_short_rows_fall_back_to_exact():
+    rng = np.random.default_rng(3)
+    m = _clustered(rng, 1000, 16)
+    ivf = FaissIVFSearcher(m, nprobe=1)  # one cell holds ~40 of the 1000 rows
+    q = _unit(rng, 3, 16)
+    s, i = ivf.top_k(q, 1000)
+    ns, ni = sorted_top_k(q, m, 1000)
+    np.testing.assert_array_equal(i, ni)
+    np.testing.assert_allclose(s, ns, atol=1e-5)
+
+
+def test_choose_backend():
+    assert choose_backend(49_999, 50_000) == "numpy"
+    assert choose_backend(50_000, 50_000) == "faiss-flat"
+    assert choose_backend(IVF_MIN_ITEMS, 50_000) == "faiss-ivf"
+    assert choose_backend(10**6, 50_000, faiss_available=False) == "numpy"
+    assert Settings().faiss_threshold == 50_000
+    assert Settings.from_env({"RGE_FAISS_THRESHOLD": "1000"}).faiss_threshold == 1000
+    with pytest.raises(SettingsError, match="RGE_FAISS_THRESHOLD"):
+        Settings.from_env({"RGE_FAISS_THRESHOLD": "many"})
+    with pytest.raises(SettingsError, match="RGE_FAISS_THRESHOLD"):
+        Settings(faiss_threshold=-1)
+
+
+def test_gallery_index_picks_backend_automatically(gallery, monkeypatch):
+    numpy_idx, _ = _build(gallery, None)
+    assert numpy_idx.stats.backend == "numpy"  # 6 items, default threshold 50k
+    monkeypatch.setenv("RGE_FAISS_THRESHOLD", "6")
+    flat, _ = _build(gallery, None)
+    assert flat.stats.backend == "faiss-flat" and isinstance(flat.searcher, FaissFlatSearcher)
+    q = flat.matrix[[0, 3, 5]] + 0.1
+    for k in (1, 3, 6):
+        a, b = numpy_idx.search(q, k), flat.search(q, k)
+        assert [[h.index for h in r] for r in a] == [[h.index for h in r] for r in b]
+        assert [[h.rank for h in r] for r in b] == [list(range(1, k + 1))] * 3
+        np.testing.assert_allclose([[h.score for h in r] for r in a], [[h.score for h in r] for r in b], atol=1e-5)
+    assert flat.rank_of(q, ["i0", "i3", "t0"]).tolist() == numpy_idx.rank_of(q, ["i0", "i3", "t0"]).tolist()
+    monkeypatch.setenv("RGE_FAISS_THRESHOLD", "7")
+    assert _build(gallery, None)[0].stats.backend == "numpy"
+    ivf, _ = _build(gallery, None, backend="faiss-ivf")  # explicit, on 6 items: one cell
+    assert ivf.stats.backend == "faiss-ivf" and ivf.searcher.nlist == 1
+    assert [h.index for h in ivf.search(q[0], 6)[0]] == [h.index for h in numpy_idx.search(q[0], 6)[0]]
+    with pytest.raises(ValueError, match="unknown index backend 'annoy'"):
+        _build(gallery, None, backend="annoy")
+
+
+def test_faiss_missing_falls_back_to_numpy(gallery, monkeypatch, caplog):
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # "import faiss" raises ImportError
+    monkeypatch.setattr(faiss_index, "_faiss", None)
+    with caplog.at_level(logging.INFO, logger="rge_demo.embedding"):
+        idx, _ = _build(gallery, None, faiss_threshold=0)
+        forced = make_searcher(idx.matrix, "faiss-ivf")
+    assert idx.stats.backend == "numpy" and forced.kind == "numpy"
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("faiss is not installed" in m for m in msgs) == 1, msgs  # logged once
+    assert any("faiss is missing, using numpy" in m for m in msgs)
+    assert idx.search(idx.matrix[2], 1)[0][0].index == 2
+
+
+def test_faiss_is_imported_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, rge_demo.embedding.index, rge_demo.embedding.gallery, rge_demo.config; "
+            "assert 'faiss' not in sys.modules, 'faiss imported at start'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---------------------------------------------------------------- large builds: progress, resume
+
+
+def test_lookup_progress_in_chunks(gallery, tmp_path, monkeypatch):
+    cache_root = tmp_path / "cache"
+    _build(gallery, EmbeddingCache(cache_root))
+    monkeypatch.setattr(index_mod, "_LOOKUP_CHUNK", 4)
+    progress = []
+    _, embed = _build(gallery, EmbeddingCache(cache_root), progress=lambda d, t: progress.append((d, t)))
+    assert embed.calls == 0 and progress == [(4, 6), (6, 6)]
+
+
+class Cancelled(Exception):
+    pass
+
+
+def _world_gallery(root: Path, n: int) -> Gallery:
+    (root / "img").mkdir(parents=True)
+    items = []
+    for j in range(n):
+        Image.new("RGB", (56, 56), (40 * j % 256, 255 - 30 * j % 256, 90)).save(root / "img" / f"{j}.png")
+        items.append(Item(id=f"c{j}", image=f"img/{j}.png", text=f"scene {j}", label=str(j % 3)))
+    g = Gallery(name="resume", root=root, items=items, candidate_instruction=INSTR)
+    g.save()
+    return g
+
+
+def test_interrupted_build_resumes_from_cache(tiny, tmp_path):
+    """A build cancelled after two batches re-embeds only the rest: forward passes on the real model."""
+    from rge_demo.embedding.encoder import Encoder
+
+    encoder = Encoder(*tiny)
+    g = _world_gallery(tmp_path / "g", 7)
+    rows_per_pass: list[int] = []
+    hook = encoder.model.model.register_forward_hook(
+        lambda mod, args, kwargs, out: rows_per_pass.append(int(kwargs["input_ids"].shape[0])), with_kwargs=True)
+    try:
+        def cancel_after_four(done, total):
+            if done >= 4:
+                raise Cancelled
+
+        with pytest.raises(Cancelled):
+            build_index(encoder, g, FP, EmbeddingCache(tmp_path / "cache"), cancel_after_four, batch_size=2)
+        assert rows_per_pass == [2, 2]
+
+        rows_per_pass.clear()
+        progress = []
+        resumed = build_index(encoder, g, FP, EmbeddingCache(tmp_path / "cache"),  # a new process: disk only
+                              lambda d, t: progress.append((d, t)), batch_size=2)
+        assert rows_per_pass == [2, 1]  # items 5-7 only
+        assert resumed.stats.cached == 4 and resumed.stats.embedded == 3 and resumed.stats.embed_calls == 2
+        assert progress == [(4, 7), (6, 7), (7, 7)]
+
+        rows_per_pass.clear()
+        clean = build_index(encoder, g, FP, None, batch_size=2)
+        assert rows_per_pass == [2, 2, 2, 1]
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(resumed.matrix, clean.matrix, atol=1e-5)
+    assert [h.item.id for h in resumed.search(clean.matrix[5], 3)[0]][0] == "c5"

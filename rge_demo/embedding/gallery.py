@@ -33,8 +33,14 @@ def embed_fn(encoder, gallery: Gallery) -> Callable[[list[Item]], object]:
 
 
 def build_index(encoder, gallery: Gallery, fingerprint: str, cache: EmbeddingCache | None = None,
-                progress: Callable[[int, int], None] | None = None, batch_size: int = 32) -> GalleryIndex:
-    """Embed a gallery's items (cached by model fingerprint, instruction and content)."""
+                progress: Callable[[int, int], None] | None = None, batch_size: int = 32, *,
+                backend: str = "auto", faiss_threshold: int | None = None) -> GalleryIndex:
+    """Embed a gallery's items in batches (cached by model fingerprint, instruction and content).
+
+    ``progress(done, total)`` follows the build; an interrupted build resumes from the cache and
+    embeds only the items still missing. ``backend``/``faiss_threshold``: see :class:`GalleryIndex`.
+    """
     return GalleryIndex.build(gallery, embed_fn(encoder, gallery), fingerprint=fingerprint,
                               instruction=gallery.candidate_instruction, cache=cache,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=progress, backend=backend,
+                              faiss_threshold=faiss_threshold)

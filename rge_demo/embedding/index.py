@@ -1,7 +1,12 @@
-"""The gallery index: exact cosine top-k over a numpy matrix, and an on-disk embedding cache.
+"""The gallery index: cosine top-k over a numpy matrix (FAISS for large galleries), and an on-disk embedding cache.
 
 Vectors are L2-normalised float32, so cosine similarity is a dot product. The index is
 model-agnostic: it receives an ``embed_fn(items) -> (B, D)`` and calls it only for cache misses.
+
+Search backends (:func:`choose_backend`): galleries under ``Settings.faiss_threshold`` items
+(``RGE_FAISS_THRESHOLD``, default 50k) use the exact numpy :func:`top_k`; larger ones a FAISS
+index when faiss is installed: exact ``IndexFlatIP`` up to ``IVF_MIN_ITEMS``, IVF beyond (see
+``faiss_index.py``). Ranks (:meth:`GalleryIndex.rank_of`) are always exact, over the full matrix.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -25,6 +31,9 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 _QUERY_CHUNK = 1024  # rows of the (Q, N) score matrix held at once
+_LOOKUP_CHUNK = 1024  # cache look-ups between two progress reports
+IVF_MIN_ITEMS = 100_000  # FAISS galleries this large use IVF; smaller ones the exact IndexFlatIP
+BACKENDS = ("auto", "numpy", "faiss-flat", "faiss-ivf")
 
 EmbedFn = Callable[[list[Item]], np.ndarray]
 Progress = Callable[[int, int], None]
@@ -111,6 +120,58 @@ def l2_normalize(x: np.ndarray, *, what: str = "vector") -> np.ndarray:
 def _as_2d(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x[None, :] if x.ndim == 1 else x
+
+
+# --------------------------------------------------------------------------------------- backends
+
+
+class NumpySearcher:
+    """Exact :func:`top_k` over ``matrix`` (N, D): the default backend."""
+
+    kind = "numpy"
+
+    def __init__(self, matrix: np.ndarray):
+        self.matrix = matrix
+
+    def top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return top_k(queries, self.matrix, k)
+
+
+def choose_backend(n: int, threshold: int, *, faiss_available: bool | None = None) -> str:
+    """The search backend for ``n`` items: "numpy" under ``threshold`` (or without faiss), else
+    "faiss-flat" (exact) under ``IVF_MIN_ITEMS``, else "faiss-ivf"."""
+    if n < threshold:
+        return "numpy"
+    if faiss_available is None:
+        from .faiss_index import load_faiss
+
+        faiss_available = load_faiss() is not None
+    if not faiss_available:
+        log.info("index of %d items (FAISS threshold %d): faiss is missing, using numpy", n, threshold)
+        return "numpy"
+    return "faiss-flat" if n < IVF_MIN_ITEMS else "faiss-ivf"
+
+
+def make_searcher(matrix: np.ndarray, backend: str):
+    """A searcher (``.kind``, ``.top_k(queries, k)``) of kind ``backend`` over ``matrix`` (N, D)."""
+    if backend == "numpy" or len(matrix) == 0:
+        return NumpySearcher(matrix)
+    from .faiss_index import FaissFlatSearcher, FaissIVFSearcher, load_faiss
+
+    if load_faiss() is None:
+        log.warning("faiss is missing: the %s index of %d items falls back to numpy", backend, len(matrix))
+        return NumpySearcher(matrix)
+    if backend == "faiss-flat":
+        return FaissFlatSearcher(matrix)
+    if backend == "faiss-ivf":
+        return FaissIVFSearcher(matrix)
+    raise ValueError(f"unknown index backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def default_faiss_threshold() -> int:
+    from rge_demo.config import get_settings
+
+    return get_settings().faiss_threshold
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -304,18 +365,50 @@ class IndexStats:
     embedded: int = 0  # computed by embed_fn in this build
     cached: int = 0  # loaded from the cache
     embed_calls: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # embedding and cache look-ups
+    backend: str = ""  # the search backend, once built
+    backend_seconds: float = 0.0  # building it (FAISS: copy, IVF training, nprobe calibration)
 
 
 @dataclass
 class GalleryIndex:
-    """A gallery's candidate embeddings: ``matrix`` (N, D) float32, L2-normalised, row i = items[i]."""
+    """A gallery's candidate embeddings: ``matrix`` (N, D) float32, L2-normalised, row i = items[i].
+
+    ``backend`` ("auto" or one of ``BACKENDS``) picks the search backend, built on first use;
+    "auto" applies :func:`choose_backend` with ``faiss_threshold`` (None: the settings' value).
+    """
 
     gallery: Gallery
     matrix: np.ndarray
     fingerprint: str = ""
     instruction: str = ""
     stats: IndexStats = field(default_factory=IndexStats)
+    backend: str = "auto"
+    faiss_threshold: int | None = None
+    _searcher: object = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown index backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+
+    @property
+    def searcher(self):
+        """The search backend (built once, thread-safe): ``.kind`` and ``.top_k(queries, k)``."""
+        with self._lock:
+            if self._searcher is None:
+                t0 = time.perf_counter()
+                backend = self.backend
+                if backend == "auto":
+                    threshold = self.faiss_threshold
+                    backend = choose_backend(len(self), default_faiss_threshold() if threshold is None else threshold)
+                self._searcher = make_searcher(self.matrix, backend)
+                self.stats.backend = self._searcher.kind
+                self.stats.backend_seconds = time.perf_counter() - t0
+                if self._searcher.kind != "numpy":
+                    log.info("index %r: %s search backend for %d items built in %.2fs", self.gallery.name,
+                             self._searcher.kind, len(self), self.stats.backend_seconds)
+            return self._searcher
 
     @property
     def items(self) -> list[Item]:
@@ -339,10 +432,16 @@ class GalleryIndex:
         cache: EmbeddingCache | None = None,
         batch_size: int = 32,
         progress: Progress | None = None,
+        backend: str = "auto",
+        faiss_threshold: int | None = None,
     ) -> GalleryIndex:
         """Embed every item of ``gallery`` (cache first; ``embed_fn`` only for misses, in batches).
 
-        ``embed_fn(items) -> (B, D)``; ``progress(done, total)`` is called after each batch.
+        ``embed_fn(items) -> (B, D)``; ``progress(done, total)`` is called after every
+        ``_LOOKUP_CHUNK`` cache look-ups and after each batch. Each batch is written to the cache
+        as soon as it is embedded, so a build that is interrupted (an error, a cancel raised from
+        ``progress``, a killed process) resumes from the cache and re-embeds only what is missing.
+        The search backend (see the class) is built before returning.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -354,8 +453,16 @@ class GalleryIndex:
         vecs: list[np.ndarray | None] = [None] * n
         keys: list[CacheKey] = []
         if cache is not None:
-            keys = [item_key(it, gallery.root, instruction, fingerprint) for it in items]
-            vecs = cache.get_many(keys)
+            found = 0
+            for start in range(0, n, _LOOKUP_CHUNK):
+                chunk = [item_key(it, gallery.root, instruction, fingerprint)
+                         for it in items[start:start + _LOOKUP_CHUNK]]
+                got = cache.get_many(chunk)
+                keys += chunk
+                vecs[start:start + len(got)] = got
+                found += sum(v is not None for v in got)
+                if start + _LOOKUP_CHUNK < n:
+                    progress(found, n)
         missing = [i for i, v in enumerate(vecs) if v is None]
         stats.cached = n - len(missing)
         progress(stats.cached, n)
@@ -380,15 +487,17 @@ class GalleryIndex:
         stats.seconds = time.perf_counter() - t0
         log.info("index %r: %d items (%d embedded, %d from cache) in %.2fs",
                  gallery.name, n, stats.embedded, stats.cached, stats.seconds)
-        return cls(gallery=gallery, matrix=matrix, fingerprint=fingerprint,
-                   instruction=instruction, stats=stats)
+        index = cls(gallery=gallery, matrix=matrix, fingerprint=fingerprint, instruction=instruction,
+                    stats=stats, backend=backend, faiss_threshold=faiss_threshold)
+        index.searcher  # noqa: B018 - build the backend now, off the request path
+        return index
 
     def search(self, query_vecs: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Top-k hits for each query: query_vecs (Q, D) or (D,) -> Q lists of up to k Hits."""
         q = l2_normalize(_as_2d(query_vecs), what="query vectors")
         if len(self) and q.shape[1] != self.dim:
             raise ValueError(f"query dim {q.shape[1]} != index dim {self.dim}")
-        scores, idx = top_k(q, self.matrix, k)
+        scores, idx = self.searcher.top_k(q, k)
         return [
             [Hit(rank=r + 1, index=int(i), item=self.items[int(i)], score=float(s))
              for r, (s, i) in enumerate(zip(srow, irow))]
@@ -396,7 +505,7 @@ class GalleryIndex:
         ]
 
     def rank_of(self, query_vecs: np.ndarray, target_ids: Sequence[str]) -> np.ndarray:
-        """1-based rank (Q,) of each query's target item, by item id."""
+        """1-based rank (Q,) of each query's target item, by item id (exact, whatever the backend)."""
         q = l2_normalize(_as_2d(query_vecs), what="query vectors")
         return rank_of(q, self.matrix, np.array([self.gallery.index_of(t) for t in target_ids]))
 
