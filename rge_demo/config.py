@@ -46,6 +46,7 @@ class Settings:
     port: int = 7860  # web app port (RGE_PORT)
     share: bool = False  # ask Gradio for a public share link (RGE_SHARE)
     max_new_tokens: int = 128  # rationale budget in reasoning mode (RGE_MAX_NEW_TOKENS)
+    faiss_threshold: int = 50_000  # galleries with at least this many items search with FAISS (RGE_FAISS_THRESHOLD)
 
     def __post_init__(self):
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -61,6 +62,8 @@ class Settings:
             raise SettingsError(f"RGE_PORT must be an integer in 1..65535, got {self.port!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise SettingsError(f"RGE_MAX_NEW_TOKENS must be a positive integer, got {self.max_new_tokens!r}")
+        if not isinstance(self.faiss_threshold, int) or self.faiss_threshold < 0:
+            raise SettingsError(f"RGE_FAISS_THRESHOLD must be a non-negative integer, got {self.faiss_threshold!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +85,8 @@ class Settings:
             kw["port"] = _integer(env, "RGE_PORT")
         if env.get("RGE_MAX_NEW_TOKENS"):
             kw["max_new_tokens"] = _integer(env, "RGE_MAX_NEW_TOKENS")
+        if env.get("RGE_FAISS_THRESHOLD"):
+            kw["faiss_threshold"] = _integer(env, "RGE_FAISS_THRESHOLD")
         if "RGE_SHARE" in env:
             kw["share"] = _boolean(env, "RGE_SHARE")
         return cls(**kw)
