@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -18,6 +19,7 @@ from rge_demo.embedding.prompts import EMB_TOKEN, EmbedInput
 from rge_demo.models import loading
 from rge_demo.models.loading import (
     CheckpointError,
+    CheckpointFileError,
     ModelError,
     QuantizationError,
     fingerprint,
@@ -177,6 +179,31 @@ def test_fingerprint_stable_and_content_based(tiny_dir, tmp_path):
         return sd
 
     assert fingerprint(variant(tiny_dir, tmp_path / "changed", nudge)) != fp
+
+
+def with_config(src, dst, **changes):
+    """A copy of checkpoint folder ``src`` with top-level config.json keys changed."""
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**config, **changes}, indent=2))
+    return dst
+
+
+def test_micro_checkpoints_declare_their_profile(tiny_dir):
+    assert json.loads((tiny_dir / "config.json").read_text())["rge_profile"] == "micro"
+    _, processor = load_checkpoint(tiny_dir, device="cpu")
+    assert processor.pixel_limits == (84 * 84, 84 * 84)  # the micro profile's, as the micro world was drawn
+
+
+def test_fingerprint_includes_the_profile(tiny_dir, tmp_path):
+    # Same weights and files, another profile: other pixels and prompts, so other vectors and cache keys.
+    assert fingerprint(with_config(tiny_dir, tmp_path / "ref", rge_profile="reference")) != fingerprint(tiny_dir)
+
+
+def test_unknown_profile_names_the_config(tiny_dir, tmp_path):
+    folder = with_config(tiny_dir, tmp_path / "odd", rge_profile="no-such-profile")
+    with pytest.raises(CheckpointFileError, match=r"config\.json: rge_profile 'no-such-profile'.*unknown prompt profile"):
+        load_checkpoint(folder, device="cpu")
 
 
 def test_fingerprint_of_a_model_object(tiny):

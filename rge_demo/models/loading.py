@@ -1,9 +1,19 @@
-"""Checkpoint loading: a Qwen2.5-VL RGE model and its processor from a folder or a hub id.
+"""Checkpoint loading: a Qwen2-VL / Qwen2.5-VL RGE model and its processor from a folder or a hub id.
 
 Loading is strict: a missing, unexpected or mis-shaped weight is a :class:`CheckpointError`, never
 a silently re-initialised layer. Checkpoints saved by transformers 4.x (``model.layers.*``,
-``visual.*``) load under transformers 5, which maps those names itself (and writes them back on
-save); ``tests/test_models.py`` checks both spellings load with every weight.
+``visual.*``, the text model's fields at the top of ``config.json``) load under transformers 5,
+which maps those names itself (and writes them back on save); ``tests/test_models.py`` checks both
+spellings load with every weight, ``tests/test_released_layout.py`` the released MCG-NJU/RGE layout.
+
+Before transformers sees a folder, :func:`check_checkpoint` reads what it cheaply can: every JSON
+file parses, ``config.json`` names a supported architecture, every weight file listed exists and
+each safetensors header fits its file. Each failure is a :class:`CheckpointFileError` whose
+message names the file, so the CLI prints one line and the app one message.
+
+The processor is built by :func:`rge_demo.models.processor.load_processor` (image-only, no
+torchvision), with the pixel limits of the checkpoint's prompt profile
+(:func:`rge_demo.embedding.profiles.profile_for`).
 
 A hub id is resolved to a local snapshot folder first (cache only); the hub is asked only when it
 is reachable, so an offline machine gets a clear error at once instead of minutes of retries.
@@ -23,13 +33,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from safetensors import SafetensorError
+from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
 from rge_demo.config import autodetect_device
 from rge_demo.embedding.encoder import NotAnRGEModel, emb_token_id
+from rge_demo.embedding.profiles import CONFIG_KEY, DEFAULT_PROFILE, PROFILE_DIR, ProfileError, PromptProfile, profile_for
 from rge_demo.embedding.prompts import EMB_TOKEN
 
-from . import processor as _processor  # noqa: F401  (registers RGEProcessor with AutoProcessor)
+from .processor import load_processor
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,16 @@ PROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "chat_template.jinja", "chat_template.json", "processor_config.json",
                     "preprocessor_config.json")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+# model_type -> the generation class that loads it (the architecture config.json must name).
+MODEL_CLASSES = {
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "qwen2_vl": Qwen2VLForConditionalGeneration,
+}
+# Every JSON file a checkpoint may hold; each one present must parse.
+JSON_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+              "chat_template.json", "vocab.json", "model.safetensors.index.json")
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 _MIB = 1 << 20
 _PROBE_TIMEOUT_S = 3.0
 _ETAG_TIMEOUT_S = 10.0
@@ -57,6 +79,22 @@ class CheckpointError(ModelError):
 
 class NotAnRGECheckpoint(NotAnRGEModel, CheckpointError):
     """The checkpoint's tokenizer has no ``<emb>`` token."""
+
+
+class CheckpointFileError(CheckpointError):
+    """A file of the checkpoint that is not what it should be; the message starts with its path."""
+
+
+class InvalidJSON(CheckpointFileError):
+    """A JSON file of the checkpoint (config.json, tokenizer files, the weight index) that does not parse."""
+
+
+class CorruptWeights(CheckpointFileError):
+    """A weight file that is truncated, not safetensors, or missing although the index lists it."""
+
+
+class UnsupportedArchitecture(CheckpointFileError):
+    """A config.json for another architecture than Qwen2-VL / Qwen2.5-VL conditional generation."""
 
 
 class QuantizationError(ModelError):
@@ -190,6 +228,8 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | None = "auto
                     attn_implementation: str | None = None, add_emb_token: bool = False):
     """Load ``(model, processor)`` in eval mode, every weight accounted for.
 
+    The processor's pixel limits come from the checkpoint's prompt profile (see
+    :func:`checkpoint_profile`; None in the profile keeps the checkpoint's own limits).
     ``add_emb_token`` makes an RGE model out of a plain Qwen2.5-VL checkpoint: ``<emb>`` is added
     to the tokenizer (embeddings resized when the id does not fit) and ``config.emb_token_id`` set.
     Without it, a tokenizer lacking ``<emb>`` raises :class:`NotAnRGECheckpoint`.
@@ -198,9 +238,16 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | None = "auto
     torch_dtype = resolve_dtype(dtype, device)
     quant = quantization_config(quantization, torch_dtype)
     folder = resolve_source(path_or_id)
+    model_class = MODEL_CLASSES[check_checkpoint(folder)["model_type"]]
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointFileError(f"{folder / 'config.json'}: cannot be read as a model config "
+                                  f"({type(e).__name__}: {e})") from e
+    profile = checkpoint_profile(config, folder)
 
     try:
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        processor = load_processor(folder, min_pixels=profile.min_pixels, max_pixels=profile.max_pixels)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{folder}: cannot load the processor/tokenizer ({type(e).__name__}: {e})") from e
     tokenizer = processor.tokenizer
@@ -215,15 +262,16 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | None = "auto
         emb_id = emb_token_id(tokenizer)
         log.info("%s: added %s to the tokenizer as id %d", path_or_id, EMB_TOKEN, emb_id)
 
-    kwargs = dict(dtype=torch_dtype, attn_implementation=resolve_attn(attn_implementation, device, torch_dtype),
+    kwargs = dict(config=config, dtype=torch_dtype,
+                  attn_implementation=resolve_attn(attn_implementation, device, torch_dtype),
                   output_loading_info=True, ignore_mismatched_sizes=True, local_files_only=True)
     if quant is not None:
         kwargs["quantization_config"] = quant
     if quant is not None or device != "cpu":
         kwargs["device_map"] = {"": device}
     try:
-        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        model, info = model_class.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise CheckpointError(f"{folder}: cannot load the model ({type(e).__name__}: {e})") from e
     check_loading_info(info, folder)
 
@@ -237,9 +285,115 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | None = "auto
     if quant is None and device == "cpu":
         model.to(device)
     model.eval()
-    log.info("loaded %s on %s (%s): %s", path_or_id, device, str(torch_dtype).removeprefix("torch."),
-             summary_line(model))
+    log.info("loaded %s on %s (%s): %s; profile %r, pixels %d..%d", path_or_id, device,
+             str(torch_dtype).removeprefix("torch."), summary_line(model), profile.name, *processor.pixel_limits)
     return model, processor
+
+
+def checkpoint_profile(config, folder: Path) -> PromptProfile:
+    """The prompt profile ``config.json`` declares (key ``rge_profile``), else the reference one."""
+    try:
+        return profile_for(config)
+    except ProfileError as e:
+        raise CheckpointFileError(f"{folder / 'config.json'}: {CONFIG_KEY} {getattr(config, CONFIG_KEY, None)!r}: "
+                                  f"{e}") from None
+
+
+# ------------------------------------------------------------------------------ file checks
+
+
+def check_checkpoint(folder: str | os.PathLike) -> dict:
+    """Read what can be read cheaply before transformers does; returns the parsed config.json.
+
+    Every JSON file present parses, config.json names a supported architecture, and every weight
+    file exists with a safetensors header that fits in it. Raises :class:`CheckpointFileError`
+    (naming the file) otherwise. No tensor data is read.
+    """
+    folder = Path(folder)
+    parsed = {name: read_json(folder / name) for name in JSON_FILES if (folder / name).is_file()}
+    config = parsed.get("config.json")
+    if config is None:
+        raise CheckpointError(f"{folder}: no config.json here; this is not a model folder")
+    check_architecture(config, folder / "config.json")
+    for path in weight_files(folder, parsed.get(SAFETENSORS_INDEX)):
+        if path.suffix == ".safetensors":
+            check_safetensors(path)
+    return config
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidJSON(f"{path}: not UTF-8 text, so not a JSON file") from None
+    except json.JSONDecodeError as e:
+        raise InvalidJSON(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except OSError as e:
+        raise CheckpointFileError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def check_architecture(config, path: Path) -> str:
+    """The config's model_type when it is a Qwen2-VL / Qwen2.5-VL generation model; else an error."""
+    if not isinstance(config, dict):
+        raise InvalidJSON(f"{path}: holds a JSON {type(config).__name__}, not an object of model settings")
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    supported = ", ".join(cls.__name__ for cls in MODEL_CLASSES.values())
+    if model_type not in MODEL_CLASSES:
+        named = f"architecture {', '.join(map(str, architectures))} " if architectures else ""
+        raise UnsupportedArchitecture(f"{path}: {named}(model_type {model_type!r}) is not a Qwen2-VL / Qwen2.5-VL "
+                                      f"model; rge-demo loads {supported} checkpoints")
+    wanted = MODEL_CLASSES[model_type].__name__
+    if architectures and wanted not in architectures:
+        raise UnsupportedArchitecture(f"{path}: architecture {', '.join(map(str, architectures))} is not {wanted}; "
+                                      "RGE needs the generation model (language-model head)")
+    return model_type
+
+
+def weight_files(folder: Path, index: dict | None = None) -> list[Path]:
+    """The weight files transformers will read: the index's shards, model.safetensors or *.bin."""
+    if index is not None:
+        path = folder / SAFETENSORS_INDEX
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CorruptWeights(f"{path}: has no weight_map of tensor names to files")
+        shards = sorted(set(map(str, weight_map.values())))
+        for name in shards:
+            if not (folder / name).is_file():
+                raise CorruptWeights(f"{folder / name}: listed in {SAFETENSORS_INDEX} but not in the folder "
+                                     "(an incomplete download?)")
+        return [folder / name for name in shards]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not found:
+        raise CheckpointError(f"{folder}: no weight files (model.safetensors, {SAFETENSORS_INDEX} or *.bin)")
+    return found
+
+
+def check_safetensors(path: Path) -> None:
+    """The header parses and the tensors it describes fit in the file (a truncated download fails here)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            raw = f.read(8)
+            n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                raise CorruptWeights(f"{path}: not a safetensors file or cut short ({size} bytes; its header "
+                                     f"length field says {max(n, 0)})")
+            header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CorruptWeights(f"{path}: corrupt safetensors header (not JSON)") from None
+    except OSError as e:
+        raise CheckpointFileError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        end = max((int(meta["data_offsets"][1]) for key, meta in header.items() if key != "__metadata__"),
+                  default=0)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        raise CorruptWeights(f"{path}: corrupt safetensors header (no data_offsets for some tensor)") from None
+    if 8 + n + end > size:
+        raise CorruptWeights(f"{path}: truncated: {size} bytes, but its header describes {8 + n + end} "
+                             "(an incomplete download?)")
 
 
 def check_loading_info(info: dict, where) -> None:
@@ -276,7 +430,11 @@ def fingerprint(path_or_model) -> str:
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder}: no config.json; cannot fingerprint it")
     h = hashlib.sha256()
-    h.update(b"config.json\0" + (folder / "config.json").read_bytes())
+    config_bytes = (folder / "config.json").read_bytes()
+    h.update(b"config.json\0" + config_bytes)
+    profile_file = _profile_file(config_bytes)
+    if profile_file is not None:  # the profile sets pixels and prompts: part of what the vectors depend on
+        h.update(f"\0profile\0{profile_file.name}\0".encode() + profile_file.read_bytes())
     weights = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     if not weights:
         raise CheckpointError(f"{folder}: no weight files (*.safetensors, *.bin)")
@@ -289,6 +447,15 @@ def fingerprint(path_or_model) -> str:
         if p.is_file():
             h.update(f"\0{name}\0".encode() + hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
+
+
+def _profile_file(config_bytes: bytes) -> Path | None:
+    try:
+        name = json.loads(config_bytes).get(CONFIG_KEY) or DEFAULT_PROFILE
+    except (ValueError, AttributeError):
+        return None
+    path = PROFILE_DIR / f"{name}.json"
+    return path if isinstance(name, str) and path.is_file() else None
 
 
 def _ends_digest(path: Path, size: int) -> bytes:

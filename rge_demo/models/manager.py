@@ -3,8 +3,9 @@
 * A :class:`ModelSpec` names a checkpoint: a shipped micro model under ``assets/models``, a hub id
   (``MCG-NJU/RGE``) or anything a user adds (a local folder or another hub id).
 * :class:`ModelManager` loads specs into :class:`LoadedModel` objects (model, processor, an
-  :class:`Encoder` with its own lock, a content fingerprint for cache keys) and keeps the loaded
-  set within a memory budget by unloading the least recently used model first.
+  :class:`Encoder` with its own lock, the checkpoint's prompt profile, a content fingerprint for
+  cache keys) and keeps the loaded set within a memory budget by unloading the least recently
+  used model first.
 
 One manager lock serialises loads and unloads (so two threads asking for the same model load it
 once, and the budget is accounted in one place); each loaded model has its own RLock, held by its
@@ -26,6 +27,7 @@ import torch
 from rge_demo.config import ASSETS_DIR, Settings, get_settings
 from rge_demo.embedding.batcher import BatchedEncoder
 from rge_demo.embedding.encoder import Encoder
+from rge_demo.embedding.profiles import PromptProfile, profile_for
 
 from .loading import (
     CheckpointError,
@@ -108,6 +110,7 @@ class LoadedModel:
     quantization: str | None
     parameters: int
     memory_bytes: int
+    profile: PromptProfile | None = None  # the checkpoint's prompt profile (config key rge_profile)
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     load_seconds: float = 0.0
@@ -133,6 +136,7 @@ class LoadedModel:
             "loaded_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.loaded_at)),
             "load_seconds": round(self.load_seconds, 2),
             "fingerprint": self.fingerprint[:12],
+            "profile": self.profile.name if self.profile else "",
         }
 
 
@@ -223,12 +227,14 @@ class ModelManager:
                                                quantization=quantization, add_emb_token=add_emb_token)
             fp = fingerprint(model) if add_emb_token else fingerprint(folder)
             info = summarize(model)
+            profile = profile_for(model.config)  # load_checkpoint has checked it exists
+            encoder = BatchedEncoder(model, processor, max_new_tokens=self.settings.max_new_tokens,
+                                     lock=threading.RLock())
+            encoder.profile = profile  # its budget rule decides what a row that runs out of budget embeds
             loaded = LoadedModel(
-                spec=spec, model=model, processor=processor,
-                encoder=BatchedEncoder(model, processor, max_new_tokens=self.settings.max_new_tokens,
-                                       lock=threading.RLock()),
+                spec=spec, model=model, processor=processor, encoder=encoder,
                 fingerprint=fp, device=info["device"], dtype=info["dtype"], quantization=quantization,
-                parameters=info["parameters"], memory_bytes=info["memory_bytes"],
+                parameters=info["parameters"], memory_bytes=info["memory_bytes"], profile=profile,
                 load_seconds=time.perf_counter() - t0,
             )
             self._loaded[spec.name] = loaded
