@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from rge_demo.embedding.prompts import INSTRUCTIONS, instruction_for
 from rge_demo.service import Demo
 
 from .common import friendly, gpu
@@ -22,8 +21,22 @@ def _target_choices(demo: Demo, gallery_name: str) -> list[tuple[str, str]]:
     return [(it.label or it.text or it.id, it.id) for it in demo.galleries[gallery_name].items]
 
 
+def _profile_line(presets: dict) -> str:
+    return f"Prompt profile: **{presets['profile']}** ({len(presets['tasks'])} task presets)"
+
+
+def _preset_updates(demo: Demo, model_name):
+    """Preset choices, the first preset's query instruction and the profile line for a model."""
+    p = demo.presets(model_name)
+    first = next(iter(p["tasks"]), None)
+    return (gr.update(choices=list(p["tasks"]), value=first),
+            p["tasks"][first]["query"] if first else gr.update(), _profile_line(p))
+
+
 def build(demo: Demo, model_state: gr.State) -> None:
     galleries = sorted(demo.galleries)
+    presets = demo.presets(None)  # the default model's prompt profile; follows model_state below
+    first_preset = next(iter(presets["tasks"]), None)
     first = galleries[0] if galleries else None
     with gr.Row():
         with gr.Column(scale=1):
@@ -32,8 +45,11 @@ def build(demo: Demo, model_state: gr.State) -> None:
                                value=None)
             image = gr.Image(type="filepath", label="Query image (optional)", height=200)
             text = gr.Textbox(label="Query text", lines=2)
-            preset = gr.Dropdown(sorted(INSTRUCTIONS), value="vqa", label="Task kind (instruction preset)")
-            instruction = gr.Textbox(label="Task instruction", value=instruction_for("vqa"), lines=2)
+            preset = gr.Dropdown(list(presets["tasks"]), value=first_preset,
+                                 label="Task preset (the loaded model's prompt profile)")
+            instruction = gr.Textbox(label="Task instruction", lines=2,
+                                     value=presets["tasks"][first_preset]["query"] if first_preset else "")
+            profile_line = gr.Markdown(_profile_line(presets), elem_id="prompt-profile")
             target = gr.Dropdown(_target_choices(demo, first) if first else [], value=None, allow_custom_value=True,
                                  label="Right answer (optional: marks its rank)")
             k = gr.Slider(1, 20, value=5, step=1, label="k")
@@ -85,7 +101,9 @@ def build(demo: Demo, model_state: gr.State) -> None:
 
     gallery.change(on_gallery, [gallery, target], [pick, target])
     pick.change(on_pick, [gallery, pick], [image, text, instruction, target])
-    preset.change(lambda p: instruction_for(p), preset, instruction)
+    preset.change(lambda p, m: demo.presets(m)["tasks"].get(p, {}).get("query", gr.update()), [preset, model_state],
+                  instruction)
+    model_state.change(lambda m: _preset_updates(demo, m), model_state, [preset, instruction, profile_line])
     inputs = [gallery, image, text, instruction, target, k, model_state]
     outputs = [direct_out, rationale, reason_out, moved, cost, last]
     # Compare and search share "encode" (not the one-at-a-time "model" slot): concurrent requests reach the
