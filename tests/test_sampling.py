@@ -176,3 +176,28 @@ def test_sample_cli_world_json(tiny_dir, tmp_path, monkeypatch, capsys):
     assert "unknown task" in capsys.readouterr().err
     assert main(["sample", "--model", str(tiny_dir), "--world", "count", "--temperature", "0"]) == 2
     assert "--temperature" in capsys.readouterr().err
+
+
+def test_sample_cli_gallery_json(tiny_dir, tmp_path, monkeypatch, capsys):
+    from conftest import colour_image
+
+    from rge_demo.__main__ import main
+    from rge_demo.data.items import Gallery, Item
+
+    monkeypatch.setenv("RGE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "gallery"
+    root.mkdir()
+    for colour in ("red", "green", "blue"):
+        colour_image(colour).save(root / f"{colour}.png")
+    Gallery(name="colours", root=root, meta_task="classification", candidate_instruction="Represent the given class label.",
+            items=[Item(id=f"img-{c}", image=f"{c}.png", label=c) for c in ("red", "green", "blue")]).save()
+    colour_image("red").save(tmp_path / "q.png")
+    args = ["sample", "--model", str(tiny_dir), "--gallery", str(root), "--image", str(tmp_path / "q.png"),
+            "--text", "which colour?", "-n", "3", "--max-new-tokens", "4", "--seed", "1"]
+    assert main([*args, "--target", "img-red"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target_id"] == "img-red" and out["target_label"] == "red" and out["n"] == 3
+    assert all(1 <= s["rank"] <= 3 for s in out["samples"])
+    assert out["oracle_rank"] == min(out["direct"]["rank"], out["greedy"]["rank"])
+    assert main([*args, "--target", "img-purple"]) == 2
+    assert "img-purple" in capsys.readouterr().err
