@@ -229,8 +229,7 @@ class ModelManager:
             info = summarize(model)
             profile = profile_for(model.config)  # load_checkpoint has checked it exists
             encoder = BatchedEncoder(model, processor, max_new_tokens=self.settings.max_new_tokens,
-                                     lock=threading.RLock())
-            encoder.profile = profile  # its budget rule decides what a row that runs out of budget embeds
+                                     lock=threading.RLock(), profile=profile)
             loaded = LoadedModel(
                 spec=spec, model=model, processor=processor, encoder=encoder,
                 fingerprint=fp, device=info["device"], dtype=info["dtype"], quantization=quantization,
