@@ -3,12 +3,18 @@
 Prints the markdown table and writes the run folder (cases.jsonl, summary.json, table.md).
 User errors (a missing model folder, an unknown task, an empty split, a bad MMEB folder) are one
 line on stderr and exit code 2.
+
+Under ``torchrun --nproc_per_node N -m rge_demo eval ...`` (or ``accelerate launch -m rge_demo
+eval ...`` on GPUs) every process loads the model on its own device, embeds its share of the
+batches (:class:`rge_demo.analysis.evaluate.Shard`) and the results are gathered; the first
+process prints the table and writes the run folder, which equals a one-process run's.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import time
@@ -32,7 +38,9 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
                        help="query embedding: reason (rationale, then <emb>), direct, or oracle rationale (world)")),
     (("--split",), dict(choices=["ind", "ood", "all"], default="all", help="which test split(s) (default all)")),
     (("--tasks",), dict(default=None, help="comma-separated world tasks (default: all)")),
-    (("--n",), dict(type=int, default=100, help="queries per world task and split (default 100)")),
+    (("--n", "--queries"), dict(dest="n", type=int, default=100,
+                                help="queries per world task and split (default 100); under torchrun write "
+                                     "--queries (torchrun reads --n as an abbreviation of its own flags)")),
     (("--seed",), dict(type=int, default=0, help="world seed (default 0)")),
     (("--mmeb",), dict(default=None, metavar="DIR", help="evaluate a local MMEB-eval copy instead of the world")),
     (("--subsets",), dict(default=None, help="comma-separated MMEB subsets (default: every one found)")),
@@ -150,12 +158,33 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def distributed(device: str):
+    """(Shard, accelerate PartialState) when started by a launcher with WORLD_SIZE > 1, else (None, None)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, None
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from .evaluate import Shard
+
+    # Joins the launcher's process group: nccl on GPUs, gloo on CPU (without cpu=True accelerate
+    # ignores the CPU processes and each one would run the whole evaluation alone).
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    return Shard(state.process_index, state.num_processes, lambda obj: gather_object([obj])), state
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except _user_errors() as e:  # bugs keep their traceback
         print(f"rge_demo eval: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -167,8 +196,12 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     tasks = build_tasks(args)  # cheap checks before the (slow) model load
-    model, processor, fp, name = load_model(args.model or settings.model, args.device or settings.device,
-                                            args.dtype or settings.dtype)
+    device = args.device or settings.device
+    shard, state = distributed(device)
+    if state is not None and device in ("auto", "cuda") and state.device.type == "cuda":
+        device = str(state.device)  # one GPU per process
+    main = state is None or state.is_main_process
+    model, processor, fp, name = load_model(args.model or settings.model, device, args.dtype or settings.dtype)
     from rge_demo.embedding.encoder import Encoder
     from rge_demo.embedding.index import EmbeddingCache
 
@@ -176,13 +209,16 @@ def _run(args: argparse.Namespace) -> int:
 
     encoder = Encoder(model, processor, max_new_tokens=args.max_new_tokens or settings.max_new_tokens)
     cache = None if args.no_cache else EmbeddingCache(settings.embeddings_dir)
-    progress = TqdmProgress(f"eval {name} ({args.mode})")
+    progress = TqdmProgress(f"eval {name} ({args.mode})") if main else None
     try:
         result = evaluate(encoder, tasks, mode=args.mode, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, progress=progress, cache=cache,
-                          fingerprint=fp, model_name=name)
+                          fingerprint=fp, model_name=name, shard=shard)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
+    if not main:
+        return 0
     data = "mmeb" if args.mmeb else f"world-{args.split}"
     out = Path(args.out) if args.out else settings.cache_dir / "eval" / f"{name}-{data}-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     result.save(out)

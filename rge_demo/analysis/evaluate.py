@@ -9,6 +9,10 @@ IND/OOD and overall; meta-task and overall scores are also given as the MMEB mac
 datasets). A dataset is an :class:`EvalTask`: a world task in one split (``"count/ind"``, recorded
 as ``dataset`` next to ``task="count"``) or an MMEB subset; summary keys ``task=<dataset>``.
 
+Distributed: :class:`Shard` deals the work out over processes (``torchrun`` / ``accelerate
+launch``; the CLI builds it from the launcher's environment) and gathers the results, so every
+process holds the whole run and the first one saves it.
+
 A saved run is a folder: ``cases.jsonl`` (one case per line), ``summary.json``, ``table.md`` (laid
 out like the paper's Table 2) and ``images/`` (world query images, which live only in memory).
 """
@@ -38,7 +42,7 @@ from .metrics import grouped_metrics
 from .report import compare_runs, run_table
 
 __all__ = ["EVAL_SPLITS", "MMEB_META_TASKS", "MMEB_OOD", "MODES", "EvalCandidate", "EvalDataError", "EvalItem",
-           "EvalQuery", "EvalRun", "EvalTask", "compare_runs", "evaluate", "load_mmeb", "load_run", "mmeb_group",
+           "EvalQuery", "EvalRun", "EvalTask", "Shard", "compare_runs", "evaluate", "load_mmeb", "load_run", "mmeb_group",
            "world_tasks"]
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,35 @@ Progress = Callable[[int, int], None]
 
 def _no_progress(done: int, total: int) -> None:
     pass
+
+
+def _alone(obj: Any) -> list[Any]:
+    return [obj]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of an evaluation run by ``count`` processes.
+
+    Work is dealt out in whole batches: batch ``j`` of a task's candidates still to embed, and batch
+    ``j`` of its queries, go to process ``j % count``. Each batch then holds exactly the rows it
+    holds in a one-process run, so every vector, rationale, rank and table equals the one-process
+    run's. ``gather(obj)`` returns every process's ``obj`` in process order (accelerate's
+    ``gather_object``, or ``torch.distributed.all_gather_object``); all processes call it equally
+    often, three times per task: the candidates still to embed (the first process's list is used,
+    so a cache written meanwhile cannot split the processes' views), their vectors, the cases.
+    """
+
+    index: int = 0
+    count: int = 1
+    gather: Callable[[Any], list[Any]] = _alone
+
+    def __post_init__(self):
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard index must be in 0..{self.count - 1}, got {self.index}")
+
+    def mine(self, batch: int) -> bool:
+        return batch % self.count == self.index
 
 
 @dataclass
@@ -122,11 +155,13 @@ def load_run(run_dir: str | Path) -> EvalRun:
 def evaluate(encoder, tasks: Sequence[EvalTask], mode: str = "reason", batch_size: int = 32,
              max_new_tokens: int | None = None, progress: Progress | None = None,
              cache: EmbeddingCache | None = None, fingerprint: str | None = None,
-             model_name: str | None = None) -> EvalRun:
+             model_name: str | None = None, shard: Shard | None = None) -> EvalRun:
     """Embed every task's candidates (direct) and queries (``mode``), rank, and record each case.
 
-    ``progress(done, total)`` counts embedded candidates + queries. ``fingerprint`` identifies the
-    model in cache keys (computed from the model's weights when a cache is given without one).
+    ``progress(done, total)`` counts embedded candidates + queries (under a ``shard``, this
+    process's batches count for all processes: exact at the end of each task). ``fingerprint``
+    identifies the model in cache keys (computed from the model's weights when a cache is given
+    without one). With ``shard``, every process returns the whole run.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -143,6 +178,7 @@ def evaluate(encoder, tasks: Sequence[EvalTask], mode: str = "reason", batch_siz
         from rge_demo.models.loading import fingerprint as model_fingerprint
         fingerprint = model_fingerprint(encoder.model)
     progress = progress or _no_progress
+    shard = shard or Shard()
     total = sum(len(t.candidates) + len(t.queries) for t in tasks)
     done = 0
     run = EvalRun([], {
@@ -153,24 +189,32 @@ def evaluate(encoder, tasks: Sequence[EvalTask], mode: str = "reason", batch_siz
         "tasks": {t.name: {"task": t.task, "meta_task": t.meta_task, "split": t.split, "source": t.source,
                            "queries": len(t.queries), "candidates": len(t.candidates)} for t in tasks},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "processes": shard.count,
     })
     t_start = time.perf_counter()
     cand_seconds = 0.0
     for task in tasks:
         t0 = time.perf_counter()
         matrix = _embed_candidates(encoder, task.candidates, batch_size, cache, fingerprint or "",
-                                   lambda k: progress(done + k, total))  # (N, D)
+                                   lambda k: progress(done + k, total), shard)  # (N, D)
         cand_seconds += time.perf_counter() - t0
         done += len(task.candidates)
-        for start in range(0, len(task.queries), batch_size):
+        mine: list[tuple[int, list[dict[str, Any]]]] = []  # (batch number, its cases)
+        for j, start in enumerate(range(0, len(task.queries), batch_size)):
+            if not shard.mine(j):
+                continue
             batch = task.queries[start:start + batch_size]
+            cases = []
             for q, emb in zip(batch, _embed_queries(encoder, batch, mode, max_new_tokens)):
-                run.cases.append(_case(task, q, emb, matrix))
-                run.cases[-1]["prompt"] = query_prompt(encoder, q.item, mode)  # what `rge_demo prompts` prints
-                if q.item.image is not None:
-                    run.images[q.id] = q.item.image
-            done += len(batch)
-            progress(done, total)
+                cases.append(_case(task, q, emb, matrix))
+                cases[-1]["prompt"] = query_prompt(encoder, q.item, mode)  # what `rge_demo prompts` prints
+            mine.append((j, cases))
+            progress(done + min(len(task.queries), shard.count * sum(len(c) for _, c in mine)), total)
+        gathered = sorted((pair for part in shard.gather(mine) for pair in part), key=lambda pair: pair[0])
+        run.cases += [case for _, cases in gathered for case in cases]
+        run.images.update({q.id: q.item.image for q in task.queries if q.item.image is not None})
+        done += len(task.queries)
+        progress(done, total)
         log.info("evaluated %s (%d queries, %d candidates, mode %s)", task.name, len(task.queries),
                  len(task.candidates), mode)
     run.info["seconds_total"] = time.perf_counter() - t_start
@@ -179,20 +223,35 @@ def evaluate(encoder, tasks: Sequence[EvalTask], mode: str = "reason", batch_siz
 
 
 def _embed_candidates(encoder, cands: Sequence[EvalCandidate], batch_size: int, cache: EmbeddingCache | None,
-                      fingerprint: str, progress: Callable[[int], None]) -> np.ndarray:
-    """Direct-mode candidate matrix (N, D), unit rows; cache hits skip the model."""
+                      fingerprint: str, progress: Callable[[int], None], shard: Shard | None = None) -> np.ndarray:
+    """Direct-mode candidate matrix (N, D), unit rows; cache hits skip the model.
+
+    Under a ``shard`` each process embeds its batches of the missing candidates; the matrix is gathered.
+    """
+    shard = shard or Shard()
     keys = [_cache_key(c.item, fingerprint) for c in cands] if cache is not None else []
     vecs: list[np.ndarray | None] = cache.get_many(keys) if cache is not None else [None] * len(cands)
     missing = [i for i, v in enumerate(vecs) if v is None]
+    if shard.count > 1:
+        missing = shard.gather(missing)[0]  # one view of the cache for all processes
+        todo = set(missing)
+        if cache is not None:  # what the first process found in the cache, this one may have missed
+            vecs = [cache.get(keys[i]) if v is None and i not in todo else v for i, v in enumerate(vecs)]
     progress(len(cands) - len(missing))
-    for start in range(0, len(missing), batch_size):
+    computed: dict[int, np.ndarray] = {}
+    for j, start in enumerate(range(0, len(missing), batch_size)):
+        if not shard.mine(j):
+            continue
         rows = missing[start:start + batch_size]
         out = encoder.direct([cands[i].item.to_input() for i in rows], batch_size=len(rows))  # (B, D)
         if cache is not None:
             cache.put_many([keys[i] for i in rows], out)
-        for j, i in enumerate(rows):
-            vecs[i] = out[j]
-        progress(len(cands) - len(missing) + start + len(rows))
+        computed.update(zip(rows, out))
+        progress(len(cands) - len(missing) + min(len(missing), shard.count * len(computed)))
+    if shard.count > 1:
+        computed = {i: v for part in shard.gather(computed) for i, v in part.items()}
+    for i, v in computed.items():
+        vecs[i] = v
     return np.stack(vecs).astype(np.float32)
 
 
