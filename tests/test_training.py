@@ -178,3 +178,24 @@ def test_direct_share_trains_a_minority_of_queries_in_direct_mode(tmp_path, tiny
     rows = metrics(train(cfg).output_dir)
     assert all(r["phase"] == "joint" and r["contrastive_loss"] > 0 for r in rows)
     assert all("rationale_tokens" in r for r in rows)  # 6 of 8 queries still reasoned
+
+
+def test_the_trainer_uses_the_checkpoints_prompt_profile(tiny):
+    from accelerate import Accelerator
+
+    from rge_demo.embedding.profiles import get_profile
+    from rge_demo.embedding.prompts import prompt_text
+    from rge_demo.training.trainer import StepContext
+
+    model, processor = tiny
+    inp = EmbedInput("Represent the given answer.", "three")
+    micro_ctx = StepContext(model, processor, TrainConfig(), Accelerator(cpu=True))
+    assert micro_ctx.rows([inp], direct=False)[0].prompt == prompt_text(processor, inp, direct=False)
+    model.config.rge_profile = "reference"
+    try:
+        ctx = StepContext(model, processor, TrainConfig(), Accelerator(cpu=True))
+        prompt = ctx.rows([inp], direct=False)[0].prompt
+    finally:
+        model.config.rge_profile = "micro"
+    assert prompt == prompt_text(processor, inp, direct=False, profile=get_profile("reference"))
+    assert prompt != micro_ctx.rows([inp], direct=False)[0].prompt

@@ -37,6 +37,7 @@ from transformers import GenerationConfig
 
 from rge_demo.data import world
 from rge_demo.embedding.encoder import Row, collate, emb_token_id, process_rows
+from rge_demo.embedding.profiles import profile_for
 from rge_demo.embedding.prompts import EMB_TOKEN, prompt_text
 
 from .config import ConfigError, TrainConfig
@@ -166,6 +167,7 @@ class StepContext:
     def __init__(self, model, processor, cfg: TrainConfig, accelerator: Accelerator):
         self.model, self.processor, self.cfg, self.acc = model, processor, cfg, accelerator
         self.peft = None  # the PeftModel wrapper when training LoRA adapters (``model`` holds them in place)
+        self.profile = profile_for(model.config)  # train on the prompts the checkpoint is embedded with
         self.tok = processor.tokenizer
         self.emb_id = emb_token_id(self.tok)
         self.pad_id = self.tok.pad_token_id
@@ -176,7 +178,8 @@ class StepContext:
             pad_token_id=self.pad_id, suppress_tokens=sorted(specials - {self.emb_id}), use_cache=True)
 
     def rows(self, inputs, direct: bool):
-        return process_rows(self.processor, [prompt_text(self.processor, x, direct=direct) for x in inputs],
+        return process_rows(self.processor, [prompt_text(self.processor, x, direct=direct, profile=self.profile)
+                                             for x in inputs],
                             [x.image for x in inputs])
 
     def direct_rows(self, reason_rows):
