@@ -37,20 +37,24 @@ def build(demo: Demo, model_state: gr.State) -> None:
     galleries = sorted(demo.galleries)
     presets = demo.presets(None)  # the default model's prompt profile; follows model_state below
     first_preset = next(iter(presets["tasks"]), None)
-    first = galleries[0] if galleries else None
+    # The page opens on the default example: a query where reasoning visibly helps.
+    default = next((e for e in demo.examples() if e["gallery"] in galleries), None)
+    first = default["gallery"] if default else galleries[0] if galleries else None
     with gr.Row():
         with gr.Column(scale=1):
             gallery = gr.Dropdown(galleries, value=first, label="Gallery to search")
             pick = gr.Dropdown(_query_choices(demo, first) if first else [], label="Pick a query from the gallery",
                                value=None)
-            image = gr.Image(type="filepath", label="Query image (optional)", height=200)
-            text = gr.Textbox(label="Query text", lines=2)
+            image = gr.Image(default and default["image"], type="filepath", label="Query image (optional)", height=200)
+            text = gr.Textbox(default["text"] if default else "", label="Query text", lines=2)
             preset = gr.Dropdown(list(presets["tasks"]), value=first_preset,
                                  label="Task preset (the loaded model's prompt profile)")
             instruction = gr.Textbox(label="Task instruction", lines=2,
-                                     value=presets["tasks"][first_preset]["query"] if first_preset else "")
+                                     value=default["instruction"] if default else
+                                     presets["tasks"][first_preset]["query"] if first_preset else "")
             profile_line = gr.Markdown(_profile_line(presets), elem_id="prompt-profile")
-            target = gr.Dropdown(_target_choices(demo, first) if first else [], value=None, allow_custom_value=True,
+            target = gr.Dropdown(_target_choices(demo, first) if first else [], value=default and default["target_id"],
+                                 allow_custom_value=True,
                                  label="Right answer (optional: marks its rank)")
             k = gr.Slider(1, 20, value=5, step=1, label="k")
             run = gr.Button("Compare", variant="primary")
@@ -126,13 +130,11 @@ def build(demo: Demo, model_state: gr.State) -> None:
     api_btn.click(search, api_inputs, api_out, api_name="search", concurrency_id="encode",
                   concurrency_limit=ENCODE_LIMIT)
 
-    examples = []
-    for name in galleries:
-        g = demo.galleries[name]
-        for q in g.queries[:2]:
-            examples.append([name, str(g.image_path(q.image)) if q.image else None, q.text, q.instruction, q.target_id])
+    # The first examples are queries where the shipped model's reasoning visibly helps (assets/examples.json).
+    examples = [[e["gallery"], e["image"], e["text"], e["instruction"], e["target_id"]]
+                for e in demo.examples() if e["gallery"] in galleries]
     if examples:
         ex = gr.Examples(examples, [gallery, image, text, instruction, target],
-                         label="Examples: click one to run it")
+                         label="Examples (the first ones: reasoning helps): click one to run it")
         # One click fills the inputs, then runs the comparison.
         ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="encode", concurrency_limit=ENCODE_LIMIT)
