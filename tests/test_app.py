@@ -10,6 +10,8 @@ from apprunner import RunningApp
 from rge_demo.data.items import Gallery
 from rge_demo.service import SAMPLE_GALLERIES
 
+pytestmark = pytest.mark.slow  # the app in a subprocess
+
 
 @pytest.fixture(scope="module")
 def app(taught_dir, tmp_path_factory):

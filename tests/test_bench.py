@@ -19,6 +19,7 @@ def bench(script: str, *args, timeout: int = 240) -> subprocess.CompletedProcess
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # a real process: imports torch and transformers (~10 s of CPU)
 def test_gpu_bench_tiny_on_cpu():
     r = bench("gpu.py", "--allow-cpu", "--tiny", "-n", 4, "--single-n", 2, "--max-new-tokens", 6)
     assert r.returncode == 0, r.stderr
@@ -34,6 +35,7 @@ def test_gpu_bench_tiny_on_cpu():
     assert re.search(r"^speed-up over one at a time: batch 32 [\d.]+x, batch 8 [\d.]+x$", out, re.M)
 
 
+@pytest.mark.slow  # a real process: imports torch and transformers (~10 s of CPU)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 @pytest.mark.parametrize("args", [[], ["--allow-cpu"], ["--tiny"]])
 def test_gpu_bench_refuses_cpu_in_one_line(args):

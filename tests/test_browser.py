@@ -32,6 +32,7 @@ if os.environ.get("CI"):  # CI must fail loudly, not skip, when the driver is mi
 else:
     sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
+pytestmark = pytest.mark.slow  # the app in a subprocess and a browser
 
 
 @pytest.fixture(scope="module")

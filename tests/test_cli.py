@@ -38,6 +38,7 @@ def red_png(tmp_path):
     return path
 
 
+@pytest.mark.slow  # a real process: imports torch and transformers (~10 s of CPU)
 def test_embed_json(tiny_dir, red_png, env):
     r = cli("embed", "--model", tiny_dir, "--image", red_png, "--text", "how many?", "--task", "vqa", "--json",
             env=env)
@@ -69,6 +70,7 @@ def test_embed_reason(taught_dir, tmp_path, env, capsys):
     assert code == 0 and f"rationale: {TAUGHT['medium']}" in text and "vector (64):" in text
 
 
+@pytest.mark.slow  # a real process: imports torch and transformers (~10 s of CPU)
 def test_embed_bad_image_exit_2(tiny_dir, tmp_path, env):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
@@ -117,6 +119,7 @@ def make_gallery(root) -> Gallery:
     return gallery
 
 
+@pytest.mark.slow  # a real process: imports torch and transformers (~10 s of CPU)
 def test_search_and_cache(tiny_dir, red_png, tmp_path, env, capsys):
     gallery = make_gallery(tmp_path / "gallery")
     args = ("search", "--model", tiny_dir, "--gallery", gallery.root, "--query", "which colour?", "--image", red_png,

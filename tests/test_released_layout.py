@@ -227,6 +227,7 @@ def test_manager_loads_it_with_its_profile(released, tied, tmp_path):
     assert a.fingerprint != b.fingerprint
 
 
+@pytest.mark.slow  # a real process: imports torch and transformers (~10 s of CPU)
 def test_cli_embeds_it(released, tmp_path, env):
     image = tmp_path / "red.png"
     INPUTS[0].image.save(image)
@@ -345,6 +346,7 @@ def test_broken_checkpoint_is_one_clear_error(broken, capsys, env, tmp_path):
     assert shown.value.message == message and "internal error" not in shown.value.message
 
 
+@pytest.mark.slow  # a real process: imports torch and transformers (~10 s of CPU)
 def test_truncated_checkpoint_in_a_real_process(released, tmp_path, env):
     folder = shutil.copytree(released, tmp_path / "cut")
     name = _truncate(folder)
