@@ -123,13 +123,13 @@ class DatasetStore:
         folder = self._new_dir()
         try:
             manifest, image_root = unpack_upload(folder, manifest_file or None, archive_file or None)
+            report = validate(manifest, image_root)
+            self._save_report(folder, report)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # a refused upload leaves nothing behind
             raise
         info = {"owner": owner, "manifest": str(manifest), "image_root": str(image_root),
                 "sources": [Path(p).name for p in (manifest_file, archive_file) if p], "created": time.time()}
-        report = validate(manifest, image_root)
-        self._save_report(folder, report)
         atomic_write_text(folder / UPLOAD_INFO, json.dumps(info, indent=1) + "\n")  # last: the upload exists now
         log.info("upload %s: %s", folder.name, report.summary())
         return folder, report

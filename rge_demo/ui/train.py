@@ -184,28 +184,28 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
 
     @gpu
     @friendly
-    def on_draft(session_key, name, how, model_name, request: gr.Request):
+    def on_draft(session_key, dataset, draft_with, model_name, request: gr.Request):
         key = session_of(session_key, request)
-        encoder = demo.model(model_name).encoder if how == "the model in use" else None
-        table = bench.drafts(key, name, encoder)
+        encoder = demo.model(model_name).encoder if draft_with == "the model in use" else None
+        table = bench.drafts(key, dataset, encoder)
         if not len(table):
             gr.Info("every pair already has a rationale")
         return table
 
     @friendly
-    def on_save(session_key, name, table, request: gr.Request):
+    def on_save(session_key, dataset, drafts, request: gr.Request):
         key = session_of(session_key, request)
-        version = bench.save_drafts(key, name, table)
-        gr.Info(f"rationales saved as {version.id}" if version.id != name else "nothing changed")
+        version = bench.save_drafts(key, dataset, drafts)
+        gr.Info(f"rationales saved as {version.id}" if version.id != dataset else "nothing changed")
         return dataset_update(key, version.id), bench.dataset_summary(key, version.id), \
             pd.DataFrame(columns=DRAFT_COLUMNS)
 
     @friendly
-    def on_launch(session_key, name, base_model, stg, n_steps, bs, rate, w_lm, w_con, temp, use_lora, budget, share,
-                  title, request: gr.Request):
+    def on_launch(session_key, dataset, base_model, stage, steps, batch_size, lr, a_lm, a_con, temperature, lora,
+                  max_new_tokens, val_share, job_name, request: gr.Request):
         key = session_of(session_key, request)
-        new = bench.launch(key, name, base_model, stg, n_steps, bs, rate, w_lm, w_con, temp, bool(use_lora), budget,
-                           share, title)
+        new = bench.launch(key, dataset, base_model, stage, steps, batch_size, lr, a_lm, a_con, temperature, bool(lora),
+                           max_new_tokens, val_share, job_name)
         gr.Info(f"job {new.id} {new.status}")
         return (gr.update(choices=bench.job_ids(key), value=new.id), bench.jobs_table(key), *show(key, new.id))
 
