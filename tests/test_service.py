@@ -77,8 +77,8 @@ def test_search_both_modes(demo):
 
 
 def test_projection_points_and_neighbours(demo):
-    proj = demo.projection("classification", method="pca")
-    g = demo.gallery("classification")
+    proj = demo.projection("vqa-count", method="pca")
+    g = demo.gallery("vqa-count")  # 10 items: more than the 5 neighbours asked for
     kinds = [p.kind for p in proj.points]
     assert kinds.count("item") == len(g.items) and kinds.count("query-reason") == len(g.queries)
     assert proj.result.coords.shape == (len(g.items) + 2 * len(g.queries), 2)
