@@ -33,6 +33,7 @@ def metrics(out):
 
 
 # Contrastive-only training collapses at high learning rates (see the model card), hence 3e-4 there.
+@pytest.mark.slow  # 30 steps per stage: 7-22 s of CPU each
 @pytest.mark.parametrize("stage,key,lr", [("cold-start", "lm_loss", 3e-3), ("baseline", "contrastive_loss", 3e-4),
                                           ("rge", "loss", 3e-3), ("leakage", "loss", 3e-3)])
 def test_each_stage_trains_and_its_checkpoint_embeds(tmp_path, tiny_dir, stage, key, lr):
@@ -68,6 +69,7 @@ def test_resume_continues_the_step_count(tmp_path, tiny_dir):
     assert [r["step"] for r in metrics(cfg.output_dir)] == list(range(1, 9))
 
 
+@pytest.mark.slow  # distributed: three processes, ~45 s of CPU
 def test_two_processes_give_the_single_process_loss_and_gradient(tiny_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     worker = str(REPO / "tests" / "dist_worker.py")
@@ -105,6 +107,7 @@ def test_bad_config_and_data_fail_before_training(tmp_path, tiny_dir):
     assert not (tmp_path / "baseline" / "checkpoints").exists()  # nothing trained
 
 
+@pytest.mark.slow  # a training run
 def test_lora_trains_checkpoints_resumes_merges_and_embeds(tmp_path, tiny_dir):
     """LoRA end to end: the checkpoint holds the adapters, resume continues them, the final model is merged."""
     cfg = config(tmp_path, tiny_dir, "baseline", lora=True, lora_r=4, steps=6, save_every=3, lr=3e-3)
@@ -147,6 +150,7 @@ def test_learning_rate_follows_the_actual_phases():
     assert lr_at(0, flat) == pytest.approx(2e-4) and lr_at(100, flat) == pytest.approx(2e-5)
 
 
+@pytest.mark.slow  # a training run
 def test_frozen_vision_tower_keeps_its_weights_and_shape_probe(tmp_path, tiny_dir):
     cfg = config(tmp_path, tiny_dir, "cold-start", vision_lr_scale=0.0, steps=6, probe_every=6, probe_per_task=2)
     before, _ = load_checkpoint(tiny_dir, device="cpu", dtype="float32")
