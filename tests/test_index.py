@@ -446,7 +446,7 @@ def test_ivf_calibrated_recall_and_exact_when_probing_all():
     # recall@10 of the held-out queries against the naive reference
     _, got = ivf.top_k(q, 10)
     _, truth = sorted_top_k(q, m, 10)
-    assert _recall(got, truth) >= 0.9
+    assert _recall(got, truth) >= 0.93
     # probing every cell is the exact search, ties ordered by index like numpy
     ivf.nprobe = ivf.nlist
     s, i = ivf.top_k(q[:20], 10)
