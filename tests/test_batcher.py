@@ -141,7 +141,7 @@ def test_an_error_reaches_only_its_caller(taught, batched):
     assert float(first.vector @ good[0].vector) >= 0.9999
 
 
-def test_split_streamer_holds_partial_characters_and_ends_at_emb(tiny):
+def test_split_streamer_sends_words_holds_partial_characters_and_ends_at_emb(tiny):
     _, processor = tiny
     tok = processor.tokenizer
     enc = Encoder(*tiny)
@@ -154,6 +154,7 @@ def test_split_streamer_holds_partial_characters_and_ends_at_emb(tiny):
     for i, t in enumerate(ids):
         second = enc.emb_id if i == 3 else t  # row 2 ends at <emb> after three tokens
         streamer.put(torch.tensor([t, t, second]))
+    streamer.end()
     pieces = [[], []]
     for k, r in enumerate(watch):
         while not r.events.empty():
@@ -161,6 +162,7 @@ def test_split_streamer_holds_partial_characters_and_ends_at_emb(tiny):
             assert kind == "text" and "\ufffd" not in piece
             pieces[k].append(piece)
     assert "".join(pieces[0]) == text
+    assert len(pieces[0]) == len(text.split()) and all(p.endswith(" ") for p in pieces[0][:-1])  # a word at a time
     assert "".join(pieces[1]) == tok.decode(ids[:3], skip_special_tokens=True).rstrip("\ufffd")
 
 

@@ -15,10 +15,10 @@ per-step overhead.
   the encoder's lock. A single request larger than ``max_rows`` runs alone, unsplit: a caller's
   own batch is never reshaped, so its numbers are those of the unbatched encoder.
 * :class:`SplitStreamer` is the streamer of a merged ``generate``: it splits each step's (B,) new
-  tokens by row and sends each streaming request its own rationale text. Text is decoded from the
-  row's ids so far and held back while it ends in an incomplete byte-level character (U+FFFD); a
-  row's text ends at its ``<emb>``, or at its budget (the one extra step ``generate`` runs past
-  the budget is not text).
+  tokens by row and sends each streaming request its own rationale text, a word at a time. Text is
+  decoded from the row's ids so far and held back while it ends in an incomplete byte-level
+  character (U+FFFD); a row's text ends at its ``<emb>``, or at its budget (the one extra step
+  ``generate`` runs past the budget is not text).
 * Budgets: requests with different budgets are batched separately (the budget is part of the
   kind). Generating to the largest budget and trimming would make short-budget rows wait for the
   longest one, and would change what a forced row embeds under the ``last_token`` rule (its
@@ -98,7 +98,13 @@ class Request:
 
 
 class RowText:
-    """One row's rationale text as its tokens arrive: decode all ids, send what is new and stable."""
+    """One row's rationale text as its tokens arrive, sent a word at a time.
+
+    Each token re-decodes the row's ids; what is new up to the last whitespace is sent (as
+    ``TextIteratorStreamer`` does: one update per word, not per token, keeps the UI's update rate
+    down). Trailing U+FFFD (a character whose bytes have not all arrived) is never sent;
+    :meth:`close` sends the rest.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -106,13 +112,23 @@ class RowText:
         self.sent = ""
         self.closed = False
 
-    def add(self, token: int) -> str:
-        self.ids.append(token)
+    def _new(self, whole: bool) -> str:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd")  # incomplete bytes wait
         if not text.startswith(self.sent):  # the decoder rewrote earlier text: the final event carries it
             return ""
+        if not whole:
+            cut = max(text.rfind(" "), text.rfind("\n")) + 1
+            text = text[:max(cut, len(self.sent))]
         piece, self.sent = text[len(self.sent):], text
         return piece
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        return self._new(whole=False)
+
+    def close(self) -> str:
+        self.closed = True
+        return self._new(whole=True)
 
 
 class SplitStreamer:
@@ -135,14 +151,17 @@ class SplitStreamer:
             if row is None or row.closed:
                 continue
             if token == self.emb_id or len(row.ids) >= self.budget:  # the text ends at <emb> or at the budget
-                row.closed = True
-                continue
-            piece = row.add(token)
+                piece = row.close()
+            else:
+                piece = row.add(token)
             if piece:
                 target.events.put(("text", piece))
 
     def end(self) -> None:
-        pass
+        """``generate`` is done: rows still open (stopped by the length limit) send their rest."""
+        for row, target in zip(self.rows, self.targets, strict=True):
+            if row is not None and not row.closed and (piece := row.close()):
+                target.events.put(("text", piece))
 
 
 class Collector:
