@@ -377,7 +377,7 @@ from rge_demo.config import Settings, SettingsError  # noqa: E402
 from rge_demo.embedding import faiss_index  # noqa: E402
 from rge_demo.embedding.faiss_index import FaissFlatSearcher, FaissIVFSearcher, ivf_nlist  # noqa: E402
 from rge_demo.embedding.gallery import build_index  # noqa: E402
-from rge_demo.embedding.index import IVF_MIN_ITEMS, choose_backend, make_searcher  # noqa: E402
+from rge_demo.embedding.index import IVF_MIN_SCAN, choose_backend, make_searcher  # noqa: E402
 
 
 def _clustered(rng, n, d, centres=40, spread=0.15):
@@ -480,10 +480,13 @@ def test_ivf_short_rows_fall_back_to_exact():
 
 
 def test_choose_backend():
-    assert choose_backend(49_999, 50_000) == "numpy"
-    assert choose_backend(50_000, 50_000) == "faiss-flat"
-    assert choose_backend(IVF_MIN_ITEMS, 50_000) == "faiss-ivf"
-    assert choose_backend(10**6, 50_000, faiss_available=False) == "numpy"
+    assert IVF_MIN_SCAN == 100_000 * 192
+    assert choose_backend(49_999, 50_000, 2048) == "numpy"
+    assert choose_backend(50_000, 50_000, 192) == "faiss-flat"
+    assert choose_backend(99_999, 50_000, 192) == "faiss-flat"
+    assert choose_backend(100_000, 50_000, 192) == "faiss-ivf"  # rge-micro at 100k
+    assert choose_backend(50_000, 50_000, 2048) == "faiss-ivf"  # RGE-3B: exact scans cost 10x more
+    assert choose_backend(10**6, 50_000, 192, faiss_available=False) == "numpy"
     assert Settings().faiss_threshold == 50_000
     assert Settings.from_env({"RGE_FAISS_THRESHOLD": "1000"}).faiss_threshold == 1000
     with pytest.raises(SettingsError, match="RGE_FAISS_THRESHOLD"):

@@ -5,8 +5,8 @@ model-agnostic: it receives an ``embed_fn(items) -> (B, D)`` and calls it only f
 
 Search backends (:func:`choose_backend`): galleries under ``Settings.faiss_threshold`` items
 (``RGE_FAISS_THRESHOLD``, default 50k) use the exact numpy :func:`top_k`; larger ones a FAISS
-index when faiss is installed: exact ``IndexFlatIP`` up to ``IVF_MIN_ITEMS``, IVF beyond (see
-``faiss_index.py``). Ranks (:meth:`GalleryIndex.rank_of`) are always exact, over the full matrix.
+index when faiss is installed: exact ``IndexFlatIP`` while items x dim < ``IVF_MIN_SCAN``, IVF
+beyond (see ``faiss_index.py``). Ranks (:meth:`GalleryIndex.rank_of`) are always exact, over the full matrix.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 _QUERY_CHUNK = 1024  # rows of the (Q, N) score matrix held at once
 _LOOKUP_CHUNK = 1024  # cache look-ups between two progress reports
-IVF_MIN_ITEMS = 100_000  # FAISS galleries this large use IVF; smaller ones the exact IndexFlatIP
+# FAISS galleries whose exact scan reads this many floats per query (items x dim) use IVF, smaller
+# ones the exact IndexFlatIP: 100k items at rge-micro's 192 dims, ~9.4k at RGE-3B's 2048 (where an
+# exact query takes ~100 ms on one core, see bench/scale.py).
+IVF_MIN_SCAN = 100_000 * 192
 BACKENDS = ("auto", "numpy", "faiss-flat", "faiss-ivf")
 
 EmbedFn = Callable[[list[Item]], np.ndarray]
@@ -137,9 +140,9 @@ class NumpySearcher:
         return top_k(queries, self.matrix, k)
 
 
-def choose_backend(n: int, threshold: int, *, faiss_available: bool | None = None) -> str:
-    """The search backend for ``n`` items: "numpy" under ``threshold`` (or without faiss), else
-    "faiss-flat" (exact) under ``IVF_MIN_ITEMS``, else "faiss-ivf"."""
+def choose_backend(n: int, threshold: int, dim: int, *, faiss_available: bool | None = None) -> str:
+    """The search backend for ``n`` items of ``dim``: "numpy" under ``threshold`` items (or without
+    faiss), else "faiss-flat" (exact) while ``n * dim < IVF_MIN_SCAN``, else "faiss-ivf"."""
     if n < threshold:
         return "numpy"
     if faiss_available is None:
@@ -149,7 +152,7 @@ def choose_backend(n: int, threshold: int, *, faiss_available: bool | None = Non
     if not faiss_available:
         log.info("index of %d items (FAISS threshold %d): faiss is missing, using numpy", n, threshold)
         return "numpy"
-    return "faiss-flat" if n < IVF_MIN_ITEMS else "faiss-ivf"
+    return "faiss-flat" if n * dim < IVF_MIN_SCAN else "faiss-ivf"
 
 
 def make_searcher(matrix: np.ndarray, backend: str):
@@ -401,7 +404,8 @@ class GalleryIndex:
                 backend = self.backend
                 if backend == "auto":
                     threshold = self.faiss_threshold
-                    backend = choose_backend(len(self), default_faiss_threshold() if threshold is None else threshold)
+                    threshold = default_faiss_threshold() if threshold is None else threshold
+                    backend = choose_backend(len(self), threshold, self.dim if len(self) else 0)
                 self._searcher = make_searcher(self.matrix, backend)
                 self.stats.backend = self._searcher.kind
                 self.stats.backend_seconds = time.perf_counter() - t0
