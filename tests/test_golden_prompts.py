@@ -352,6 +352,7 @@ def run_prompts(*argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=280)
 
 
+@pytest.mark.slow  # a real process: imports torch and transformers (~10 s of CPU)
 @pytest.mark.timeout(300)
 def test_prompts_cli_on_the_36_subsets(released, mmeb36):
     out = run_prompts("--model", str(released), "--mmeb", str(mmeb36), "--json")
