@@ -135,6 +135,6 @@ def build(demo: Demo, model_state: gr.State) -> None:
                 for e in demo.examples() if e["gallery"] in galleries]
     if examples:
         ex = gr.Examples(examples, [gallery, image, text, instruction, target],
-                         label="Examples (the first ones: reasoning helps): click one to run it")
+                         label="Examples: click one to run it (the first ones: reasoning helps)")
         # One click fills the inputs, then runs the comparison.
         ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="encode", concurrency_limit=ENCODE_LIMIT)
