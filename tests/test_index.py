@@ -599,3 +599,25 @@ def test_interrupted_build_resumes_from_cache(tiny, tmp_path):
         hook.remove()
     np.testing.assert_allclose(resumed.matrix, clean.matrix, atol=1e-5)
     assert [h.item.id for h in resumed.search(clean.matrix[5], 3)[0]][0] == "c5"
+
+
+def test_scale_bench_at_test_size(tmp_path):
+    """bench/scale.py as a user runs it, on 3000 items: exact FAISS agrees, IVF reaches its recall."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, "-m", "bench.scale", "--n", "3000", "--dims", "16", "--queries", "12",
+           "--data", "clustered", "--centres", "30", "--projection", "--umap", "0", "--json", str(out)]
+    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                       timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    (run,) = report["index"]
+    assert run["n"] == 3000 and run["dim"] == 16 and set(run["backends"]) == {"numpy", "faiss-flat", "faiss-ivf"}
+    assert run["backends"]["faiss-flat"]["identical_lists"] == 12
+    ivf = run["backends"]["faiss-ivf"]
+    assert ivf["nlist"] == ivf_nlist(3000) and ivf["calibration_recall"] >= 0.95 and ivf["recall_at_10"] >= 0.9
+    assert all(b["p50_ms"] > 0 and b["p95_ms"] >= b["p50_ms"] for b in run["backends"].values())
+    assert report["projection"]["n"] == 3000 and report["projection"]["pca_s"] > 0
+    assert "| clustered | 16 | faiss-ivf |" in r.stdout and "PCA" in r.stdout
