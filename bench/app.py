@@ -1,6 +1,6 @@
 """App latency, measured like a user: start-up, first rationale token, full compares alone and with 4 users.
 
-    python -m bench.app [--model rge-micro] [--runs 10] [--users 4]
+    python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
 streaming endpoint with gradio_client. In the warm app, in the same run:
@@ -10,6 +10,8 @@ streaming endpoint with gradio_client. In the warm app, in the same run:
 * ``--users`` users at once: each its own gradio_client session, all released together, each
   running ``--runs`` compares back to back (no think time). Their requests meet in the encoder's
   request collector (``rge_demo.embedding.batcher``), which merges them into shared batches.
+
+The two blocks alternate ``--repeats`` times, so that both see the same load on a shared machine.
 
 Prints p50 / p95 seconds per compare for both, and the 4-user p95 over the single-user median.
 """
@@ -57,7 +59,8 @@ def concurrent_compares(url: str, gallery: Gallery, users: int, runs: int) -> li
         barrier.wait()
         try:
             for r in range(runs):
-                times[u].append(one_compare(clients[u], gallery, 1 + u * runs + r))  # each user its own queries
+                # the single-user block's queries, each user starting at another one
+                times[u].append(one_compare(clients[u], gallery, 1 + (u + r) % runs))
         except BaseException as e:  # reported after the join
             errors.append(e)
 
@@ -82,6 +85,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=4, help="concurrent sessions (default 4)")
     parser.add_argument("--gallery", default="vqa-count")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternate the 1-user and the N-user blocks this many times (both see the same load)")
     args = parser.parse_args()
     specs = {s.name: s.source for s in default_specs()}
     model = Path(specs.get(args.model, args.model))
@@ -95,9 +100,11 @@ def main() -> int:
                 try:
                     client = Client(app.url, verbose=False)
                     one_compare(client, gallery, 0)  # the first request pays one-off costs
-                    single = [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
                     concurrent_compares(app.url, gallery, args.users, 1)  # warm-up round, not counted
-                    many = concurrent_compares(app.url, gallery, args.users, args.runs)
+                    single, many = [], []
+                    for _ in range(args.repeats):
+                        single += [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
+                        many += concurrent_compares(app.url, gallery, args.users, args.runs)
                 finally:
                     app.stop()
             else:

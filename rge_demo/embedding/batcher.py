@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 WINDOW_S = 0.005  # how long the oldest request waits for company
 MAX_ROWS = 16  # rows merged into one call at most
-LINGER_S = 0.1  # after a batch, how long to wait for the callers just served to come back
+LINGER_S = 0.25  # after a batch, how long to wait for the callers just served to come back
+IDLE_S = 2.0  # an idle worker keeps its expectation this long, then leaves
 
 
 @dataclass(eq=False)
@@ -170,9 +171,11 @@ class Collector:
     When to run: a request that finds the worker idle waits ``window`` seconds for company. After a
     batch of k rows, with p rows already waiting, the worker expects k + p rows (the callers it
     just served usually come straight back: Compare asks for a direct vector, then a rationale, then
-    the user's next query) and waits for them, at most ``linger`` seconds from the end of that
-    batch. Without this, two groups of users that got out of step (one generating while the other
-    waits for its direct vector) stay out of step forever, each batch half full.
+    the user's next query), or the earlier expectation if that was larger and was met, and waits
+    for them, at most ``linger`` seconds from the end of that batch or from the first arrival after
+    it, whichever is later; an expectation not met by then is lowered to what came. An idle worker
+    keeps its expectation ``idle`` seconds, then leaves. Without this, two groups of users that got out of step (one
+    generating while the other waits for its direct vector) stay out of step, each batch part full.
 
     What to run: the kind with the most waiting rows (ties: the oldest request's kind), in arrival
     order up to ``max_rows`` rows; a request passed over twice goes first.
@@ -182,18 +185,19 @@ class Collector:
     """
 
     def __init__(self, encoder: Encoder, window: float = WINDOW_S, max_rows: int = MAX_ROWS,
-                 linger: float = LINGER_S):
+                 linger: float = LINGER_S, idle: float = IDLE_S):
         if window < 0 or linger < 0 or max_rows < 1:
             raise ValueError(f"collector: window and linger must be >= 0 and max_rows >= 1, "
                              f"got {window}, {linger}, {max_rows}")
-        self.encoder, self.window, self.max_rows, self.linger = encoder, window, max_rows, linger
+        self.encoder, self.window, self.max_rows, self.linger, self.idle = encoder, window, max_rows, linger, idle
         self.calls: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.merged_sizes: list[int] = []
         self._pending: list[Request] = []
         self._skipped: dict[int, int] = {}  # id(request) -> batches chosen over it
-        self._expect: int | None = None  # rows expected back after the last batch
-        self._linger_until = 0.0
+        self._expect: int | None = None  # rows expected after the last batch (the callers in play)
+        self._batch_end = 0.0
+        self._met = False  # the batch being run was started because the expected rows were there
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
 
@@ -212,10 +216,12 @@ class Collector:
     def _ready(self, now: float) -> tuple[bool, float]:
         """(run a batch now?, how long to wait otherwise); call with the condition held."""
         rows = sum(len(r.rows) for r in self._pending)
-        if self._expect is not None:  # right after a batch: wait for the callers just served
-            if self._pending and (rows >= min(self._expect, self.max_rows) or now >= self._linger_until):
-                return True, 0.0
-            return False, self._linger_until - now
+        if self._expect is not None:  # after a batch: wait for the callers in play
+            self._met = rows >= min(self._expect, self.max_rows)
+            if not self._pending:
+                return False, self._batch_end + self.idle - now
+            deadline = max(self._batch_end, self._pending[0].arrived) + self.linger
+            return self._met or now >= deadline, deadline - now
         left = self._pending[0].arrived + self.window - now
         return left <= 0 or rows >= self.max_rows, left
 
@@ -224,7 +230,7 @@ class Collector:
         with self._cond:
             while True:
                 now = time.monotonic()
-                if not self._pending and (self._expect is None or now >= self._linger_until):
+                if not self._pending and (self._expect is None or now >= self._batch_end + self.idle):
                     self._worker = None  # the next submit starts a new worker
                     return None
                 ready, wait = self._ready(now)
@@ -265,14 +271,17 @@ class Collector:
                 for r in batch:
                     r.events.put(("error", e))
             with self._cond:
-                waiting = sum(len(r.rows) for r in self._pending)
-                self._expect = sum(len(r.rows) for r in batch) + waiting
-                self._linger_until = time.monotonic() + self.linger
+                in_play = sum(len(r.rows) for r in batch) + sum(len(r.rows) for r in self._pending)
+                # Kept while it holds (callers of another kind are still out: a Compare user between
+                # its direct vector and its rationale, or on its way back); lowered when it failed.
+                self._expect = max(in_play, self._expect or 0) if self._met else in_play
+                self._batch_end = time.monotonic()
 
     def _run(self, batch: list[Request]) -> None:
         enc = self.encoder
         rows = [row for r in batch for row in r.rows]
         kind = batch[0].kind
+        t0 = time.monotonic()
         try:
             with enc.lock, torch.inference_mode():
                 self.merged_sizes.append(len(batch))
@@ -300,6 +309,8 @@ class Collector:
                     r.events.put(("reset", None))
                 self._run([r])
             return
+        log.debug("%s: %d requests, %d rows in one call, %.3f s (the oldest had waited %.3f s)", kind, len(batch),
+                  len(rows), time.monotonic() - t0, t0 - min(r.arrived for r in batch))
         start = 0
         for r in batch:
             end = start + len(r.rows)
