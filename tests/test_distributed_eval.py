@@ -29,7 +29,7 @@ def cases(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # two launches of the CLI: about 4 min on a loaded 2-core CPU, 30 s of CPU time
 def test_two_processes_give_the_one_process_table(tiny_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "RGE_CACHE_DIR": str(tmp_path / "cache"),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RGE_CACHE_DIR": str(tmp_path / "cache"),
            "HF_HUB_OFFLINE": "1"}
     args = ["eval", "--model", str(tiny_dir), "--tasks", "count,ground", "--split", "all", "--queries", "3",
             "--batch-size", "2", "--max-new-tokens", "4", "--device", "cpu"]
