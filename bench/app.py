@@ -1,6 +1,6 @@
 """App latency, measured like a user: start-up, first rationale token, full compares alone and with 4 users.
 
-    python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2]
+    python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2] [--service]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
 streaming endpoint with gradio_client. In the warm app, in the same run:
@@ -12,6 +12,9 @@ streaming endpoint with gradio_client. In the warm app, in the same run:
   request collector (``rge_demo.embedding.batcher``), which merges them into shared batches.
 
 The two blocks alternate ``--repeats`` times, so that both see the same load on a shared machine.
+``--service`` runs the same blocks through the service layer in this process (no HTTP, no Gradio),
+plus a block of N users with merging off (the collector's ``max_rows`` set to 1: requests take
+turns on the model, as they did before it), and counts generate calls per block.
 
 Prints p50 / p95 seconds per compare for both, and the 4-user p95 over the single-user median.
 """
@@ -27,9 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from gradio_client import Client, handle_file
 
 from rge_demo.data.items import Gallery
+from rge_demo.embedding.batcher import MAX_ROWS
 from rge_demo.models.manager import default_specs
 from rge_demo.service import SAMPLE_GALLERIES
 from tests.apprunner import RunningApp  # run from the repository root: python -m bench.app
@@ -78,6 +83,86 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+def service_compare(demo, gallery: Gallery, i: int) -> tuple[float, float]:
+    """One compare through the service layer (what the Compare tab calls), no HTTP."""
+    q = gallery.queries[i % len(gallery.queries)]
+    t0 = time.perf_counter()
+    first = None
+    for c in demo.compare(gallery.name, str(gallery.image_path(q.image)) if q.image else None, q.text,
+                          q.instruction, 5, q.target_id):
+        if first is None and c.rationale:
+            first = time.perf_counter() - t0
+    return first or float("nan"), time.perf_counter() - t0
+
+
+def service_users(demo, gallery: Gallery, users: int, runs: int) -> list[tuple[float, float]]:
+    barrier = threading.Barrier(users)
+    times: list[list[tuple[float, float]]] = [[] for _ in range(users)]
+
+    def session(u: int) -> None:
+        barrier.wait()
+        times[u] += [service_compare(demo, gallery, 1 + (u + r) % runs) for r in range(runs)]
+
+    threads = [threading.Thread(target=session, args=(u,)) for u in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [t for ts in times for t in ts]
+
+
+def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, float]]]:
+    """The same blocks through the service layer in this process, plus N users with merging off."""
+    from rge_demo.config import Settings
+    from rge_demo.service import Demo
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as cache:
+        demo = Demo(Settings(cache_dir=Path(cache), model=str(model), device="cpu",
+                             max_new_tokens=args.max_new_tokens))
+        demo.warm()
+        collector = demo.model().encoder.collector
+        service_compare(demo, gallery, 0)
+        service_users(demo, gallery, args.users, 1)
+        blocks: dict[str, list] = {"1 user": [], f"{args.users} users": [], f"{args.users} users, merging off": []}
+        calls = {label: [0, 0] for label in blocks}  # [generate calls, reasoning requests]
+        for _ in range(args.repeats):
+            for label in blocks:
+                collector.max_rows = 1 if "off" in label else MAX_ROWS
+                before = collector.calls["generate"], collector.requests["reason"]
+                if label == "1 user":
+                    blocks[label] += [service_compare(demo, gallery, i) for i in range(1, args.runs + 1)]
+                else:
+                    blocks[label] += service_users(demo, gallery, args.users, args.runs)
+                calls[label][0] += collector.calls["generate"] - before[0]
+                calls[label][1] += collector.requests["reason"] - before[1]
+        collector.max_rows = MAX_ROWS
+    for label, (gen, req) in calls.items():
+        print(f"{label}: {req} reasoning requests in {gen} generate calls")
+    return blocks
+
+
+def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, float]]]:
+    with tempfile.TemporaryDirectory() as cache:
+        for label in ("cold caches", "warm caches"):
+            app = RunningApp(model, Path(cache), max_new_tokens=args.max_new_tokens, timeout=600)
+            print(f"start-up to serving ({label}): {app.ready_seconds:.1f} s")
+            if label == "cold caches":
+                app.stop()
+                continue
+            try:
+                client = Client(app.url, verbose=False)
+                one_compare(client, gallery, 0)  # the first request pays one-off costs
+                concurrent_compares(app.url, gallery, args.users, 1)  # warm-up round, not counted
+                blocks: dict[str, list] = {"1 user": [], f"{args.users} users": []}
+                for _ in range(args.repeats):
+                    blocks["1 user"] += [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
+                    blocks[f"{args.users} users"] += concurrent_compares(app.url, gallery, args.users, args.runs)
+            finally:
+                app.stop()
+    return blocks
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="rge-micro")
@@ -87,40 +172,24 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternate the 1-user and the N-user blocks this many times (both see the same load)")
+    parser.add_argument("--service", action="store_true",
+                        help="call the service layer in this process instead of the app over HTTP (no Gradio "
+                             "overhead); adds an N-user block with merging off")
     args = parser.parse_args()
     specs = {s.name: s.source for s in default_specs()}
     model = Path(specs.get(args.model, args.model))
     gallery = Gallery.load(SAMPLE_GALLERIES / args.gallery)
-    with tempfile.TemporaryDirectory() as cache:
-        starts = []
-        for label in ("cold caches", "warm caches"):
-            app = RunningApp(model, Path(cache), max_new_tokens=args.max_new_tokens, timeout=600)
-            starts.append((label, app.ready_seconds))
-            if label == "warm caches":
-                try:
-                    client = Client(app.url, verbose=False)
-                    one_compare(client, gallery, 0)  # the first request pays one-off costs
-                    concurrent_compares(app.url, gallery, args.users, 1)  # warm-up round, not counted
-                    single, many = [], []
-                    for _ in range(args.repeats):
-                        single += [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
-                        many += concurrent_compares(app.url, gallery, args.users, args.runs)
-                finally:
-                    app.stop()
-            else:
-                app.stop()
-    full1, fullN = [t[1] for t in single], [t[1] for t in many]
-    print(f"model {args.model} ({model}), gallery {args.gallery}, budget {args.max_new_tokens} tokens")
-    for label, seconds in starts:
-        print(f"start-up to serving ({label}): {seconds:.1f} s")
-    print(f"first rationale text, 1 user:   median {statistics.median(t[0] for t in single):.3f} s")
-    print(f"first rationale text, {args.users} users:  median {statistics.median(t[0] for t in many):.3f} s")
-    print(f"full compare, 1 user ({len(full1)} compares):   p50 {pct(full1, 50):.3f} s, p95 {pct(full1, 95):.3f} s, "
-          f"max {max(full1):.3f} s")
-    print(f"full compare, {args.users} users ({len(fullN)} compares): p50 {pct(fullN, 50):.3f} s, "
-          f"p95 {pct(fullN, 95):.3f} s, max {max(fullN):.3f} s")
-    ratio = pct(fullN, 95) / pct(full1, 50)
-    print(f"{args.users}-user p95 / 1-user median: {ratio:.2f}x (target <= 2x)")
+    where = "service layer, in process" if args.service else "app over HTTP (gradio_client)"
+    print(f"model {args.model} ({model}), gallery {args.gallery}, budget {args.max_new_tokens} tokens, {where}")
+    blocks = (run_service if args.service else run_app)(args, model, gallery)
+    for label, times in blocks.items():
+        full = [t[1] for t in times]
+        print(f"{label + ':':<26} first rationale text median {statistics.median(t[0] for t in times):.3f} s | "
+              f"full compare ({len(full)}) p50 {pct(full, 50):.3f} s, p95 {pct(full, 95):.3f} s, max {max(full):.3f} s")
+    single = pct([t[1] for t in blocks["1 user"]], 50)
+    for label, times in blocks.items():
+        if label != "1 user":
+            print(f"{label}: p95 / 1-user median = {pct([t[1] for t in times], 95) / single:.2f}x (target <= 2x)")
     return 0
 
 
