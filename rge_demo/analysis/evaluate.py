@@ -42,8 +42,8 @@ from .metrics import grouped_metrics
 from .report import compare_runs, run_table
 
 __all__ = ["EVAL_SPLITS", "MMEB_META_TASKS", "MMEB_OOD", "MODES", "EvalCandidate", "EvalDataError", "EvalItem",
-           "EvalQuery", "EvalRun", "EvalTask", "Shard", "compare_runs", "evaluate", "load_mmeb", "load_run", "mmeb_group",
-           "world_tasks"]
+           "EvalQuery", "EvalRun", "EvalTask", "Shard", "compare_runs", "evaluate", "load_mmeb", "load_run",
+           "mmeb_group", "world_tasks"]
 
 log = logging.getLogger(__name__)
 
