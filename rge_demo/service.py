@@ -36,6 +36,23 @@ class UserError(ValueError):
     """Bad input from a person using the app; the message says what to fix."""
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Every error whose message is meant for the person using the app (the UI shows these as
+    messages; anything else is a bug and is logged)."""
+    from rge_demo.data.images import ImageError
+    from rge_demo.errors import RGEUserError
+    from rge_demo.models.loading import ModelError
+
+    return (RGEUserError, UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
+
+
+def world_task_names() -> list[str]:
+    """The synthetic world's task names (the Failures tab's evaluation picker)."""
+    from rge_demo.data import world
+
+    return sorted(world.TASKS)
+
+
 def load_galleries(root: Path) -> dict[str, Gallery]:
     """Every gallery folder (with a manifest.json) under ``root``; broken ones are logged and skipped."""
     galleries = {}

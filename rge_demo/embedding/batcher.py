@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .encoder import Encoder, ReasonResult, Row, StreamEvent
+from .encoder import Encoder, Row, StreamEvent
 from .prompts import EmbedInput
 
 log = logging.getLogger(__name__)
@@ -336,25 +336,11 @@ class BatchedEncoder(Encoder):
         with self._rows_lock:
             return super().rows(inputs, direct=direct)
 
-    def direct(self, inputs: Sequence[EmbedInput], batch_size: int = 32) -> np.ndarray:
-        if not inputs:
-            return super().direct(inputs, batch_size)
-        out = [self.collector.submit(Request(("direct",), self.rows(inputs[i:i + batch_size], direct=True))).wait()
-               for i in range(0, len(inputs), batch_size)]
-        return np.concatenate(out)
+    def _embed_direct(self, rows: Sequence[Row]) -> np.ndarray:
+        return self.collector.submit(Request(("direct",), rows)).wait()
 
-    def reason(self, inputs: Sequence[EmbedInput], batch_size: int = 32,
-               max_new_tokens: int | None = None) -> list[ReasonResult]:
-        budget = max_new_tokens or self.max_new_tokens
-        results: list[ReasonResult] = []
-        for i in range(0, len(inputs), batch_size):
-            t0 = time.perf_counter()
-            rows = self.rows(inputs[i:i + batch_size], direct=False)
-            generated, vectors = self.collector.submit(Request(("reason", budget), rows)).wait()
-            seconds = (time.perf_counter() - t0) / len(rows)
-            results += [self._result(row, ids, forced, vec, seconds)
-                        for row, (ids, forced, _), vec in zip(rows, generated, vectors, strict=True)]
-        return results
+    def _embed_reason(self, rows: Sequence[Row], budget: int):
+        return self.collector.submit(Request(("reason", budget), rows)).wait()
 
     def stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> Iterator[StreamEvent]:
         budget = max_new_tokens or self.max_new_tokens

@@ -319,10 +319,22 @@ class Encoder:
         return ReasonResult(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), seconds, vector, forced,
                             row.prompt + self.tokenizer.decode(ids) + end)
 
+    # -- one batch; a subclass may route these elsewhere (the request collector does) --------------
+    def _embed_direct(self, rows: Sequence[Row]) -> np.ndarray:
+        """Direct-mode vectors of one batch of rows: (B, D)."""
+        return self._vectors(rows)
+
+    def _embed_reason(self, rows: Sequence[Row], budget: int):
+        """One batch of reasoning rows: (per-row generation results, (B, D) vectors)."""
+        with self.lock, torch.inference_mode():
+            self.forward_passes += 1
+            generated = self._generate(rows, budget)
+            return generated, self._finish(rows, generated)
+
     # -- public API ----------------------------------------------------------------------------
     def direct(self, inputs: Sequence[EmbedInput], batch_size: int = 32) -> np.ndarray:
         """Embed items in direct mode: (N, D) float32, unit norm."""
-        out = [self._vectors(self.rows(inputs[i:i + batch_size], direct=True))
+        out = [self._embed_direct(self.rows(inputs[i:i + batch_size], direct=True))
                for i in range(0, len(inputs), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.model.config.text_config.hidden_size), np.float32)
 
@@ -334,13 +346,10 @@ class Encoder:
         for i in range(0, len(inputs), batch_size):
             t0 = time.perf_counter()
             rows = self.rows(inputs[i:i + batch_size], direct=False)
-            with self.lock, torch.inference_mode():
-                self.forward_passes += 1
-                generated = self._generate(rows, budget)
-                vectors = self._finish(rows, generated)
+            generated, vectors = self._embed_reason(rows, budget)
             seconds = (time.perf_counter() - t0) / len(rows)
             results += [self._result(row, ids, forced, vec, seconds)
-                        for row, (ids, forced, _), vec in zip(rows, generated, vectors)]
+                        for row, (ids, forced, _), vec in zip(rows, generated, vectors, strict=True)]
         return results
 
     def with_rationale(self, inputs: Sequence[EmbedInput], rationales: Sequence[str]) -> np.ndarray:

@@ -8,15 +8,11 @@ import logging
 
 import gradio as gr
 
-from rge_demo.data.images import ImageError
-from rge_demo.data.items import ManifestError
-from rge_demo.errors import RGEUserError
-from rge_demo.models.loading import ModelError
-from rge_demo.service import UserError
+from rge_demo.service import user_errors
 
 log = logging.getLogger(__name__)
 
-EXPECTED = (RGEUserError, UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
+EXPECTED = user_errors()
 
 
 def friendly(fn):

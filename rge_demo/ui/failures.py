@@ -8,8 +8,7 @@ import gradio as gr
 
 from rge_demo.analysis.failures import OUTCOMES, TAGS, cases_by_id, cases_table, filter_cases, tag_case
 from rge_demo.analysis.tours import load_tours, tour_stop
-from rge_demo.data import world
-from rge_demo.service import TOURS_DIR, Demo
+from rge_demo.service import TOURS_DIR, Demo, world_task_names
 
 from .common import friendly, gpu
 from .render import STYLE, thumbnail
@@ -47,7 +46,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
         load = gr.Button("Load run")
     with gr.Accordion("Run a new evaluation with the model in use", open=False):
         with gr.Row():
-            tasks = gr.Dropdown(sorted(world.TASKS), multiselect=True, label="World tasks (empty: all)")
+            tasks = gr.Dropdown(world_task_names(), multiselect=True, label="World tasks (empty: all)")
             split = gr.Radio(["ind", "ood", "all"], value="all", label="Split")
             n = gr.Slider(2, 100, value=10, step=1, label="Queries per task and split")
             evaluate = gr.Button("Evaluate (both modes)", variant="primary")
