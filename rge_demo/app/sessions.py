@@ -18,16 +18,13 @@ import secrets
 import threading
 from pathlib import Path
 
+from rge_demo.data.items import process_lock
 from rge_demo.errors import OwnershipError, SessionKeyError
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 CONNECTION_PREFIX = "connection-"
 SECRET_FILE = ".browser-secret"
 
-try:
-    import fcntl
-except ImportError:  # Windows: the thread lock is all there is
-    fcntl = None
 
 
 def new_key() -> str:
@@ -92,14 +89,8 @@ def file_lock(path: str | os.PathLike):
     path = Path(path)
     with _GUARD:
         thread_lock = _THREAD_LOCKS.setdefault(str(path), threading.Lock())
-    with thread_lock, open(path, "a") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    with thread_lock, process_lock(path):
+        yield
 
 
 __all__ = ["browser_secret", "check_owner", "file_lock", "is_key", "new_key", "owner_id", "session_key"]

@@ -7,12 +7,18 @@ world, an oracle rationale and the scene's ground truth.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: callers' thread locks are all there is
+    fcntl = None
 
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 MANIFEST = "manifest.json"
@@ -145,6 +151,20 @@ def _record(cls, rec: Any, path: Path, where: str):
         return cls(**rec)
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{path}: {where}: {e}") from e
+
+
+@contextlib.contextmanager
+def process_lock(path: str | os.PathLike):
+    """An exclusive advisory lock on ``path`` across processes (creates the file); pair it with a
+    thread lock, since flock does not exclude threads of one process reliably."""
+    with open(path, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

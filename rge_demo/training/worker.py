@@ -35,7 +35,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rge_demo.data.items import atomic_write_text
+from rge_demo.data.items import atomic_write_text, process_lock
 from rge_demo.errors import RGEUserError
 
 from .config import TrainConfig
@@ -49,10 +49,6 @@ ACTIVE = ("running", "cancelling")
 DONE = ("finished", "cancelled", "failed")
 EXIT_CANCELLED = 3  # python -m rge_demo train: stopped cleanly with a checkpoint
 
-try:
-    import fcntl
-except ImportError:  # Windows: one manager per root, the thread lock is all there is
-    fcntl = None
 
 
 class JobError(RGEUserError, ValueError):
@@ -178,14 +174,8 @@ class JobManager:
     # -- state --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self):
-        with self._lock, open(self.root / ".lock", "a") as f:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+        with self._lock, process_lock(self.root / ".lock"):
+            yield
 
     def _read_all(self) -> list[Job]:
         jobs = []
