@@ -1,15 +1,22 @@
 """App latency, measured like a user: start-up, first rationale token, full compares alone and with 4 users.
 
     python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2] [--service]
+                        [--client browser|gradio_client]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
-streaming endpoint with gradio_client. In the warm app, in the same run:
+streaming endpoint. In the warm app, in the same run:
 
 * one user: ``--runs`` compares one after another (seconds to the first streamed rationale text
   and to the finished comparison, direct + reasoning top-k);
-* ``--users`` users at once: each its own gradio_client session, all released together, each
-  running ``--runs`` compares back to back (no think time). Their requests meet in the encoder's
-  request collector (``rge_demo.embedding.batcher``), which merges them into shared batches.
+* ``--users`` users at once: each its own session, all released together, each running ``--runs``
+  compares back to back (no think time). Their requests meet in the encoder's request collector
+  (``rge_demo.embedding.batcher``), which merges them into shared batches.
+
+The client (``--client``): ``browser`` (the default) speaks Gradio's queue protocol as the page's
+JavaScript does: upload the query image, join the queue, read the event stream as it arrives.
+``gradio_client`` uses the Python client, which polls its message queue every 50 ms
+(``gradio_client.utils.stream_sse_v1plus``): up to 50 ms more per message, at a random phase per
+user, which is the client's cost, not the app's.
 
 The two blocks alternate ``--repeats`` times, so that both see the same load on a shared machine.
 ``--service`` runs the same blocks through the service layer in this process (no HTTP, no Gradio),
@@ -22,13 +29,16 @@ Prints p50 / p95 seconds per compare for both, and the 4-user p95 over the singl
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from gradio_client import Client, handle_file
@@ -36,15 +46,62 @@ from gradio_client import Client, handle_file
 from rge_demo.data.items import Gallery
 from rge_demo.embedding.batcher import MAX_ROWS
 from rge_demo.models.manager import default_specs
-from rge_demo.service import SAMPLE_GALLERIES
+from rge_demo.app.demo import SAMPLE_GALLERIES
 from tests.apprunner import RunningApp  # run from the repository root: python -m bench.app
 
 
-def one_compare(client: Client, gallery: Gallery, i: int) -> tuple[float, float]:
+class BrowserSession:
+    """One page's session, speaking Gradio's queue protocol as its JavaScript client does.
+
+    A compare: upload the query image (``/gradio_api/upload``), join the queue with the Compare
+    button's inputs (``/gradio_api/queue/join``), then read ``/gradio_api/queue/data`` (server-sent
+    events) until ``process_completed``.
+    """
+
+    def __init__(self, url: str):
+        self.http = httpx.Client(base_url=url, timeout=600)
+        config = self.http.get("config").json()
+        dep = next(d for d in config["dependencies"] if d.get("api_name") == "compare")
+        self.fn_index = dep["id"]
+        self.session_hash = uuid.uuid4().hex
+
+    def submit(self, *data) -> None:
+        r = self.http.post("gradio_api/queue/join", json={
+            "data": list(data), "fn_index": self.fn_index, "session_hash": self.session_hash,
+            "event_data": None, "trigger_id": None})
+        r.raise_for_status()
+
+    def upload(self, path: Path) -> dict:
+        with open(path, "rb") as f:
+            server_path = self.http.post("gradio_api/upload", files={"files": f}).json()[0]
+        return {"path": server_path, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+    def messages(self):
+        with self.http.stream("GET", "gradio_api/queue/data", params={"session_hash": self.session_hash}) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    yield message
+                    if message["msg"] == "process_completed":
+                        if not message.get("success"):
+                            raise RuntimeError(f"the app reported an error: {message.get('output')}")
+                        return
+
+
+def one_compare(client, gallery: Gallery, i: int) -> tuple[float, float]:
+    """(seconds to the first rationale text, seconds to the finished comparison) for query ``i``."""
     q = gallery.queries[i % len(gallery.queries)]
-    image = handle_file(str(gallery.image_path(q.image))) if q.image else None
     t0 = time.perf_counter()
     first = None
+    if isinstance(client, BrowserSession):
+        image = client.upload(gallery.image_path(q.image)) if q.image else None
+        client.submit(gallery.name, image, q.text, q.instruction, q.target_id, 5, None)
+        for m in client.messages():
+            # the first update carries the direct side; the next ones the rationale (output 1) as it grows
+            if first is None and m["msg"] == "process_generating" and m["output"]["data"][1]:
+                first = time.perf_counter() - t0
+        return first or float("nan"), time.perf_counter() - t0
+    image = handle_file(str(gallery.image_path(q.image))) if q.image else None
     job = client.submit(gallery.name, image, q.text, q.instruction, q.target_id, 5, api_name="/compare")
     for update in job:
         if first is None and update[1]:
@@ -53,9 +110,18 @@ def one_compare(client: Client, gallery: Gallery, i: int) -> tuple[float, float]
     return first or float("nan"), time.perf_counter() - t0
 
 
-def concurrent_compares(url: str, gallery: Gallery, users: int, runs: int) -> list[tuple[float, float]]:
-    """``users`` sessions released together, each ``runs`` compares back to back; every compare's times."""
-    clients = [Client(url, verbose=False) for _ in range(users)]
+def new_client(url: str, kind: str):
+    return BrowserSession(url) if kind == "browser" else Client(url, verbose=False)
+
+
+def concurrent_compares(clients: list, gallery: Gallery, runs: int) -> list[tuple[float, float]]:
+    """The sessions released together, each ``runs`` compares back to back; every compare's times.
+
+    The sessions are the same ones across blocks (users with the page open): a session's first
+    request builds its server-side state (``gradio.state_holder.SessionState``: every component's
+    config, ~0.2 s of the server's CPU here), which the warm-up round pays.
+    """
+    users = len(clients)
     barrier = threading.Barrier(users)
     times: list[list[tuple[float, float]]] = [[] for _ in range(users)]
     errors: list[BaseException] = []
@@ -114,7 +180,7 @@ def service_users(demo, gallery: Gallery, users: int, runs: int) -> list[tuple[f
 def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, float]]]:
     """The same blocks through the service layer in this process, plus N users with merging off."""
     from rge_demo.config import Settings
-    from rge_demo.service import Demo
+    from rge_demo.app.demo import Demo
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as cache:
@@ -151,13 +217,14 @@ def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, 
                 app.stop()
                 continue
             try:
-                client = Client(app.url, verbose=False)
+                client = new_client(app.url, args.client)
                 one_compare(client, gallery, 0)  # the first request pays one-off costs
-                concurrent_compares(app.url, gallery, args.users, 1)  # warm-up round, not counted
+                users = [new_client(app.url, args.client) for _ in range(args.users)]
+                concurrent_compares(users, gallery, 1)  # warm-up round (the sessions' first requests), not counted
                 blocks: dict[str, list] = {"1 user": [], f"{args.users} users": []}
                 for _ in range(args.repeats):
                     blocks["1 user"] += [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
-                    blocks[f"{args.users} users"] += concurrent_compares(app.url, gallery, args.users, args.runs)
+                    blocks[f"{args.users} users"] += concurrent_compares(users, gallery, args.runs)
             finally:
                 app.stop()
     return blocks
@@ -175,11 +242,13 @@ def main() -> int:
     parser.add_argument("--service", action="store_true",
                         help="call the service layer in this process instead of the app over HTTP (no Gradio "
                              "overhead); adds an N-user block with merging off")
+    parser.add_argument("--client", choices=("browser", "gradio_client"), default="browser",
+                        help="HTTP client: Gradio's queue protocol read as the page does (default), or gradio_client")
     args = parser.parse_args()
     specs = {s.name: s.source for s in default_specs()}
     model = Path(specs.get(args.model, args.model))
     gallery = Gallery.load(SAMPLE_GALLERIES / args.gallery)
-    where = "service layer, in process" if args.service else "app over HTTP (gradio_client)"
+    where = "service layer, in process" if args.service else f"app over HTTP ({args.client} client)"
     print(f"model {args.model} ({model}), gallery {args.gallery}, budget {args.max_new_tokens} tokens, {where}")
     blocks = (run_service if args.service else run_app)(args, model, gallery)
     for label, times in blocks.items():

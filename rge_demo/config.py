@@ -47,6 +47,7 @@ class Settings:
     share: bool = False  # ask Gradio for a public share link (RGE_SHARE)
     max_new_tokens: int = 128  # rationale budget in reasoning mode (RGE_MAX_NEW_TOKENS)
     faiss_threshold: int = 50_000  # galleries with at least this many items search with FAISS (RGE_FAISS_THRESHOLD)
+    stream_interval: float = 0.1  # seconds between two streamed rationale updates at least (RGE_STREAM_INTERVAL)
 
     def __post_init__(self):
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -64,6 +65,8 @@ class Settings:
             raise SettingsError(f"RGE_MAX_NEW_TOKENS must be a positive integer, got {self.max_new_tokens!r}")
         if not isinstance(self.faiss_threshold, int) or self.faiss_threshold < 0:
             raise SettingsError(f"RGE_FAISS_THRESHOLD must be a non-negative integer, got {self.faiss_threshold!r}")
+        if not isinstance(self.stream_interval, int | float) or not 0 <= self.stream_interval <= 10:
+            raise SettingsError(f"RGE_STREAM_INTERVAL must be a number of seconds in 0..10, got {self.stream_interval!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +90,8 @@ class Settings:
             kw["max_new_tokens"] = _integer(env, "RGE_MAX_NEW_TOKENS")
         if env.get("RGE_FAISS_THRESHOLD"):
             kw["faiss_threshold"] = _integer(env, "RGE_FAISS_THRESHOLD")
+        if env.get("RGE_STREAM_INTERVAL"):
+            kw["stream_interval"] = _number(env, "RGE_STREAM_INTERVAL")
         if "RGE_SHARE" in env:
             kw["share"] = _boolean(env, "RGE_SHARE")
         return cls(**kw)

@@ -8,7 +8,7 @@ from gradio_client import Client, handle_file
 
 from apprunner import RunningApp
 from rge_demo.data.items import Gallery
-from rge_demo.service import SAMPLE_GALLERIES
+from rge_demo.app.demo import SAMPLE_GALLERIES
 
 pytestmark = pytest.mark.slow  # the app in a subprocess
 

@@ -130,7 +130,7 @@ def fn(blocks: gr.Blocks, api_name: str):
 
 def test_the_tabs_pass_the_browser_key(tmp_path, tiny_dir):
     """The Train and Models tabs' callbacks act as the browser whose key they get."""
-    from rge_demo.service import Demo
+    from rge_demo.app.demo import Demo
     from rge_demo.ui.layout import build_blocks
 
     demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu"), galleries_dir=tmp_path)

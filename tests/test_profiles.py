@@ -17,7 +17,7 @@ from rge_demo.embedding.profiles import (DEFAULT_PROFILE, ProfileError, PromptPr
                                          profile_for_folder)
 from rge_demo.embedding.prompts import EmbedInput, from_mmeb_text, prompt_text
 from rge_demo.models.processor import load_processor
-from rge_demo.service import Demo
+from rge_demo.app.demo import Demo
 
 HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 TAIL = "<|im_end|>\n<|im_start|>assistant\n"

@@ -250,7 +250,7 @@ def test_cli_reasons_with_it(released, capsys, env):
 
 
 def test_service_loads_it_and_searches(released, tmp_path):
-    from rge_demo.service import Demo
+    from rge_demo.app.demo import Demo
 
     demo = Demo(Settings(cache_dir=tmp_path / "cache", device="cpu", model="rge-micro", max_new_tokens=3))
     loaded = demo.model(str(released))  # what the Models tab's load does (then it warms the galleries)
@@ -337,7 +337,7 @@ def test_broken_checkpoint_is_one_clear_error(broken, capsys, env, tmp_path):
     # The app: the service raises it, and the tabs' wrapper shows it as the message.
     import gradio as gr
 
-    from rge_demo.service import Demo
+    from rge_demo.app.demo import Demo
     from rge_demo.ui.common import friendly
 
     demo = Demo(Settings(cache_dir=tmp_path / "cache", device="cpu", model="rge-micro"))

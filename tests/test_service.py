@@ -1,11 +1,11 @@
-"""The tabs' actions as plain functions (rge_demo.service.Demo) on the real tiny model."""
+"""The tabs' actions as plain functions (rge_demo.app.demo.Demo) on the real tiny model."""
 
 import numpy as np
 import pytest
 
 from rge_demo.config import Settings
 from rge_demo.data.images import ImageError
-from rge_demo.service import Demo, UserError
+from rge_demo.app.demo import Demo, UserError
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,18 @@ def test_compare_streams_direct_then_rationale_then_moves(demo):
     shown = {h.item.id for h in final.direct.hits} | {h.item.id for h in final.reason.hits}
     assert {m.item_id for m in final.moves} == shown
     assert "reasoning:" in final.cost_line() and "direct:" in final.cost_line()
+
+
+def test_stream_interval_thins_rationale_updates_but_never_the_result(demo):
+    from rge_demo.analysis.compare import compare_stream
+
+    g, q, image = first_query(demo)
+    inp, index, encoder = demo.make_input(image, q.text, q.instruction), demo.index("vqa-count"), demo.model().encoder
+    every = [(c.rationale, c.done) for c in compare_stream(encoder, index, inp, 3, q.target_id, 12, 0.0)]
+    thinned = [(c.rationale, c.done) for c in compare_stream(encoder, index, inp, 3, q.target_id, 12, 60.0)]
+    assert len(every) > 2  # direct, at least one partial rationale, the result
+    assert thinned == [every[0], every[-1]]  # within a minute: the direct side, then the finished comparison
+    assert thinned[-1][1] and thinned[-1][0] == every[-1][0]
 
 
 def test_reembed_with_edited_rationale_changes_the_vector(demo):
@@ -102,7 +114,7 @@ def test_evaluation_run_is_saved_and_browsable(demo):
 
 def test_a_saved_case_replays_with_another_model(demo):
     from rge_demo.analysis.failures import load_pair
-    from rge_demo.service import RUNS_DIR
+    from rge_demo.app.demo import RUNS_DIR
 
     cases = load_pair(RUNS_DIR / "rge-micro" / "reason", RUNS_DIR / "rge-micro" / "direct")
     case = next(c for c in cases if c.task == "count")

@@ -184,7 +184,7 @@ def test_rebuild_and_rationale_saves_make_new_versions_that_keep_every_saved_rat
 
 def test_a_page_reload_and_an_app_restart_bring_the_session_back(tmp_path, tiny_dir):
     """Defect 3 (Train): the tab's load event gives a known key its last upload, dataset versions and jobs."""
-    from rge_demo.service import Demo
+    from rge_demo.app.demo import Demo
     from rge_demo.ui import train
 
     settings = Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu")
@@ -223,7 +223,7 @@ def test_a_page_reload_and_an_app_restart_bring_the_session_back(tmp_path, tiny_
 
 
 def test_the_tab_builds_inside_blocks(tmp_path, tiny_dir):
-    from rge_demo.service import Demo
+    from rge_demo.app.demo import Demo
     from rge_demo.ui import train
 
     demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu"), galleries_dir=tmp_path)

@@ -95,8 +95,15 @@ def moves(index: GalleryIndex, direct: Side, reason: Side, k: int) -> list[Move]
 
 
 def compare_stream(encoder, index: GalleryIndex, inp: EmbedInput, k: int = 5, target_id: str | None = None,
-                   max_new_tokens: int | None = None) -> Iterator[Comparison]:
-    """Direct result first, then the streamed rationale, then the reasoning result and the moves."""
+                   max_new_tokens: int | None = None, min_interval: float = 0.0) -> Iterator[Comparison]:
+    """Direct result first, then the streamed rationale, then the reasoning result and the moves.
+
+    ``min_interval``: seconds between two rationale updates at least (the text that arrives in
+    between waits for the next one; the final result is never held back). A web page that
+    re-renders per update costs the server's event loop a few ms each, and in one process that time
+    is taken from the model's generate thread (the GIL): ~10 updates a second read as smooth
+    streaming and leave the model its CPU.
+    """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if target_id is not None and target_id not in {it.id for it in index.items}:
@@ -105,6 +112,7 @@ def compare_stream(encoder, index: GalleryIndex, inp: EmbedInput, k: int = 5, ta
     t0 = time.perf_counter()
     state.direct = _side(index, encoder.direct([inp])[0], k, target_id, time.perf_counter() - t0)
     yield state
+    shown = time.perf_counter()
     for event in encoder.stream(inp, max_new_tokens=max_new_tokens):
         state.rationale = event.text
         if event.result is not None:
@@ -112,6 +120,9 @@ def compare_stream(encoder, index: GalleryIndex, inp: EmbedInput, k: int = 5, ta
             state.reason = _side(index, r.vector, k, target_id, r.seconds, r.tokens)
             state.rationale, state.forced, state.done = r.rationale, r.forced, True
             state.moves = moves(index, state.direct, state.reason, k)
+        elif time.perf_counter() - shown < min_interval:
+            continue
+        shown = time.perf_counter()
         yield state
 
 

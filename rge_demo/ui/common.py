@@ -8,7 +8,7 @@ import logging
 
 import gradio as gr
 
-from rge_demo.service import user_errors
+from rge_demo.app.demo import user_errors
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from rge_demo.service import Demo
+from rge_demo.app.demo import Demo
 
 from .common import friendly, gpu
 from .render import comparison_html, hits_html, moves_html

@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from rge_demo.analysis.projection import projection_figure, umap_state
-from rge_demo.service import Demo
+from rge_demo.app.demo import Demo
 
 from .common import friendly, gpu
 from .render import STYLE, thumbnail

@@ -8,7 +8,7 @@ import gradio as gr
 
 from rge_demo.analysis.failures import OUTCOMES, TAGS, cases_by_id, cases_table, filter_cases, tag_case
 from rge_demo.analysis.tours import load_tours, tour_stop
-from rge_demo.service import TOURS_DIR, Demo, world_task_names
+from rge_demo.app.demo import TOURS_DIR, Demo, world_task_names
 
 from .common import friendly, gpu
 from .render import STYLE, thumbnail

@@ -1,10 +1,10 @@
-"""The Blocks: one tab per module; each tab wires components to :class:`rge_demo.service.Demo`."""
+"""The Blocks: one tab per module; each tab wires components to :class:`rge_demo.app.demo.Demo`."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from rge_demo.service import Demo
+from rge_demo.app.demo import Demo
 
 from . import compare, explore, failures, models, train
 

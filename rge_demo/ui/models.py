@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from rge_demo.service import Demo
+from rge_demo.app.demo import Demo
 
 from .common import friendly
 from .train import session_of
@@ -37,7 +37,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     def tables(model_name, session_key=None, request: gr.Request = None):
         catalog_rows = bench.visible_catalog(session_key, getattr(request, "session_hash", None))
         visible = {r["name"] for r in catalog_rows}
-        rows = [r for r in demo.manager.status() if r["name"] in visible]
+        rows = [r for r in demo.model_status() if r["name"] in visible]
         using = model_name or demo.default_model
         return (f"**In use in this session:** `{using}`",
                 pd.DataFrame(rows, columns=STATUS_COLUMNS) if rows else pd.DataFrame(columns=STATUS_COLUMNS),
@@ -48,16 +48,15 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         key = session_of(session_key, request)
         spec = bench.resolve_model(key, name)  # a new folder joins this browser's list only
         progress(0.1, desc=f"loading {spec.name}")
-        loaded = demo.manager.load(spec.name, dtype=dt, quantization=None if q == "none" else q)
-        progress(0.6, desc="embedding the galleries")
-        demo.warm(loaded.name)
+        loaded = demo.load_model(spec.name, dt, None if q == "none" else q,
+                                 progress=lambda gallery, done, total: progress(
+                                     0.5, desc=f"embedding gallery {gallery}: {done}/{total}"))
         return (loaded.name, *tables(loaded.name, key), gr.update(choices=bench.model_names(key)))
 
     @friendly
     def on_unload(name, model_name, session_key, request: gr.Request):
         bench.check_model(session_of(session_key, request), name)
-        if not demo.manager.unload(name):
-            raise gr.Error(f"{name!r} is not loaded")
+        demo.unload_model(name)
         using = None if name == model_name else model_name
         return (using, *tables(using, session_key, request))
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from rge_demo.app.sessions import is_key, new_key, session_key
 from rge_demo.app.workbench import COUNT_COLUMNS, DRAFT_COLUMNS, LAUNCH_STAGES, PROBLEM_COLUMNS, loss_figure
-from rge_demo.service import Demo
+from rge_demo.app.demo import Demo
 
 from .common import friendly, gpu
 

@@ -21,6 +21,7 @@ from rge_demo.data.items import Gallery, ManifestError
 from rge_demo.embedding.gallery import build_index, query_input
 from rge_demo.embedding.index import EmbeddingCache, GalleryIndex
 from rge_demo.embedding.prompts import EmbedInput
+from rge_demo.errors import RGEUserError
 from rge_demo.models.manager import LoadedModel, ModelManager
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ EXAMPLES_FILE = ASSETS_DIR / "examples.json"  # written by tools/release_micro.p
 MAX_TEXT_CHARS = 2000
 
 
-class UserError(ValueError):
+class UserError(RGEUserError, ValueError):
     """Bad input from a person using the app; the message says what to fix."""
 
 
@@ -40,7 +41,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Every error whose message is meant for the person using the app (the UI shows these as
     messages; anything else is a bug and is logged)."""
     from rge_demo.data.images import ImageError
-    from rge_demo.errors import RGEUserError
     from rge_demo.models.loading import ModelError
 
     return (RGEUserError, UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
@@ -105,6 +105,21 @@ class Demo:
 
     def model(self, name: str | None = None) -> LoadedModel:
         return self.manager.load(name or self.default_model)
+
+    def load_model(self, name: str, dtype: str = "auto", quantization: str | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> LoadedModel:
+        """Load (or reload with other settings) a model and embed the sample galleries with it."""
+        loaded = self.manager.load(name, dtype=dtype, quantization=quantization)
+        self.warm(loaded.name, progress=progress)
+        return loaded
+
+    def unload_model(self, name: str) -> None:
+        if not self.manager.unload(name):
+            raise UserError(f"{name!r} is not loaded")
+
+    def model_status(self) -> list[dict]:
+        """One row per loaded model: name, source, device, dtype, quantization, parameters, memory."""
+        return self.manager.status()
 
     # -- galleries and indexes -------------------------------------------------------------------
     def examples(self, per_gallery: int = 2) -> list[dict]:
@@ -186,7 +201,7 @@ class Demo:
         inp = self.make_input(image, text, instruction)
         index = self.index(gallery_name, model_name)
         yield from compare_stream(self.model(model_name).encoder, index, inp, int(k), target_id or None,
-                                  max_new_tokens)
+                                  max_new_tokens, self.settings.stream_interval)
 
     def reembed(self, gallery_name: str, image, text: str, instruction: str, rationale: str,
                 previous: Comparison, k: int = 5, target_id: str | None = None,
