@@ -48,6 +48,8 @@ class Settings:
     max_new_tokens: int = 128  # rationale budget in reasoning mode (RGE_MAX_NEW_TOKENS)
     faiss_threshold: int = 50_000  # galleries with at least this many items search with FAISS (RGE_FAISS_THRESHOLD)
     stream_interval: float = 0.1  # seconds between two streamed rationale updates at least (RGE_STREAM_INTERVAL)
+    max_upload_mb: float = 200.0  # largest file the web app accepts, in MB (RGE_MAX_UPLOAD_MB; Gradio's max_file_size)
+    retention_hours: float = 24.0  # uploaded files and refused uploads are deleted after this (RGE_RETENTION_HOURS)
 
     def __post_init__(self):
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -67,6 +69,10 @@ class Settings:
             raise SettingsError(f"RGE_FAISS_THRESHOLD must be a non-negative integer, got {self.faiss_threshold!r}")
         if not isinstance(self.stream_interval, int | float) or not 0 <= self.stream_interval <= 10:
             raise SettingsError(f"RGE_STREAM_INTERVAL must be a number of seconds in 0..10, got {self.stream_interval!r}")
+        if not isinstance(self.max_upload_mb, int | float) or not self.max_upload_mb > 0:
+            raise SettingsError(f"RGE_MAX_UPLOAD_MB must be a positive number of MB, got {self.max_upload_mb!r}")
+        if not isinstance(self.retention_hours, int | float) or not self.retention_hours > 0:
+            raise SettingsError(f"RGE_RETENTION_HOURS must be a positive number of hours, got {self.retention_hours!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -90,8 +96,10 @@ class Settings:
             kw["max_new_tokens"] = _integer(env, "RGE_MAX_NEW_TOKENS")
         if env.get("RGE_FAISS_THRESHOLD"):
             kw["faiss_threshold"] = _integer(env, "RGE_FAISS_THRESHOLD")
-        if env.get("RGE_STREAM_INTERVAL"):
-            kw["stream_interval"] = _number(env, "RGE_STREAM_INTERVAL")
+        for var, name in (("RGE_STREAM_INTERVAL", "stream_interval"), ("RGE_MAX_UPLOAD_MB", "max_upload_mb"),
+                          ("RGE_RETENTION_HOURS", "retention_hours")):
+            if env.get(var):
+                kw[name] = _number(env, var)
         if "RGE_SHARE" in env:
             kw["share"] = _boolean(env, "RGE_SHARE")
         return cls(**kw)
