@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from rge_demo.analysis.eval_tasks import world_tasks
-from rge_demo.analysis.reasoning import (answer_swap, bootstrap_ci, fmt, p1_table, paired_gain, rationale_quality,
-                                         swap_answer)
+from rge_demo.analysis.reasoning import answer_swap, bootstrap_ci, fmt, p1_table, paired_gain, rationale_quality
+from rge_demo.data.world import swap_answer
 from rge_demo.embedding.encoder import Encoder
 
 

@@ -203,3 +203,36 @@ def test_the_trainer_uses_the_checkpoints_prompt_profile(tiny):
         model.config.rge_profile = "micro"
     assert prompt == prompt_text(processor, inp, direct=False, profile=get_profile("reference"))
     assert prompt != micro_ctx.rows([inp], direct=False)[0].prompt
+
+
+def test_answer_swap_term_embeds_partners_answers_and_trains(tmp_path, tiny):
+    from accelerate import Accelerator
+
+    from rge_demo.data import world
+    from rge_demo.training.data import world_pairs
+    from rge_demo.training.trainer import StepContext
+
+    with pytest.raises(ConfigError, match="swap_weight"):
+        TrainConfig(swap_weight=-1)
+    model, processor = tiny
+    pairs = world_pairs(["count", "majority_shape"], "train", 6, seed=3)
+    batch = pairs["count"][:4] + pairs["majority_shape"][:4]
+    ctx = StepContext(model, processor, TrainConfig(), Accelerator(cpu=True))
+    q_rows = ctx.rows([p.query for p in batch], direct=False)
+    states, positives = ctx.answer_swaps(q_rows, batch, step_seed=7)
+    by_key = {p.target_key: p for p in batch}
+    # one swapped row per pair that has a partner of its task with another target
+    expected = sum(any(o.task == p.task and o.target_key != p.target_key for o in batch) for p in batch)
+    assert states.shape == (expected, model.config.text_config.hidden_size) and len(positives) == expected
+    for key in positives:  # a partner's target, of the task the swapped query came from
+        assert key in by_key and world.answer_of(by_key[key].rationale)
+    assert ctx.answer_swaps(q_rows, batch, step_seed=7)[1] == positives  # seeded
+    # trained with the term on: it is logged and falls from its first steps
+    cfg = TrainConfig(stage="rge", init=str(tmp_path / "m"), output_dir=str(tmp_path / "out"), tasks=["count"],
+                      train_per_task=40, cold_start_steps=0, steps=16, batch_size=8, lr=3e-3, warmup_steps=2,
+                      max_new_tokens=8, probe_every=0, save_every=0, threads=1, seed=0, swap_weight=1.0)
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    rows = metrics(train(cfg).output_dir)
+    assert all(r["swap_loss"] > 0 for r in rows)
+    assert np.mean([r["swap_loss"] for r in rows[-4:]]) < np.mean([r["swap_loss"] for r in rows[:4]])

@@ -90,15 +90,6 @@ def paired_gain(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) 
     return out
 
 
-def swap_answer(rationale: str, new: str) -> str:
-    """The rationale with its last ``answer X`` replaced by ``answer <new>``."""
-    old = world.answer_of(rationale)
-    if old is None:
-        raise ValueError(f"no 'answer X' in the rationale {rationale!r}")
-    head = rationale[: rationale.rfind("answer")]
-    return f"{head}answer {new}"
-
-
 def answer_swap(encoder, tasks: Sequence[EvalTask], seed: int = 0, batch_size: int = 32) -> dict[str, dict[str, float]]:
     """Per group: the share of queries whose top-1 is the swapped-in candidate.
 
@@ -114,7 +105,7 @@ def answer_swap(encoder, tasks: Sequence[EvalTask], seed: int = 0, batch_size: i
         swaps = [rng.choice([i for i in range(len(task.candidates)) if i != q.target]) for q in qs]
         for start in range(0, len(qs), batch_size):
             chunk, picks = qs[start:start + batch_size], swaps[start:start + batch_size]
-            rationales = [swap_answer(q.rationale, task.candidates[j].label) for q, j in zip(chunk, picks)]
+            rationales = [world.swap_answer(q.rationale, task.candidates[j].label) for q, j in zip(chunk, picks)]
             vecs = encoder.with_rationale([q.item.to_input() for q in chunk], rationales)  # (B, D)
             _, idx = top_k(vecs, matrix, 1)
             for q, j, top in zip(chunk, picks, idx[:, 0]):

@@ -528,3 +528,12 @@ def answer_of(rationale: str) -> str | None:
     if not hits:
         return None
     return rationale[hits[-1].end():].strip().rstrip(".!").strip() or None
+
+
+def swap_answer(rationale: str, new: str) -> str:
+    """The rationale with its last ``answer X`` replaced by ``answer <new>``."""
+    old = answer_of(rationale)
+    if old is None:
+        raise ValueError(f"no 'answer X' in the rationale {rationale!r}")
+    head = rationale[: rationale.rfind("answer")]
+    return f"{head}answer {new}"

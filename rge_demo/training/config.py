@@ -66,6 +66,13 @@ class TrainConfig:
     direct mode instead of after a rationale, inside the same InfoNCE, so the RGE model keeps a
     usable direct mode (MICROWORLD.md point 3) while most queries teach ``<emb>`` to read the
     rationale."""
+    swap_weight: float = 0.0
+    """Joint phase: weight of an answer-swap InfoNCE. Each query of a batch that has a partner of
+    its task with another target is embedded once more after its oracle rationale with the
+    partner's answer written in (``... answer <partner's>``), and that embedding's positive is the
+    partner's target. It teaches ``<emb>`` to follow the answer its rationale states, which the
+    plain joint objective does not: there a self-generated rationale with a wrong answer is still
+    pulled to the right target, i.e. taught to ignore its own answer. 0: the paper's objective."""
     temperature: float = 0.03
     max_new_tokens: int = 80
     """Rationale budget during on-the-fly generation."""
@@ -108,6 +115,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.cold_start_gate <= 1:
             raise ConfigError(f"cold_start_gate must be in [0, 1], got {self.cold_start_gate!r}")
+        if not self.swap_weight >= 0:
+            raise ConfigError(f"swap_weight must be >= 0, got {self.swap_weight!r}")
         if not 0 <= self.direct_share <= 0.5:
             raise ConfigError(f"direct_share must be in [0, 0.5] (direct mode on a minority of queries), got {self.direct_share!r}")
         if not 0 <= self.val_share < 1:

@@ -228,6 +228,26 @@ class StepContext:
         h = self.hidden(batch)
         return token_ce(self.model.lm_head(h), labels), h[:, -1]
 
+    def answer_swaps(self, q_rows, pairs, step_seed: int) -> tuple[torch.Tensor | None, list[str]]:
+        """``<emb>`` states after oracle rationales with a partner's answer written in, and the
+        partners' target keys (see ``TrainConfig.swap_weight``). A partner is another pair of the same
+        task with another target, drawn with ``step_seed``; pairs without one are left out."""
+        rng = random.Random(step_seed)
+        rows, suffixes, positives = [], [], []
+        for i, p in enumerate(pairs):
+            partners = [o for o in pairs if o.task == p.task and o.target_key != p.target_key
+                        and world.answer_of(o.rationale)]
+            if not partners or not world.answer_of(p.rationale):
+                continue
+            other = rng.choice(partners)
+            text = world.swap_answer(p.rationale, world.answer_of(other.rationale))
+            rows.append(q_rows[i])
+            suffixes.append(self.tok.encode(text, add_special_tokens=False) + [self.emb_id])
+            positives.append(other.target_key)
+        if not rows:
+            return None, []
+        return self.hidden(self.batch(rows, suffixes))[:, -1], positives
+
     def targets(self, pairs) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Direct target embeddings (B, D) and the target-side LM term (predict ``<emb>``)."""
         h = self.hidden(self.batch(self.target_rows(pairs)))
@@ -243,19 +263,27 @@ class StepContext:
         n, r = x.shape[0], self.acc.process_index
         return torch.cat([everything[: r * n], x, everything[(r + 1) * n:]])
 
-    def contrastive(self, q: torch.Tensor, t: torch.Tensor, keys: list[str]) -> torch.Tensor:
-        """Global InfoNCE: queries vs the DISTINCT targets of the global batch."""
+    def contrastive(self, q: torch.Tensor, t: torch.Tensor, keys: list[str],
+                    q_keys: list[str] | None = None) -> torch.Tensor:
+        """Global InfoNCE: queries vs the DISTINCT targets of the global batch.
+
+        ``keys`` name the targets ``t``; ``q_keys`` each query's positive (default: ``keys``, the
+        i-th query's positive is the i-th target).
+        """
         q, t = self.gather(q.float()), self.gather(t.float())
-        keys = gather_object(keys) if self.acc.num_processes > 1 else keys
+        q_keys = keys if q_keys is None else q_keys
+        if self.acc.num_processes > 1:
+            keys, q_keys = gather_object(keys), gather_object(q_keys)
         first = {}
         for j, k in enumerate(keys):
             first.setdefault(k, j)
-        labels = torch.tensor([first[k] for k in keys], device=q.device)
+        labels = torch.tensor([first[k] for k in q_keys], device=q.device)
         mask = torch.tensor([first[k] == j for j, k in enumerate(keys)], device=q.device)
         return info_nce(q, t, labels, self.cfg.temperature, column_mask=mask)
 
 
-def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[str, torch.Tensor], dict]:
+def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str,
+                 step_seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     """Loss parts for this process's share of the global batch. ``phase``: cold-start | joint | baseline | leakage.
 
     Returns the tensors (``objective`` is what this process back-propagates; ``loss`` what is
@@ -265,7 +293,7 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
     keys = [p.target_key for p in pairs]
     stats: dict = {}
     zero = torch.zeros((), device=ctx.acc.device)
-    con, direct = zero, zero
+    con, direct, swap = zero, zero, zero
     lm_parts = (zero, torch.ones((), device=zero.device))
 
     q_rows = ctx.rows([p.query for p in pairs], direct=False)
@@ -284,6 +312,10 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
             suffixes = [[ctx.emb_id]] * n_direct + [r + [ctx.emb_id] for r in ids]
             q = ctx.hidden(ctx.batch(q_rows, suffixes))[:, -1]
             con = ctx.contrastive(q, t, keys)
+            if cfg.swap_weight > 0:
+                q_swap, positives = ctx.answer_swaps(q_rows, pairs, step_seed)
+                if q_swap is not None:
+                    swap = ctx.contrastive(q_swap, t, keys, positives)
             if ids:
                 stats.update(rationale_tokens=sum(map(len, ids)) / len(ids), emitted_emb=sum(emitted) / len(ids),
                              samples=[ctx.tok.decode(r, skip_special_tokens=True) for r in ids[:2]])
@@ -309,10 +341,11 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str) -> tuple[dict[
     lm_global = ctx.acc.reduce(lm_share.detach(), reduction="sum")
     parts = rge_loss(lm_global, con, a_lm=a_lm, a_con=a_con)
     parts["direct_loss"] = direct
+    parts["swap_loss"] = swap
     parts["a_lm"] = a_lm
     # Contrastive terms are global (identical on every process); gradients are summed across processes.
-    parts["objective"] = a_con * con + direct_weight * direct + a_lm * lm_share
-    parts["loss"] = parts["loss"] + direct_weight * direct
+    parts["objective"] = a_con * con + direct_weight * direct + cfg.swap_weight * swap + a_lm * lm_share
+    parts["loss"] = parts["loss"] + direct_weight * direct + cfg.swap_weight * swap
     return parts, stats
 
 
@@ -495,7 +528,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
         global_batch = sample_batch(pools, cfg, step, phase)
         per = len(global_batch) // acc.num_processes
         local = global_batch[acc.process_index * per:(acc.process_index + 1) * per]
-        parts, stats = compute_loss(ctx, local, phase)
+        parts, stats = compute_loss(ctx, local, phase, step_seed=cfg.seed * 100_003 + step)
         parts["objective"].backward()
         if acc.num_processes > 1:
             for p in params:
@@ -508,7 +541,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
 
         record = {"step": step, "total_steps": total, "phase": phase, "task": local[0].task,
                   "loss": parts["loss"].item(), "lm_loss": parts["lm_loss"].item(), "contrastive_loss": parts["contrastive_loss"].item(),
-                  "direct_loss": parts["direct_loss"].item(), "lr": lr,
+                  "direct_loss": parts["direct_loss"].item(), "swap_loss": parts["swap_loss"].item(), "lr": lr,
                   "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0, **stats}
         if cfg.probe_every and (step % cfg.probe_every == 0 or step == total):
             t_probe = time.perf_counter()

@@ -1,0 +1,102 @@
+"""A user's own gallery from a folder, a zip, an image folder with labels, or a local MMEB-eval subset."""
+
+import json
+import zipfile
+
+import pytest
+from PIL import Image
+
+from rge_demo.app.user_galleries import GalleryError, build_gallery
+from rge_demo.data.items import Gallery
+from rge_demo.embedding.gallery import build_index
+from rge_demo.embedding.index import EmbeddingCache
+from tests.test_evaluate import make_mmeb
+
+COLOURS = ("red", "green", "blue")
+
+
+def image_folder(root, names=("red_square", "green-circle", "blue_cross")):
+    root.mkdir(parents=True)
+    for name, colour in zip(names, COLOURS):
+        Image.new("RGB", (32, 32), colour).save(root / f"{name}.png")
+    return root
+
+
+def test_plain_image_folder_is_labelled_by_file_name_and_read_in_place(tmp_path):
+    src = image_folder(tmp_path / "shapes")
+    g = build_gallery(src, "my shapes", tmp_path / "galleries")
+    assert [it.label for it in g.items] == ["blue cross", "green circle", "red square"]
+    assert sorted(g.image_path(it.image) for it in g.items) == sorted(src.glob("*.png"))  # not copied
+    again = Gallery.load(tmp_path / "galleries" / "my shapes")  # what the app reloads after a restart
+    assert [it.id for it in again.items] == [it.id for it in g.items]
+
+
+def test_labels_csv_gives_items_and_queries_with_their_right_answers(tmp_path):
+    src = image_folder(tmp_path / "src")
+    (src / "labels.csv").write_text("file,label,text,query\nred_square.png,red,,\ngreen-circle.png,green,,\n"
+                                    "blue_cross.png,blue,,\n,green,a green one,yes\n")
+    g = build_gallery(src, "labelled", tmp_path / "galleries")
+    assert [it.label for it in g.items] == ["red", "green", "blue"]
+    (q,) = g.queries
+    assert q.text == "a green one" and g.items[g.index_of(q.target_id)].label == "green"
+
+
+def test_zip_of_one_folder_is_extracted_and_named_relative(tmp_path):
+    src = image_folder(tmp_path / "src")
+    (src / "labels.jsonl").write_text("\n".join(json.dumps({"file": f.name, "label": f.stem})
+                                                for f in sorted(src.glob("*.png"))) + "\n")
+    zpath = tmp_path / "up.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in src.iterdir():
+            z.write(f, f"top/{f.name}")
+    g = build_gallery(zpath, "zipped", tmp_path / "galleries")
+    assert len(g.items) == 3 and all(not it.image.startswith("/") for it in g.items)
+    assert all(g.image_path(it.image).is_file() for it in g.items)
+
+
+def test_mmeb_subset_becomes_a_gallery_with_queries(tmp_path):
+    root = make_mmeb(tmp_path / "MMEB-eval")
+    g = build_gallery(root, "inet", tmp_path / "galleries", kind="mmeb", subset="ImageNet-A")
+    assert sorted(it.label for it in g.items) == sorted(COLOURS)
+    assert len(g.queries) == 3 and all(q.image and q.target_id for q in g.queries)
+    assert [g.items[g.index_of(q.target_id)].label for q in g.queries] == list(COLOURS)
+    with pytest.raises(GalleryError, match="subset"):
+        build_gallery(root, "nope", tmp_path / "galleries", kind="mmeb", subset="Missing")
+
+
+def test_bad_sources_are_sentences_and_leave_nothing(tmp_path):
+    dest = tmp_path / "galleries"
+    src = image_folder(tmp_path / "src")
+    huge = src / "huge.png"
+    Image.new("1", (12000, 12000)).save(huge)  # ~140 MP from a tiny file: refused from its header
+    with pytest.raises(GalleryError, match=r"huge.png: 12000x12000 pixels is over the limit"):
+        build_gallery(src, "bomb", dest)
+    huge.unlink()
+    (src / "notes.png").write_text("not an image")
+    with pytest.raises(GalleryError, match="notes.png: not a readable image"):
+        build_gallery(src, "broken", dest)
+    (src / "notes.png").unlink()
+    (src / "labels.csv").write_text("file,label\n../../etc/passwd,x\n")
+    with pytest.raises(GalleryError, match="outside the gallery folder"):
+        build_gallery(src, "escape", dest)
+    with pytest.raises(GalleryError, match="gallery name"):
+        build_gallery(src, "../x", dest)
+    with pytest.raises(GalleryError, match="no such folder"):
+        build_gallery(tmp_path / "missing", "gone", dest)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(GalleryError, match="no manifest.json, no labels"):
+        build_gallery(empty, "empty", dest)
+    assert not dest.exists() or not any(dest.iterdir())
+    (src / "labels.csv").unlink()
+    build_gallery(src, "ok", dest)
+    with pytest.raises(GalleryError, match="already exists"):
+        build_gallery(src, "ok", dest)
+
+
+def test_a_user_gallery_embeds_and_searches_on_the_real_model(tmp_path, taught_encoder):
+    g = build_gallery(image_folder(tmp_path / "src"), "search me", tmp_path / "galleries")
+    index = build_index(taught_encoder, g, EmbeddingCache(tmp_path / "cache"))
+    assert index.matrix.shape[0] == 3
+    hits = index.search(index.matrix[1:2], 1)[0]
+    assert hits[0].item.id == g.items[1].id  # an item's own vector finds it first
