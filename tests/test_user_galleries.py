@@ -10,6 +10,7 @@ from rge_demo.app.user_galleries import GalleryError, build_gallery
 from rge_demo.data.items import Gallery
 from rge_demo.embedding.gallery import build_index
 from rge_demo.embedding.index import EmbeddingCache
+from rge_demo.errors import RGEUserError
 from tests.test_evaluate import make_mmeb
 
 COLOURS = ("red", "green", "blue")
@@ -96,7 +97,53 @@ def test_bad_sources_are_sentences_and_leave_nothing(tmp_path):
 
 def test_a_user_gallery_embeds_and_searches_on_the_real_model(tmp_path, taught_encoder):
     g = build_gallery(image_folder(tmp_path / "src"), "search me", tmp_path / "galleries")
-    index = build_index(taught_encoder, g, EmbeddingCache(tmp_path / "cache"))
+    index = build_index(taught_encoder, g, "taught", EmbeddingCache(tmp_path / "cache"))
     assert index.matrix.shape[0] == 3
     hits = index.search(index.matrix[1:2], 1)[0]
     assert hits[0].item.id == g.items[1].id  # an item's own vector finds it first
+
+
+def test_galleries_are_owned_by_their_session_and_survive_a_restart(tmp_path, taught_encoder):
+    import time
+
+    from rge_demo.app.gallery_access import GalleryAccess, GalleryNotFound
+    from rge_demo.app.sessions import new_key
+    from rge_demo.errors import OwnershipError
+
+    shared = {"samples": Gallery(name="samples", root=tmp_path, items=[])}
+    alice, bob = new_key(), new_key()
+    access = GalleryAccess(tmp_path / "user-galleries", shared)
+    src = image_folder(tmp_path / "src")
+    mine = access.register(alice, src, "photos")
+    theirs = access.register(bob, src, "photos")  # the same name in another session is another gallery
+    assert mine.name != theirs.name
+    assert access.names(alice) == ["samples", mine.name] and access.names(bob) == ["samples", theirs.name]
+    assert access.get("samples", bob) is shared["samples"]  # sample galleries: everyone reads them
+    with pytest.raises(OwnershipError, match="belongs to another session"):
+        access.get(mine.name, bob)
+    with pytest.raises(OwnershipError):
+        access.remove(mine.name, bob)
+    with pytest.raises(GalleryNotFound, match="no gallery named"):
+        access.get("nothing", alice)
+    with pytest.raises(RGEUserError, match="already have a gallery named 'photos'"):
+        access.register(alice, src, "photos")
+
+    seen = []
+    index_box = {}
+
+    def build(progress):
+        index_box["index"] = build_index(taught_encoder, mine, "taught", EmbeddingCache(tmp_path / "cache"),
+                                         progress=lambda done, total: (seen.append((done, total)), progress(done, total)))
+
+    access.embed_in_background(mine.name, alice, build)
+    for _ in range(300):
+        if access.status(mine.name, alice)["state"] != "embedding":
+            break
+        time.sleep(0.05)
+    assert access.status(mine.name, alice) == {"state": "ready", "done": 3, "total": 3, "error": ""}
+    assert seen and seen[-1] == (3, 3) and index_box["index"].matrix.shape[0] == 3
+
+    again = GalleryAccess(tmp_path / "user-galleries", shared)  # an app restart
+    assert again.names(alice) == ["samples", mine.name]
+    again.remove(mine.name, alice)
+    assert again.names(alice) == ["samples"] and not mine.root.exists()
