@@ -17,6 +17,11 @@ from rge_demo.ui.layout import build_blocks  # noqa: E402
 log = logging.getLogger("rge_demo.app")
 
 
+def max_upload_bytes(settings: Settings) -> int:
+    """Gradio's ``max_file_size`` in bytes: RGE_MAX_UPLOAD_MB mebibytes (Gradio's MB is 2**20 bytes)."""
+    return int(settings.max_upload_mb * 1024 * 1024)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = Settings.from_env()
@@ -39,7 +44,9 @@ def main() -> None:
     blocks = build_blocks(demo)
     blocks.queue(default_concurrency_limit=1)
     log.info("ready in %.1f s", time.perf_counter() - t0)
-    blocks.launch(server_name=settings.host, server_port=settings.port, share=settings.share, show_error=True)
+    # Gradio refuses a larger upload while it streams in, before it is stored (RGE_MAX_UPLOAD_MB, in MiB).
+    blocks.launch(server_name=settings.host, server_port=settings.port, share=settings.share, show_error=True,
+                  max_file_size=max_upload_bytes(settings))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ RUNS_DIR = ASSETS_DIR / "runs"
 TOURS_DIR = ASSETS_DIR / "tours"
 EXAMPLES_FILE = ASSETS_DIR / "examples.json"  # written by tools/release_micro.py
 MAX_TEXT_CHARS = 2000
+MAX_K = 1000  # the largest top-k a request may ask for (a gallery smaller than k shows all its items)
 
 
 class UserError(RGEUserError, ValueError):
@@ -44,6 +47,64 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from rge_demo.models.loading import ModelError
 
     return (RGEUserError, UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
+
+
+# An absolute path of two or more parts (not inside a URL): messages show only its last part.
+_SERVER_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"`]+/)+([^\s/'\"`]+)")
+
+
+def public_message(message: str) -> str:
+    """A user-facing message with every absolute server path reduced to its file name (a message
+    must not tell a visitor where the server keeps its files)."""
+    return _SERVER_PATH.sub(lambda m: m.group(1), str(message))
+
+
+def check_text(value, what: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """A text field from a request, stripped: a string of at most ``limit`` characters, valid Unicode."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"the {what} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"the {what} contains a character that is not valid Unicode "
+                        f"(a lone surrogate at position {e.start}); remove it and try again") from None
+    if "\x00" in value:
+        raise UserError(f"the {what} contains a NUL character; remove it and try again")
+    value = value.strip()
+    if len(value) > limit:
+        raise UserError(f"the {what} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def check_int(value, what: str, lo: int, hi: int) -> int:
+    """A whole number in ``lo..hi`` from a request (a float that is a whole number is fine)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str) and not value.strip():
+        raise UserError(f"{what} must be a whole number in {lo}..{hi}, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a whole number in {lo}..{hi}, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise UserError(f"{what} must be a whole number in {lo}..{hi}, got {value!r}")
+    if not lo <= int(number) <= hi:
+        raise UserError(f"{what} must be in {lo}..{hi}, got {int(number)}")
+    return int(number)
+
+
+def k_note(k: int, n_items: int) -> str:
+    """What a request for the top ``k`` of a gallery of ``n_items`` gets, when that is fewer than asked."""
+    if k <= n_items:
+        return ""
+    return f"k={k} but the gallery has {n_items} items: showing {n_items}."
+
+
+def check_choice(value, choices, what: str):
+    """One of ``choices`` from a request, else a sentence listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise UserError(f"{what} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
 
 
 def world_task_names() -> list[str]:
@@ -145,6 +206,8 @@ class Demo:
         return out
 
     def gallery(self, name: str) -> Gallery:
+        if not isinstance(name, str) or not name:
+            raise UserError(f"choose a gallery: one of {sorted(self.galleries)}")
         if name not in self.galleries:
             raise UserError(f"unknown gallery {name!r}; choose one of {sorted(self.galleries)}")
         return self.galleries[name]
@@ -185,11 +248,13 @@ class Demo:
     @staticmethod
     def make_input(image, text: str, instruction: str) -> EmbedInput:
         """Validate a query from the UI: an image (path, bytes or PIL) and/or text, plus an instruction."""
-        text, instruction = (text or "").strip(), (instruction or "").strip()
-        if len(text) > MAX_TEXT_CHARS or len(instruction) > MAX_TEXT_CHARS:
-            raise UserError(f"text and instruction are limited to {MAX_TEXT_CHARS} characters")
+        text, instruction = check_text(text, "query text"), check_text(instruction, "task instruction")
+        if isinstance(image, str) and not image.strip():
+            image = None
         if image is not None:
-            image = load_image(image)  # ImageError names the file and the problem
+            # an upload's path is the server's: the message names only the file (its original name)
+            name = f"image {Path(image).name!r}" if isinstance(image, (str, Path)) else None
+            image = load_image(image, name=name)  # the pixel count is checked from the header first
         if image is None and not text:
             raise UserError("give an image or a text to embed")
         return EmbedInput(instruction=instruction, text=text, image=image)
@@ -198,34 +263,65 @@ class Demo:
     def compare(self, gallery_name: str, image, text: str, instruction: str, k: int = 5,
                 target_id: str | None = None, model_name: str | None = None,
                 max_new_tokens: int | None = None) -> Iterator[Comparison]:
+        k = check_int(k, "k", 1, MAX_K)
+        gallery = self.gallery(gallery_name)
+        target_id = self.check_target(gallery, target_id)
         inp = self.make_input(image, text, instruction)
-        index = self.index(gallery_name, model_name)
+        index = self.index(gallery.name, model_name)
         yield from compare_stream(self.model(model_name).encoder, index, inp, int(k), target_id or None,
                                   max_new_tokens, self.settings.stream_interval)
 
     def reembed(self, gallery_name: str, image, text: str, instruction: str, rationale: str,
                 previous: Comparison, k: int = 5, target_id: str | None = None,
                 model_name: str | None = None) -> Comparison:
-        if not (rationale or "").strip():
+        """The reasoning side again from an edited rationale. ``previous`` (the last comparison of
+        this query) supplies the direct side; without one (an API call, or no comparison run yet),
+        or when it was for another gallery or k, the direct side is computed again."""
+        from rge_demo.analysis.compare import _side
+
+        k = check_int(k, "k", 1, MAX_K)
+        gallery = self.gallery(gallery_name)
+        target_id = self.check_target(gallery, target_id)
+        rationale = check_text(rationale, "rationale")
+        if not rationale:
             raise UserError("the rationale is empty: write one, or run the comparison again")
         inp = self.make_input(image, text, instruction)
-        return reembed(self.model(model_name).encoder, self.index(gallery_name, model_name), inp,
-                       rationale.strip(), previous, int(k), target_id or None)
+        encoder, index = self.model(model_name).encoder, self.index(gallery.name, model_name)
+        ids = {it.id for it in index.items}
+        direct = getattr(previous, "direct", None)
+        if (direct is None or len(direct.hits) != min(k, len(index.items))
+                or any(h.item.id not in ids for h in direct.hits)):
+            import time
+
+            t0 = time.perf_counter()
+            direct = _side(index, encoder.direct([inp])[0], k, target_id, time.perf_counter() - t0)
+        return reembed(encoder, index, inp, rationale, Comparison(direct=direct, done=True), k, target_id)
+
+    @staticmethod
+    def check_target(gallery: Gallery, target_id) -> str | None:
+        """The "right answer" of a query: None, or the id of an item of ``gallery``."""
+        target_id = check_text(target_id, "right answer", 500) or None
+        if target_id is not None and target_id not in {it.id for it in gallery.items}:
+            raise UserError(f"the right answer {target_id!r} is not an item of gallery {gallery.name!r}")
+        return target_id
 
     def search(self, gallery_name: str, image, text: str, instruction: str, k: int = 5,
                reason: bool = False, model_name: str | None = None) -> dict:
-        """One query, one mode: ranked hits as plain dicts (for the API)."""
+        """One query, one mode: ranked hits as plain dicts (for the API), and a note when the gallery
+        has fewer than ``k`` items."""
+        k = check_int(k, "k", 1, MAX_K)
+        gallery = self.gallery(gallery_name)
         inp = self.make_input(image, text, instruction)
         encoder = self.model(model_name).encoder
-        index = self.index(gallery_name, model_name)
+        index = self.index(gallery.name, model_name)
         rationale = ""
         if reason:
             result = encoder.reason([inp])[0]
             vector, rationale = result.vector, result.rationale
         else:
             vector = encoder.direct([inp])[0]
-        hits = index.search(vector[None, :], int(k))[0]
-        return {"rationale": rationale,
+        hits = index.search(vector[None, :], k)[0]
+        return {"rationale": rationale, "note": k_note(k, len(index.items)),
                 "hits": [{"rank": h.rank, "id": h.item.id, "label": h.item.label or h.item.text,
                           "score": round(h.score, 4)} for h in hits]}
 
@@ -252,8 +348,7 @@ class Demo:
         """
         from rge_demo.analysis import projection as P
 
-        if method not in ("umap", "pca"):
-            raise UserError(f"projection method must be 'umap' or 'pca', got {method!r}")
+        check_choice(method, ("umap", "pca"), "the projection method")
         if method == "umap" and not P.umap_ready():
             P.warm_umap_in_background()
             method = "pca"
@@ -306,7 +401,9 @@ class Demo:
         from rge_demo.analysis.failures import load_pair
 
         runs = self.saved_runs()
-        if run not in runs:
+        if not run:
+            raise UserError("choose a saved run first")
+        if not isinstance(run, str) or run not in runs:
             raise UserError(f"no saved run {run!r}; available: {sorted(runs) or 'none'}")
         reason_dir, direct_dir = runs[run]
         stamp = tuple((d / "cases.jsonl").stat().st_mtime_ns for d in runs[run])
@@ -325,18 +422,90 @@ class Demo:
 
         if split not in ("ind", "ood", "all"):
             raise UserError(f"split must be ind, ood or all, got {split!r}")
-        if not 1 <= int(n) <= 500:
-            raise UserError(f"queries per task must be in 1..500, got {n}")
+        n = check_int(n, "queries per task", 1, 500)
+        tasks = self.check_tasks(tasks)
         loaded = self.model(model_name)
-        eval_tasks = world_tasks(tasks or None, splits=("ind", "ood") if split == "all" else (split,), n=int(n))
-        name = f"{loaded.name}-{split}-{int(n)}"
-        out = self.settings.cache_dir / "runs" / name
+        eval_tasks = world_tasks(tasks or None, splits=("ind", "ood") if split == "all" else (split,), n=n)
+        name, out = self._new_run_folder(loaded.name, tasks, split, n)
         for mode in ("direct", "reason"):
             run = evaluate(loaded.encoder, eval_tasks, mode=mode, cache=self.cache, fingerprint=loaded.fingerprint,
                            model_name=loaded.name,
                            progress=(lambda d, t, m=mode: progress(m, d, t)) if progress else None)
             run.save(out / mode)
         return name, self.load_cases(name)
+
+    @staticmethod
+    def check_tasks(tasks) -> list[str]:
+        """World task names from a request (None or [] means all of them), each known, no repeats."""
+        if tasks is None or tasks == "":
+            return []
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        if not isinstance(tasks, (list, tuple)) or not all(isinstance(t, str) for t in tasks):
+            raise UserError("tasks must be a list of world task names")
+        known = world_task_names()
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            raise UserError(f"unknown world task {unknown[0]!r}; choose from {', '.join(known)}")
+        return sorted(set(tasks))
+
+    def _new_run_folder(self, model: str, tasks: list[str], split: str, n: int) -> tuple[str, Path]:
+        """A new run's name and folder: the model, its tasks, split and size, and a number when that
+        name is taken (a run never overwrites another). The folder is made here, so two requests
+        cannot pick the same name."""
+        if not tasks or len(tasks) == len(world_task_names()):
+            what = "all-tasks"
+        else:
+            what = "+".join(tasks)
+            if len(what) > 60:
+                what = f"{tasks[0]}+{len(tasks) - 1}-more"
+        base = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{model}-{what}-{split}-{n}").strip("._") or "run"
+        root = self.settings.cache_dir / "runs"
+        root.mkdir(parents=True, exist_ok=True)
+        taken = set(self.saved_runs())
+        for i in range(1, 10_000):
+            name = base if i == 1 else f"{base}-{i}"
+            if name in taken:
+                continue
+            try:
+                (root / name).mkdir()
+            except FileExistsError:
+                continue
+            return name, root / name
+        raise UserError(f"too many saved runs named {base!r}; delete some from {root.name}/")
+
+    # -- tours ---------------------------------------------------------------------------------
+    @functools.cached_property
+    def tours(self) -> dict:
+        """The guided tours (assets/tours), gentlest first: {id: Tour}."""
+        from rge_demo.analysis.tours import load_tours
+
+        order = ("helps", "hurts", "hallucination", "both")
+        found = load_tours(TOURS_DIR) if TOURS_DIR.is_dir() else []
+        found.sort(key=lambda t: next((i for i, k in enumerate(order) if k in t.id), len(order)))
+        return {t.id: t for t in found}
+
+    def tour(self, tour_id):
+        if not tour_id:
+            raise UserError("open a tour first: pick one in the Tour list")
+        if not isinstance(tour_id, str) or tour_id not in self.tours:
+            raise UserError(f"no tour {tour_id!r}; available: {', '.join(self.tours) or 'none'}")
+        return self.tours[tour_id]
+
+    def tour_stop(self, tour_id, stop) -> tuple:
+        """(tour, 1-based stop number, the stop's case, its explanation)."""
+        from rge_demo.analysis.failures import cases_by_id
+        from rge_demo.analysis.tours import tour_stop
+
+        t = self.tour(tour_id)
+        stop = check_int(stop, "stop", 1, max(1, len(t.stops)))
+        case, explanation = tour_stop(t, stop - 1, cases_by_id(self.load_cases(t.model)))
+        return t, stop, case, explanation
+
+    def replay_stop(self, tour_id, stop, model_name: str | None = None) -> dict:
+        """Stop ``stop`` (1-based) of a tour run again with a model: :meth:`replay_case` plus the tour."""
+        t, stop, case, _ = self.tour_stop(tour_id, stop)
+        return {**self.replay_case(case, model_name), "tour": t.id, "tour_model": t.model, "stop": stop}
 
     def replay_case(self, case, model_name: str | None = None) -> dict:
         """Run one saved world case again with another model, in both modes (a tour's before/after)."""

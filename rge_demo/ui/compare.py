@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from rge_demo.app.demo import Demo
+from rge_demo.app.demo import Demo, k_note
 
-from .common import friendly, gpu
+from .common import friendly, gpu, image_input
 from .render import comparison_html, hits_html, moves_html
 
 ENCODE_LIMIT = 16  # Compare/search requests served at once (the collector merges up to 16 rows per call)
@@ -45,7 +45,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
             gallery = gr.Dropdown(galleries, value=first, label="Gallery to search")
             pick = gr.Dropdown(_query_choices(demo, first) if first else [], label="Pick a query from the gallery",
                                value=None)
-            image = gr.Image(default and default["image"], type="filepath", label="Query image (optional)", height=200)
+            image = image_input(default and default["image"], label="Query image (optional)", height=200)
             text = gr.Textbox(default["text"] if default else "", label="Query text", lines=2)
             preset = gr.Dropdown(list(presets["tasks"]), value=first_preset,
                                  label="Task preset (the loaded model's prompt profile)")
@@ -59,7 +59,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
             k = gr.Slider(1, 20, value=5, step=1, label="k")
             run = gr.Button("Compare", variant="primary")
         with gr.Column(scale=2):
-            cost = gr.Markdown()
+            cost = gr.Markdown(elem_id="compare-status")
             with gr.Row():
                 with gr.Column():
                     direct_out = gr.HTML(label="Direct")
@@ -80,52 +80,61 @@ def build(demo: Demo, model_state: gr.State) -> None:
                 gr.update(choices=target_choices(gallery_name), value=keep))
 
     def on_pick(gallery_name, query_id):
-        if not query_id:
+        g = demo.galleries.get(gallery_name)
+        q = next((q for q in g.queries if q.id == query_id), None) if g and query_id else None
+        if q is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
-        g = demo.galleries[gallery_name]
-        q = next(q for q in g.queries if q.id == query_id)
         img = str(g.image_path(q.image)) if q.image else None
         return img, q.text, q.instruction, gr.update(choices=target_choices(gallery_name), value=q.target_id)
 
+    def status_line(g, k, line):
+        note = k_note(k, len(g.items)) if isinstance(k, int) else ""
+        return f"{note} {line}".strip()
+
     @gpu
     @friendly
-    def on_run(gallery_name, image_path, query_text, instr, target_id, top_k, model_name):
-        root = demo.galleries[gallery_name].root
-        for c in demo.compare(gallery_name, image_path, query_text, instr, int(top_k), target_id, model_name):
-            d, r, m = comparison_html(c, root, target_id)
-            yield d, c.rationale, r, m, c.cost_line(), c
+    def on_run(gallery, image, query_text, instruction, target_id, k, model_name):
+        """Direct and reasoning top-k of one query, streamed: (direct, rationale, reasoning, moves, status)."""
+        g = demo.gallery(gallery)
+        for c in demo.compare(gallery, image, query_text, instruction, k, target_id, model_name):
+            d, r, m = comparison_html(c, g.root, target_id)
+            yield d, c.rationale, r, m, status_line(g, int(k), c.cost_line()), c
 
     @friendly
-    def on_reembed(gallery_name, image_path, query_text, instr, target_id, top_k, edited, previous, model_name):
-        root = demo.galleries[gallery_name].root
-        c = demo.reembed(gallery_name, image_path, query_text, instr, edited, previous, int(top_k), target_id,
-                         model_name)
+    def on_reembed(gallery, image, query_text, instruction, target_id, k, rationale, previous, model_name):
+        """The reasoning side again from an edited rationale: (reasoning, moves)."""
+        g = demo.gallery(gallery)
+        c = demo.reembed(gallery, image, query_text, instruction, rationale, previous, k, target_id, model_name)
         title = "Reasoning (your edited rationale)"
-        return hits_html(c.reason, root, target_id, title), moves_html(c.moves), c
+        return hits_html(c.reason, g.root, target_id, title), moves_html(c.moves), c
 
-    gallery.change(on_gallery, [gallery, target], [pick, target])
-    pick.change(on_pick, [gallery, pick], [image, text, instruction, target])
+    private = {"api_visibility": "private"}  # UI-only events: not API endpoints
+    gallery.change(on_gallery, [gallery, target], [pick, target], **private)
+    pick.change(on_pick, [gallery, pick], [image, text, instruction, target], **private)
     preset.change(lambda p, m: demo.presets(m)["tasks"].get(p, {}).get("query", gr.update()), [preset, model_state],
-                  instruction)
-    model_state.change(lambda m: _preset_updates(demo, m), model_state, [preset, instruction, profile_line])
+                  instruction, **private)
+    model_state.change(lambda m: _preset_updates(demo, m), model_state, [preset, instruction, profile_line],
+                       **private)
     inputs = [gallery, image, text, instruction, target, k, model_state]
     outputs = [direct_out, rationale, reason_out, moved, cost, last]
     # Compare and search share "encode" (not the one-at-a-time "model" slot): concurrent requests reach the
     # encoder's request collector, which merges them into one batch (rge_demo.embedding.batcher).
-    run.click(on_run, inputs, outputs, api_name="compare", concurrency_id="encode", concurrency_limit=ENCODE_LIMIT)
+    # A failed request marks only the status line (not the result tables) with gradio's error badge.
+    run.click(on_run, inputs, outputs, api_name="compare", concurrency_id="encode", concurrency_limit=ENCODE_LIMIT,
+              show_progress_on=cost)
     reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state],
-                      [reason_out, moved, last], api_name="reembed", concurrency_id="model")
+                      [reason_out, moved, last], api_name="reembed", concurrency_id="model", show_progress_on=cost)
 
     @gpu
     @friendly
-    def search(gallery_name, query_text, instruction_text, top_k, reason, image_path):
-        """Top-k of a gallery for one query in one mode: {"rationale", "hits": [{rank, id, label, score}]}."""
-        return demo.search(gallery_name, image_path, query_text, instruction_text, int(top_k), bool(reason))
+    def search(gallery, query_text, instruction, k, reason, image):
+        """Top-k of a gallery for one query in one mode: {"rationale", "note", "hits": [{rank, id, label, score}]}."""
+        return demo.search(gallery, image, query_text, instruction, k, bool(reason))
 
     # API-only endpoint: hidden components give it gradio's normal (safe) file handling.
     with gr.Row(visible=False):
         api_inputs = [gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Number(value=5, precision=0), gr.Checkbox(),
-                      gr.Image(type="filepath")]
+                      image_input()]
         api_out, api_btn = gr.JSON(), gr.Button()
     api_btn.click(search, api_inputs, api_out, api_name="search", concurrency_id="encode",
                   concurrency_limit=ENCODE_LIMIT)
@@ -137,4 +146,5 @@ def build(demo: Demo, model_state: gr.State) -> None:
         ex = gr.Examples(examples, [gallery, image, text, instruction, target],
                          label="Examples: click one to run it (the first ones: reasoning helps)")
         # One click fills the inputs, then runs the comparison.
-        ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="encode", concurrency_limit=ENCODE_LIMIT)
+        ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="encode", concurrency_limit=ENCODE_LIMIT,
+                                 show_progress_on=cost, **private)

@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from rge_demo.analysis.projection import projection_figure, umap_state
-from rge_demo.app.demo import Demo
+from rge_demo.app.demo import Demo, check_choice
 
 from .common import friendly, gpu
 from .render import STYLE, thumbnail
@@ -35,7 +35,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
         method = gr.Radio(["umap", "pca"], value="umap", label="Projection")
         colour = gr.Radio(["label", "correct"], value="label", label="Colour by")
         go_btn = gr.Button("Project", variant="primary")
-    status = gr.Markdown()
+    status = gr.Markdown("Choose a gallery and press **Project**.", elem_id="explore-status")
     with gr.Row():
         with gr.Column(scale=3):
             plot = gr.Plot(label="Items (dots), queries direct (rings) -> reasoning (diamonds)")
@@ -46,9 +46,11 @@ def build(demo: Demo, model_state: gr.State) -> None:
 
     @gpu
     @friendly
-    def on_project(gallery_name, how, colour_by, model_name, progress=gr.Progress()):
+    def on_project(gallery, method, colour_by, model_name, progress=gr.Progress()):
+        """A shared 2-D map of a gallery's items and queries: (figure, note, point picker)."""
+        check_choice(colour_by, ("label", "correct"), "colour by")
         progress(0.2, desc="embedding the gallery's queries in both modes")
-        proj = demo.projection(gallery_name, model_name, how)
+        proj = demo.projection(gallery, model_name, method)
         labels = [p.label for p in proj.points]
         hover = [f"{p.kind}: {p.text or p.label}" + (f"<br>{p.rationale[:80]}" if p.rationale else "")
                  for p in proj.points]
@@ -56,7 +58,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
         thumbs = [thumbnail(p.image) if p.image else None for p in proj.points if p.kind == "item"]
         fig = projection_figure(proj.result, labels, colour_by, hover, thumbnails=thumbs, correct=correct)
         note = f"Method: **{proj.result.method.upper()}**"
-        if how == "umap" and proj.result.method != "umap":
+        if method == "umap" and proj.result.method != "umap":
             note += f" (UMAP is {umap_state()}; PCA shown meanwhile - press Project again in a few seconds)"
         choices = [(f"{p.kind}: {p.id} ({p.label})", i) for i, p in enumerate(proj.points)]
         return fig, note, gr.update(choices=choices, value=None), proj
@@ -67,6 +69,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
             return ""
         return _point_html(proj.points[int(i)], demo.neighbours(proj, int(i)))
 
+    # A failed request marks only the note line with gradio's error badge; the map and picker stay usable.
     go_btn.click(on_project, [gallery, method, colour, model_state], [plot, status, picker, state],
-                 api_name="project", concurrency_id="model")
-    picker.change(on_pick, [state, picker], detail)
+                 api_name="project", concurrency_id="model", show_progress_on=status)
+    picker.change(on_pick, [state, picker], detail, api_visibility="private")

@@ -6,9 +6,8 @@ import html
 
 import gradio as gr
 
-from rge_demo.analysis.failures import OUTCOMES, TAGS, cases_by_id, cases_table, filter_cases, tag_case
-from rge_demo.analysis.tours import load_tours, tour_stop
-from rge_demo.app.demo import TOURS_DIR, Demo, world_task_names
+from rge_demo.analysis.failures import OUTCOMES, TAGS, cases_table, filter_cases, tag_case
+from rge_demo.app.demo import Demo, world_task_names
 
 from .common import friendly, gpu
 from .render import STYLE, thumbnail
@@ -56,7 +55,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
         meta = gr.Dropdown([ALL, "classification", "vqa", "retrieval", "grounding"], value=ALL, label="Meta-task")
         split_f = gr.Dropdown([ALL, "ind", "ood"], value=ALL, label="Split")
         tag = gr.Dropdown([ALL, *TAGS], value=ALL, label="Failure kind")
-    summary = gr.Markdown()
+    summary = gr.Markdown("Load a saved run, or evaluate the model in use.", elem_id="failures-status")
     table = gr.Dataframe(interactive=False, max_height=320, wrap=True,
                          column_widths=["14%", "10%", "5%", "9%", "8%", "6%", "6%", "8%", "8%", "12%", "14%"])
     view = gr.HTML()
@@ -64,22 +63,20 @@ def build(demo: Demo, model_state: gr.State) -> None:
     shown_state = gr.State([])
 
     with gr.Accordion("Guided tours", open=True):
-        order = ("helps", "hurts", "hallucination", "both")  # the gentlest tour first
-        found = load_tours(TOURS_DIR) if TOURS_DIR.is_dir() else []
-        found.sort(key=lambda t: next((i for i, k in enumerate(order) if k in t.id), len(order)))
-        tours = {t.id: t for t in found}
+        tours = demo.tours
         with gr.Row():
             tour = gr.Dropdown([(t.title, t.id) for t in tours.values()], label="Tour", value=None)
             prev_b, next_b = gr.Button("Previous"), gr.Button("Next")
-        tour_info = gr.Markdown()
+        tour_info = gr.Markdown(elem_id="tour-info")
         replay_btn = gr.Button("Replay this stop with the model in use (before / after)")
-        replay_out = gr.Markdown()
+        replay_out = gr.Markdown(elem_id="tour-replay")
         tour_view = gr.HTML()
-    tour_pos = gr.State(0)
+    tour_pos = gr.Number(1, precision=0, visible=False, label="Stop")  # the stop shown (1-based); an API parameter
 
-    def refresh(cases, oc, tk, mt, sp, tg):
+    def refresh(cases, outcome, task, meta_task, split, failure_kind):
         pick = lambda v: None if v == ALL else v  # noqa: E731
-        shown = filter_cases(cases, outcome=pick(oc), task=pick(tk), meta_task=pick(mt), split=pick(sp), tag=pick(tg))
+        shown = filter_cases(cases, outcome=pick(outcome), task=pick(task), meta_task=pick(meta_task),
+                             split=pick(split), tag=pick(failure_kind))
         counts = {o: sum(c.outcome == o for c in cases) for o in OUTCOMES}
         text = f"{len(shown)} of {len(cases)} cases shown. " + ", ".join(f"{o}: {k}" for o, k in counts.items())
         return cases_table(shown), text, shown
@@ -87,20 +84,22 @@ def build(demo: Demo, model_state: gr.State) -> None:
     filters = [outcome, task, meta, split_f, tag]
 
     @friendly
-    def on_load(name, *f):
-        if not name:
-            raise gr.Error("no saved run selected")
-        cases = demo.load_cases(name)
-        df, text, shown = refresh(cases, *f)
+    def on_load(run, outcome, task, meta_task, split, failure_kind):
+        """A saved run's cases, filtered: (table, summary, task choices)."""
+        cases = demo.load_cases(run)
+        df, text, shown = refresh(cases, outcome, task, meta_task, split, failure_kind)
         return cases, df, text, shown, gr.update(choices=[ALL, *sorted({c.task for c in cases})])
 
     @gpu
     @friendly
-    def on_evaluate(task_names, sp, count, model_name, *f, progress=gr.Progress()):
-        name, cases = demo.run_evaluation(task_names, sp, int(count), model_name,
+    def on_evaluate(tasks, split, queries_per_task, model_name, outcome, task, meta_task, split_filter,
+                    failure_kind, progress=gr.Progress()):
+        """Evaluate the model in use on world tasks in both modes; saves a new run, shows its cases."""
+        name, cases = demo.run_evaluation(tasks, split, queries_per_task, model_name,
                                           progress=lambda mode, d, t: progress(d / max(t, 1), desc=f"{mode} mode"))
-        df, text, shown = refresh(cases, *f)
-        return (cases, df, text, shown, gr.update(choices=[ALL, *sorted({c.task for c in cases})]),
+        df, text, shown = refresh(cases, outcome, task, meta_task, split_filter, failure_kind)
+        return (cases, df, f"Saved as run **{name}**. {text}", shown,
+                gr.update(choices=[ALL, *sorted({c.task for c in cases})]),
                 gr.update(choices=sorted(demo.saved_runs()), value=name))
 
     def on_select(shown, evt: gr.SelectData):
@@ -108,36 +107,42 @@ def build(demo: Demo, model_state: gr.State) -> None:
         return case_html(shown[row]) if 0 <= row < len(shown) else ""
 
     @friendly
-    def show_stop(tour_id, pos):
+    def show_stop(tour_id, stop):
+        """A tour's stop (clamped to the tour) and an empty replay line: the replay was of another stop."""
         if not tour_id:
-            return "", "", 0
-        t = tours[tour_id]
-        pos = max(0, min(pos, len(t.stops) - 1))
-        case, explanation = tour_stop(t, pos, cases_by_id(demo.load_cases(t.model)))
-        head = f"### {html.escape(t.title)}\n{t.summary}\n\n**Stop {pos + 1} of {len(t.stops)}: {t.stops[pos].title}**"
-        return head, case_html(case, explanation), pos
+            return "", "", 1, ""
+        stop = max(1, min(int(stop or 1), len(demo.tour(tour_id).stops)))
+        t, stop, case, explanation = demo.tour_stop(tour_id, stop)
+        head = f"### {html.escape(t.title)}\n{t.summary}\n\n**Stop {stop} of {len(t.stops)}: {t.stops[stop - 1].title}**"
+        return head, case_html(case, explanation), stop, ""
 
-    load.click(on_load, [run, *filters], [cases_state, table, summary, shown_state, task], api_name="load_run")
-    evaluate.click(on_evaluate, [tasks, split, n, model_state, *filters],
-                   [cases_state, table, summary, shown_state, task, run], api_name="evaluate", concurrency_id="model")
-    for f in filters:
-        f.change(refresh, [cases_state, *filters], [table, summary, shown_state])
-    table.select(on_select, shown_state, view)
     @gpu
     @friendly
-    def on_replay(tour_id, pos, model_name):
-        if not tour_id:
-            raise gr.Error("open a tour first")
-        t = tours[tour_id]
-        case, _ = tour_stop(t, pos, cases_by_id(demo.load_cases(t.model)))
-        r = demo.replay_case(case, model_name)
+    def on_replay(tour, stop, model_name):
+        """A tour's stop (1-based) run again with the model in use, in both modes: a before/after table."""
+        r = demo.replay_stop(tour, stop, model_name)
         return (f"| | direct rank | reasoning rank |\n|---|---:|---:|\n"
-                f"| before ({html.escape(t.model)}, saved run) | {r['before_direct_rank']} | {r['before_reason_rank']} |\n"
+                f"| before ({html.escape(r['tour_model'])}, saved run) | {r['before_direct_rank']} | "
+                f"{r['before_reason_rank']} |\n"
                 f"| now (`{html.escape(r['model'])}`) | {r['direct_rank']} | {r['reason_rank']} |\n\n"
-                f"Rationale now: *{html.escape(r['rationale'])}*")
+                f"Stop {r['stop']}. Rationale now: *{html.escape(r['rationale'])}*")
 
+    private = {"api_visibility": "private"}  # UI-only events: not API endpoints
+    # A failed request marks only the summary line with gradio's error badge: the table and pickers stay usable.
+    load.click(on_load, [run, *filters], [cases_state, table, summary, shown_state, task], api_name="load_run",
+               show_progress_on=summary)
+    evaluate.click(on_evaluate, [tasks, split, n, model_state, *filters],
+                   [cases_state, table, summary, shown_state, task, run], api_name="evaluate", concurrency_id="model",
+                   show_progress_on=summary)
+    for f in filters:
+        f.change(refresh, [cases_state, *filters], [table, summary, shown_state], show_progress_on=summary,
+                 **private)
+    table.select(on_select, shown_state, view, **private)
     replay_btn.click(on_replay, [tour, tour_pos, model_state], replay_out, api_name="replay_stop",
                      concurrency_id="model")
-    tour.change(lambda t: show_stop(t, 0), tour, [tour_info, tour_view, tour_pos])
-    next_b.click(lambda t, p: show_stop(t, p + 1), [tour, tour_pos], [tour_info, tour_view, tour_pos])
-    prev_b.click(lambda t, p: show_stop(t, p - 1), [tour, tour_pos], [tour_info, tour_view, tour_pos])
+    stop_out = [tour_info, tour_view, tour_pos, replay_out]
+    # The replay line is a progress target too: a new tour or stop clears its old table and any error badge.
+    on_stop = {"show_progress_on": [tour_info, replay_out], **private}
+    tour.change(lambda t: show_stop(t, 1), tour, stop_out, **on_stop)
+    next_b.click(lambda t, p: show_stop(t, (p or 1) + 1), [tour, tour_pos], stop_out, **on_stop)
+    prev_b.click(lambda t, p: show_stop(t, (p or 1) - 1), [tour, tour_pos], stop_out, **on_stop)

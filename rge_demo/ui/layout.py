@@ -15,8 +15,16 @@ An RGE model writes a short rationale about the query before its `<emb>` token b
 explore the embedding space, browse failure cases, and fine-tune on your own pairs."""
 
 
+def cache_cleanup(retention_hours: float) -> tuple[int, int]:
+    """Gradio's ``delete_cache`` (frequency, age) in seconds: files the app's Blocks stored (uploads,
+    images it showed) are deleted once older than ``retention_hours``, checked every hour (or more
+    often when the retention is shorter)."""
+    age = max(1, round(retention_hours * 3600))
+    return min(3600, age), age
+
+
 def build_blocks(demo: Demo) -> gr.Blocks:
-    with gr.Blocks(title=TITLE) as blocks:
+    with gr.Blocks(title=TITLE, delete_cache=cache_cleanup(demo.settings.retention_hours)) as blocks:
         gr.Markdown(INTRO)
         model_state = gr.State(None)  # per-session model choice; None means the app's default
         session = train.session_state(demo)  # per-browser key: the owner of its uploads, datasets, jobs, models

@@ -21,7 +21,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     bench = demo.workbench
     session = session if session is not None else gr.State(None)
     gr.Markdown("The model chosen here is used by every tab in this browser session.")
-    current = gr.Markdown()
+    current = gr.Markdown(elem_id="models-status")
     status = gr.Dataframe(headers=STATUS_COLUMNS, label="Loaded models", interactive=False)
     catalog = gr.Dataframe(label="Registry", interactive=False)
     with gr.Row():
@@ -44,7 +44,9 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                 pd.DataFrame(catalog_rows))
 
     @friendly
-    def on_load(name, dt, q, session_key, request: gr.Request, progress=gr.Progress()):
+    def on_load(name, dtype, quantization, session_key, request: gr.Request, progress=gr.Progress()):
+        """Load a model (registry name, folder or hub id) and use it in this session."""
+        dt, q = dtype, quantization
         key = session_of(session_key, request)
         spec = bench.resolve_model(key, name)  # a new folder joins this browser's list only
         progress(0.1, desc=f"loading {spec.name}")
@@ -55,17 +57,26 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
 
     @friendly
     def on_unload(name, model_name, session_key, request: gr.Request):
+        """Unload a loaded model (this session's, or a shared one)."""
         bench.check_model(session_of(session_key, request), name)
         demo.unload_model(name)
         using = None if name == model_name else model_name
         return (using, *tables(using, session_key, request))
 
+    @friendly
+    def model_list(model_name, session_key=None, request: gr.Request = None):
+        """What is loaded and the registry this session sees: (in use, loaded models, registry)."""
+        return tables(model_name, session_key, request)
+
+    # A failed request marks only the "in use" line with gradio's error badge: the tables stay visible.
     load.click(on_load, [source, dtype, quant, session], [model_state, current, status, catalog, source],
-               api_name="load_model")
+               api_name="load_model", show_progress_on=current)
     unload.click(on_unload, [source, model_state, session], [model_state, current, status, catalog],
-                 api_name="unload_model")
-    refresh.click(tables, [model_state, session], [current, status, catalog])
-    model_state.change(tables, [model_state, session], [current, status, catalog])
+                 api_name="unload_model", show_progress_on=current)
+    refresh.click(model_list, [model_state, session], [current, status, catalog], api_name="model_status",
+                  show_progress_on=current)
+    model_state.change(model_list, [model_state, session], [current, status, catalog], show_progress_on=current,
+                       api_visibility="private")
 
     def on_page(model_name, session_key, request: gr.Request):
         names = bench.visible_catalog(session_key, getattr(request, "session_hash", None))

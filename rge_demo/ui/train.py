@@ -277,24 +277,31 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
 
     detail_out = [status, curve, samples, log_tail]
     report_out = [upload_id, report_state, summary, problems, counts]
-    validate_btn.click(on_validate, [session, manifest, archive], report_out, api_name="validate_upload")
-    sample_btn.click(on_sample, session, report_out, api_name="sample_upload")
+    # A failed request marks only a message line with gradio's error badge (tables and pickers stay usable).
+    validate_btn.click(on_validate, [session, manifest, archive], report_out, api_name="validate_upload",
+                       show_progress_on=summary)
+    sample_btn.click(on_sample, session, report_out, api_name="sample_upload", show_progress_on=summary)
     build_btn.click(on_build, [session, upload_id, report_state, skip], [dataset, dataset_info],
-                    api_name="build_dataset")
+                    api_name="build_dataset", show_progress_on=dataset_info)
     dataset.change(on_dataset, [session, dataset], dataset_info, api_visibility="private")
     draft_btn.click(on_draft, [session, dataset, draft_with, model_state], drafts, api_name="draft_rationales",
                     concurrency_id="model")
-    save_btn.click(on_save, [session, dataset, drafts], [dataset, dataset_info, drafts], api_name="save_rationales")
+    save_btn.click(on_save, [session, dataset, drafts], [dataset, dataset_info, drafts], api_name="save_rationales",
+                   show_progress_on=dataset_info)
     launch_btn.click(on_launch, [session, dataset, base, stage, steps, batch, lr, a_lm, a_con, temperature, lora,
-                                 max_new, val_share, job_name], [job, jobs, *detail_out], api_name="launch_training")
-    refresh_btn.click(on_show, [session, job], [jobs, *detail_out], api_name="training_progress")
-    job.input(on_show, [session, job], [jobs, *detail_out], api_visibility="private")
+                                 max_new, val_share, job_name], [job, jobs, *detail_out], api_name="launch_training",
+                     show_progress_on=status)
+    refresh_btn.click(on_show, [session, job], [jobs, *detail_out], api_name="training_progress",
+                      show_progress_on=status)
+    job.input(on_show, [session, job], [jobs, *detail_out], api_visibility="private", show_progress_on=status)
     timer.tick(on_tick, [session, job, seen], [jobs, job, *detail_out, seen], show_progress="hidden",
                concurrency_limit=None, api_visibility="private")
-    cancel_btn.click(on_cancel, [session, job], [jobs, *detail_out], api_name="cancel_training")
-    resume_btn.click(on_resume, [session, job], [jobs, *detail_out], api_name="resume_training")
+    cancel_btn.click(on_cancel, [session, job], [jobs, *detail_out], api_name="cancel_training",
+                     show_progress_on=status)
+    resume_btn.click(on_resume, [session, job], [jobs, *detail_out], api_name="resume_training",
+                     show_progress_on=status)
     results_btn.click(on_results, [session, job], results, api_name="training_results", concurrency_id="model")
     use_btn.click(on_use, [session, job], [model_state, use_info], api_name="use_trained_model",
-                  concurrency_id="model")
+                  concurrency_id="model", show_progress_on=use_info)
     return on_page_load, [session], [session, upload_id, summary, problems, counts, dataset, dataset_info, jobs, job,
                                      base]
