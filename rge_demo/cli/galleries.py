@@ -1,0 +1,22 @@
+"""``make-galleries``: (re)write the sample galleries from the synthetic world."""
+
+from __future__ import annotations
+
+import argparse
+
+from rge_demo.data.galleries_cli import ARGUMENTS, HELP
+
+from .common import UsageError, command
+
+
+@command("make-galleries", HELP, ARGUMENTS)
+def cmd_make_galleries(args: argparse.Namespace) -> int:
+    from rge_demo.data.galleries import make_sample_galleries
+
+    try:
+        galleries = make_sample_galleries(args.out, seed=args.seed)
+    except FileExistsError as e:  # a folder there that is not a gallery: refused, not overwritten
+        raise UsageError(str(e)) from None
+    for g in galleries:
+        print(f"{g.root}: {len(g.queries)} queries, {len(g.items)} items ({g.meta_task or 'mixed'})")
+    return 0
