@@ -1,9 +1,11 @@
-"""The command line end to end on the tiny checkpoints: ``python -m rge_demo embed`` and ``search``."""
+"""The command line end to end on the tiny checkpoints: ``python -m rge_demo embed`` and ``search``, and the
+error format and exit codes every command shares."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -145,3 +147,233 @@ def test_search_gallery_without_manifest(tiny_dir, tmp_path, env, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["search", "--model", str(tiny_dir), "--gallery", str(tmp_path / "empty"), "--query", "x"]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ one error format, one set of exit codes
+# A user error is exit code 2 and one line on stderr, "error: <sentence>", with no traceback; the
+# same for every command (rge_demo/cli/common.py).
+
+
+def cli_raw(*args, env) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess; ``args`` may hold bytes (an argv that is not UTF-8)."""
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]
+    r = subprocess.run([sys.executable, "-m", "rge_demo", *argv], cwd=REPO_ROOT, env=env, capture_output=True,
+                       timeout=120)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode("utf-8", "backslashreplace"),
+                                       r.stderr.decode("utf-8", "backslashreplace"))
+
+
+def assert_user_error(code: int, stderr: str, *words: str) -> str:
+    """Exit code 2, one line ``error: ...`` holding every one of ``words``, no traceback; the line."""
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, stderr)
+    assert "Traceback" not in stderr
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    return lines[0]
+
+
+def broken_copy(tiny_dir, tmp_path, damage: str):
+    """A copy of the tiny checkpoint with ``model.safetensors`` cut in half or ``config.json`` not JSON."""
+    folder = shutil.copytree(tiny_dir, tmp_path / f"broken-{damage}")
+    if damage == "truncated":
+        weights = folder / "model.safetensors"
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+        return folder, ("model.safetensors", "truncated")
+    (folder / "config.json").write_text('{"architectures": ["Qwen2_5_VLForConditionalGeneration"],\n  "hidden_size": ')
+    return folder, ("config.json", "not valid JSON")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
+    ("-k", "0", "-k must be >= 1, got 0"),
+    ("-k", "-2", "-k must be >= 1, got -2"),
+])
+def test_search_nonpositive_count_in_a_real_process(flag, value, message, tmp_path, env):
+    gallery = make_gallery(tmp_path / "gallery")
+    r = cli_raw("search", "--gallery", gallery.root, "--text", "x", flag, value, env=env)
+    assert_user_error(r.returncode, r.stderr, message)
+    assert r.stdout == ""
+
+
+# Every count flag of every command refuses a value below its minimum, before any model loads.
+NONPOSITIVE = [
+    (["embed", "--text", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["search", "--gallery", "{gallery}", "--text", "x", "--batch-size", "-1"], "--batch-size must be >= 1"),
+    (["search", "--gallery", "{gallery}", "--text", "x", "-k", "0"], "-k must be >= 1"),
+    (["search", "--gallery", "{gallery}", "--text", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["prompts", "--mmeb", "{tmp}", "--limit", "0"], "--limit must be >= 1"),
+    (["sample", "--world", "count", "-n", "0"], "-n must be >= 1"),
+    (["sample", "--world", "count", "--limit", "0"], "--limit must be >= 1"),
+    (["sample", "--world", "count", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["sample", "--world", "count", "--k", "0,2"], "pass@k needs k >= 1, got 0"),  # SamplingError: an RGEUserError
+    (["eval", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["eval", "--queries", "0"], "--n must be >= 1"),
+    (["eval", "--mmeb", "{tmp}", "--limit", "0"], "--limit must be >= 1"),
+    (["eval", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["train", "--steps", "0"], "--steps must be >= 1"),
+    (["train", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["train", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["train", "--threads", "-1"], "--threads must be >= 0"),
+    (["train", "--cold-start-steps", "-1"], "--cold-start-steps must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("argv, message", NONPOSITIVE, ids=[" ".join(a[:1] + a[-2:]) for a, _ in NONPOSITIVE])
+def test_nonpositive_counts_exit_2(argv, message, tiny_dir, tmp_path, env, capsys):
+    gallery = make_gallery(tmp_path / "gallery")
+    argv = [a.format(gallery=gallery.root, tmp=tmp_path) for a in argv]
+    if argv[0] in ("embed", "search", "sample", "eval"):
+        argv += ["--model", str(tiny_dir)]
+    assert_user_error(main(argv), capsys.readouterr().err, message)
+
+
+def test_every_count_flag_has_a_minimum():
+    """A new ``--batch-size``/``--limit``/``-k``/... flag without ``minimum=`` fails here."""
+    import argparse
+
+    from rge_demo.cli.common import build_parser
+
+    counts = {"batch_size", "limit", "k", "n", "steps", "cold_start_steps", "max_new_tokens", "threads"}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for name, parser in sub.choices.items():
+        minimums = {dest for dest, _, _ in parser.get_default("_minimums")}
+        for action in parser._actions:
+            if action.dest in counts and action.type is int:
+                assert action.dest in minimums, f"{name} {action.option_strings}: no minimum"
+                checked += 1
+    assert checked >= 15
+
+
+@pytest.mark.parametrize("where", ["text", "image", "flag=value"])
+def test_non_utf8_argument_in_a_real_process(where, tiny_dir, tmp_path, env):
+    if where == "text":
+        args = ["embed", "--model", tiny_dir, "--text", b"caf\xe9 \xff"]
+        words = ["--text", "not valid UTF-8", r"\xff"]
+    elif where == "image":
+        args = ["embed", "--model", tiny_dir, "--image", os.fsencode(tmp_path) + b"/\xff.png", "--text", "x"]
+        words = ["--image", "not valid UTF-8"]
+    else:
+        args = ["search", b"--gallery=\xfe\xff", "--text", "x"]
+        words = ["--gallery", "not valid UTF-8"]
+    r = cli_raw(*args, env=env)
+    assert_user_error(r.returncode, r.stderr, *words)
+    assert r.stdout == ""
+
+
+@pytest.mark.slow  # real processes that import torch and transformers (~10 s of CPU each)
+@pytest.mark.parametrize("damage", ["truncated", "config-not-json"])
+def test_broken_model_folder_in_a_real_process(damage, tiny_dir, tmp_path, env):
+    folder, (name, words) = broken_copy(tiny_dir, tmp_path, damage)
+    r = cli_raw("embed", "--model", folder, "--text", "x", env=env)
+    line = assert_user_error(r.returncode, r.stderr, name, words)
+    assert str(folder) in line and r.stdout == ""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "config-not-json"])
+@pytest.mark.parametrize("command", ["embed", "search", "prompts", "sample", "eval"])
+def test_broken_model_folder_exit_2(command, damage, tiny_dir, tmp_path, env, capsys):
+    folder, (name, words) = broken_copy(tiny_dir, tmp_path, damage)
+    gallery = make_gallery(tmp_path / "gallery")
+    argv = {"embed": ["--text", "x"], "search": ["--gallery", str(gallery.root), "--text", "x"],
+            "prompts": ["--text", "x"], "sample": ["--world", "count", "--limit", "1", "-n", "1"],
+            "eval": ["--tasks", "count", "--n", "1", "--out", str(tmp_path / "out")]}[command]
+    code = main([command, "--model", str(folder), *argv])
+    assert_user_error(code, capsys.readouterr().err, str(folder / name), words)
+
+
+@pytest.mark.parametrize("case", ["image", "gallery"])
+def test_missing_file_in_a_real_process(case, tiny_dir, tmp_path, env):
+    missing = tmp_path / f"no-such-{case}"
+    if case == "image":
+        r = cli_raw("embed", "--model", tiny_dir, "--image", missing, "--text", "x", env=env)
+    else:
+        r = cli_raw("search", "--model", tiny_dir, "--gallery", missing, "--text", "x", env=env)
+    assert_user_error(r.returncode, r.stderr, str(missing))
+    assert r.stdout == ""
+
+
+@pytest.mark.slow  # a real process that imports the trainer (torch)
+def test_missing_train_config_in_a_real_process(tmp_path, env):
+    missing = tmp_path / "no-such-config.json"
+    r = cli_raw("train", "--config", missing, env=env)
+    assert_user_error(r.returncode, r.stderr, str(missing), "no such config file")
+
+
+MISSING = [
+    (["embed", "--model", "{tiny}", "--image", "{missing}", "--text", "x"], "file not found"),
+    (["embed", "--model", "{missing}", "--text", "x"], "not a local folder"),
+    (["search", "--model", "{tiny}", "--gallery", "{missing}", "--text", "x"], "no such gallery folder"),
+    (["prompts", "--model", "{tiny}", "--mmeb", "{missing}"], "no such MMEB folder"),
+    (["sample", "--model", "{tiny}", "--gallery", "{missing}", "--target", "a", "--text", "x"], "no such gallery"),
+    (["eval", "--model", "{missing}", "--tasks", "count", "--n", "1"], "no such model folder"),
+    (["eval", "--model", "{tiny}", "--mmeb", "{missing}"], "no such MMEB folder"),
+    (["train", "--config", "{missing}"], "no such config file"),
+    (["train", "--data", "{missing}", "--init", "{tiny}", "--stage", "baseline", "--steps", "1", "--batch-size", "2",
+      "--output-dir", "{out}"], "no such pairs file"),
+]
+
+
+@pytest.mark.parametrize("argv, message", MISSING, ids=[f"{a[0]}-{a[a.index('{missing}') - 1]}" for a, _ in MISSING])
+def test_missing_file_exit_2(argv, message, tiny_dir, tmp_path, env, capsys):
+    missing = tmp_path / "nowhere"
+    argv = [a.format(tiny=tiny_dir, missing=missing, out=tmp_path / "out") for a in argv]
+    assert_user_error(main(argv), capsys.readouterr().err, str(missing), message)
+
+
+def test_bad_command_line_is_one_line(env, capsys):
+    """argparse's own errors take the same format: one line, exit code 2."""
+    r = cli_raw("search", "--batch-size", "many", env=env)
+    assert_user_error(r.returncode, r.stderr, "--batch-size", "invalid int value: 'many'", "search --help")
+    assert main(["no-such-command"]) == 2
+    assert_user_error(2, capsys.readouterr().err, "invalid choice: 'no-such-command'")
+    assert main(["--help"]) == 0 and "make-galleries" in capsys.readouterr().out
+
+
+def test_user_error_family():
+    """RGEUserError and every older user-facing error the CLI reports (each still exists under its name)."""
+    import importlib
+
+    from rge_demo.cli.common import LEGACY_USER_ERRORS, UsageError, user_errors, user_message
+    from rge_demo.errors import RGEUserError
+
+    for module, name in LEGACY_USER_ERRORS:
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, Exception) and cls in user_errors()
+    assert issubclass(UsageError, RGEUserError)
+    assert user_message(UsageError("line one\n  line two\n")) == "line one; line two"  # always one line
+    from rge_demo.analysis.sampling import SamplingError
+    assert user_message(SamplingError("k")) == "k"
+    assert user_message(FileNotFoundError(2, "No such file or directory", "/x")) == "/x: No such file or directory"
+    assert user_message(KeyError("a bug")) is None and user_message(TypeError("a bug")) is None
+
+
+def test_one_entry_point():
+    """``python -m rge_demo`` and the ``rge-demo`` script are the same function."""
+    import importlib
+    import tomllib
+
+    import rge_demo.__main__
+    import rge_demo.cli
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["rge-demo"].split(":")
+    assert getattr(importlib.import_module(module), func) is rge_demo.cli.main is rge_demo.__main__.main
+
+
+def test_one_progress_bar(capsys):
+    """The CLI's only progress bar (tqdm on stderr); no command module makes its own."""
+    from rge_demo.cli.common import Progress
+
+    with Progress("embedding x", min_items=64) as quiet:
+        quiet(10, 20)  # under min_items still to do: no bar
+    assert capsys.readouterr().err == ""
+    with Progress("train rge", unit="step") as bar:
+        for step in range(4):
+            bar(step, 3, loss="0.500")
+    err = capsys.readouterr().err
+    assert "train rge" in err and "3/3" in err and "loss=0.500" in err
+    cli_dir = REPO_ROOT / "rge_demo" / "cli"
+    makers = [p.name for p in cli_dir.glob("*.py") if "tqdm" in p.read_text() and p.name != "common.py"]
+    assert makers == []

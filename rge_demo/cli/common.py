@@ -145,20 +145,28 @@ def check_minimums(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """What is reported as one line and exit code 2: the RGEUserError family and the older user-facing errors."""
-    from rge_demo.analysis.eval_tasks import EvalDataError
-    from rge_demo.config import SettingsError
-    from rge_demo.data.images import ImageError
-    from rge_demo.data.items import ManifestError
-    from rge_demo.embedding.encoder import NotAnRGEModel
-    from rge_demo.embedding.profiles import ProfileError
-    from rge_demo.models.loading import ModelError
-    from rge_demo.training.config import ConfigError
-    from rge_demo.training.data import DataError
+# The library's user-facing errors from before RGEUserError, as (module, class): also one line and exit 2.
+LEGACY_USER_ERRORS = (
+    ("rge_demo.config", "SettingsError"),
+    ("rge_demo.models.loading", "ModelError"),
+    ("rge_demo.embedding.encoder", "NotAnRGEModel"),
+    ("rge_demo.embedding.profiles", "ProfileError"),
+    ("rge_demo.data.images", "ImageError"),
+    ("rge_demo.data.items", "ManifestError"),
+    ("rge_demo.analysis.eval_tasks", "EvalDataError"),
+    ("rge_demo.training.config", "ConfigError"),
+    ("rge_demo.training.data", "DataError"),
+)
 
-    return (RGEUserError, SettingsError, ModelError, NotAnRGEModel, ImageError, ManifestError, EvalDataError,
-            ProfileError, ConfigError, DataError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What is reported as one line and exit code 2: the RGEUserError family and the older user-facing errors.
+
+    Only the modules already imported are looked at: an error raised from a module never imported
+    cannot be one of its classes (and the report stays fast: no torch import to print a line).
+    """
+    legacy = (getattr(sys.modules.get(module), name, None) for module, name in LEGACY_USER_ERRORS)
+    return (RGEUserError, *(cls for cls in legacy if cls is not None))
 
 
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)

@@ -36,8 +36,7 @@ def cmd_sample(args) -> int:
         ks = [int(k) for k in csv(args.k)]
     except ValueError:
         raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
-    if not ks or min(ks) < 1:
-        raise UsageError(f"--k must be integers >= 1, got {args.k!r}")
+    sampling.ks_for(args.n, ks)  # SamplingError (an RGEUserError) for a k < 1, before the model loads
     opts = {"n": args.n, "temperature": args.temperature, "seed": args.seed, "ks": ks,
             "batch_size": args.batch_size}
     if args.world is not None:
