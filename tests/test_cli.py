@@ -29,8 +29,12 @@ def env(tmp_path, monkeypatch):
 
 
 def cli(*args, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rge_demo", *map(str, args)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    """The real CLI in a subprocess; ``args`` may hold bytes (an argv that is not UTF-8)."""
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]
+    r = subprocess.run([sys.executable, "-m", "rge_demo", *argv], cwd=REPO_ROOT, env=env, capture_output=True,
+                       timeout=120)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode("utf-8", "backslashreplace"),
+                                       r.stderr.decode("utf-8", "backslashreplace"))
 
 
 @pytest.fixture()
@@ -154,15 +158,6 @@ def test_search_gallery_without_manifest(tiny_dir, tmp_path, env, capsys):
 # same for every command (rge_demo/cli/common.py).
 
 
-def cli_raw(*args, env) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess; ``args`` may hold bytes (an argv that is not UTF-8)."""
-    argv = [a if isinstance(a, bytes) else str(a) for a in args]
-    r = subprocess.run([sys.executable, "-m", "rge_demo", *argv], cwd=REPO_ROOT, env=env, capture_output=True,
-                       timeout=120)
-    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode("utf-8", "backslashreplace"),
-                                       r.stderr.decode("utf-8", "backslashreplace"))
-
-
 def assert_user_error(code: int, stderr: str, *words: str) -> str:
     """Exit code 2, one line ``error: ...`` holding every one of ``words``, no traceback; the line."""
     lines = stderr.strip().splitlines()
@@ -191,7 +186,7 @@ def broken_copy(tiny_dir, tmp_path, damage: str):
 ])
 def test_search_nonpositive_count_in_a_real_process(flag, value, message, tmp_path, env):
     gallery = make_gallery(tmp_path / "gallery")
-    r = cli_raw("search", "--gallery", gallery.root, "--text", "x", flag, value, env=env)
+    r = cli("search", "--gallery", gallery.root, "--text", "x", flag, value, env=env)
     assert_user_error(r.returncode, r.stderr, message)
     assert r.stdout == ""
 
@@ -257,7 +252,7 @@ def test_non_utf8_argument_in_a_real_process(where, tiny_dir, tmp_path, env):
     else:
         args = ["search", b"--gallery=\xfe\xff", "--text", "x"]
         words = ["--gallery", "not valid UTF-8"]
-    r = cli_raw(*args, env=env)
+    r = cli(*args, env=env)
     assert_user_error(r.returncode, r.stderr, *words)
     assert r.stdout == ""
 
@@ -266,7 +261,7 @@ def test_non_utf8_argument_in_a_real_process(where, tiny_dir, tmp_path, env):
 @pytest.mark.parametrize("damage", ["truncated", "config-not-json"])
 def test_broken_model_folder_in_a_real_process(damage, tiny_dir, tmp_path, env):
     folder, (name, words) = broken_copy(tiny_dir, tmp_path, damage)
-    r = cli_raw("embed", "--model", folder, "--text", "x", env=env)
+    r = cli("embed", "--model", folder, "--text", "x", env=env)
     line = assert_user_error(r.returncode, r.stderr, name, words)
     assert str(folder) in line and r.stdout == ""
 
@@ -287,9 +282,9 @@ def test_broken_model_folder_exit_2(command, damage, tiny_dir, tmp_path, env, ca
 def test_missing_file_in_a_real_process(case, tiny_dir, tmp_path, env):
     missing = tmp_path / f"no-such-{case}"
     if case == "image":
-        r = cli_raw("embed", "--model", tiny_dir, "--image", missing, "--text", "x", env=env)
+        r = cli("embed", "--model", tiny_dir, "--image", missing, "--text", "x", env=env)
     else:
-        r = cli_raw("search", "--model", tiny_dir, "--gallery", missing, "--text", "x", env=env)
+        r = cli("search", "--model", tiny_dir, "--gallery", missing, "--text", "x", env=env)
     assert_user_error(r.returncode, r.stderr, str(missing))
     assert r.stdout == ""
 
@@ -297,7 +292,7 @@ def test_missing_file_in_a_real_process(case, tiny_dir, tmp_path, env):
 @pytest.mark.slow  # a real process that imports the trainer (torch)
 def test_missing_train_config_in_a_real_process(tmp_path, env):
     missing = tmp_path / "no-such-config.json"
-    r = cli_raw("train", "--config", missing, env=env)
+    r = cli("train", "--config", missing, env=env)
     assert_user_error(r.returncode, r.stderr, str(missing), "no such config file")
 
 
@@ -324,7 +319,7 @@ def test_missing_file_exit_2(argv, message, tiny_dir, tmp_path, env, capsys):
 
 def test_bad_command_line_is_one_line(env, capsys):
     """argparse's own errors take the same format: one line, exit code 2."""
-    r = cli_raw("search", "--batch-size", "many", env=env)
+    r = cli("search", "--batch-size", "many", env=env)
     assert_user_error(r.returncode, r.stderr, "--batch-size", "invalid int value: 'many'", "search --help")
     assert main(["no-such-command"]) == 2
     assert_user_error(2, capsys.readouterr().err, "invalid choice: 'no-such-command'")

@@ -69,7 +69,7 @@ def command(name: str, help: str, arguments: Sequence[tuple[tuple, dict]] = (), 
     return register
 
 
-def csv(value: str | None) -> list[str] | None:
+def comma_list(value: str | None) -> list[str] | None:
     """A comma-separated flag as a list (None when the flag is not given)."""
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 

@@ -16,7 +16,7 @@ import re
 import time
 from pathlib import Path
 
-from .common import Progress, UsageError, arg, command, csv
+from .common import Progress, UsageError, arg, comma_list, command
 
 HELP = "evaluate a model (P@1, recall@5 per task) on the synthetic world or a local MMEB-eval download"
 
@@ -55,7 +55,7 @@ def build_tasks(args: argparse.Namespace):
         if args.tasks:
             raise UsageError("--tasks is for the world; use --subsets with --mmeb")
         try:
-            tasks = load_mmeb(args.mmeb, csv(args.subsets), args.limit, args.image_root)
+            tasks = load_mmeb(args.mmeb, comma_list(args.subsets), args.limit, args.image_root)
         except ValueError as e:  # EvalDataError included
             raise UsageError(str(e)) from e
         tasks = [t for t in tasks if t.split in splits]
@@ -66,7 +66,7 @@ def build_tasks(args: argparse.Namespace):
 
     if args.subsets or args.limit is not None or args.image_root:
         raise UsageError("--subsets/--limit/--image-root need --mmeb DIR")
-    names = csv(args.tasks)
+    names = comma_list(args.tasks)
     if names is not None:
         unknown = [t for t in names if t not in world.TASKS]
         if unknown or not names:

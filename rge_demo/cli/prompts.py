@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import UsageError, arg, command, csv
+from .common import UsageError, arg, comma_list, command
 from .query import query_input
 
 
@@ -58,7 +58,7 @@ def cmd_prompts(args) -> int:
     spec, profile, processor = load_prompting(args)
     if args.mmeb:
         try:
-            tasks = load_mmeb(args.mmeb, csv(args.subsets), args.limit, args.image_root)
+            tasks = load_mmeb(args.mmeb, comma_list(args.subsets), args.limit, args.image_root)
         except ValueError as e:  # EvalDataError included
             raise UsageError(str(e)) from None
         records = prompt_records(tasks, processor, profile, direct_queries=args.direct)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import UsageError, arg, command, csv
+from .common import UsageError, arg, comma_list, command
 from .query import gallery_index, load_gallery, load_model, query_input, query_instruction
 
 
@@ -33,7 +33,7 @@ def cmd_sample(args) -> int:
     if not args.temperature > 0:
         raise UsageError(f"--temperature must be > 0, got {args.temperature}")
     try:
-        ks = [int(k) for k in csv(args.k)]
+        ks = [int(k) for k in comma_list(args.k)]
     except ValueError:
         raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
     sampling.ks_for(args.n, ks)  # SamplingError (an RGEUserError) for a k < 1, before the model loads
@@ -43,7 +43,7 @@ def cmd_sample(args) -> int:
         from rge_demo.analysis.eval_tasks import world_tasks
 
         try:
-            tasks = world_tasks(csv(args.world), (args.split,), args.limit)
+            tasks = world_tasks(comma_list(args.world), (args.split,), args.limit)
         except KeyError as e:
             raise UsageError(e.args[0]) from None
         loaded, _ = load_model(args)
