@@ -74,6 +74,7 @@ def test_dangerous_entries_are_refused_before_anything_is_written(dirs, entry, m
     name = entry.filename if isinstance(entry, zipfile.ZipInfo) else entry
     assert repr(name) in str(e.value)  # the message names the entry
     assert not files_under(job)  # the good entry was not extracted either
+    assert not job.exists()  # nor a folder made for it
 
 
 def test_zip_bomb_ratio_is_refused(dirs):
@@ -81,7 +82,7 @@ def test_zip_bomb_ratio_is_refused(dirs):
     zpath = make_zip(inputs / "bomb.zip", [("images/bomb.png", b"\0" * (4 << 20))])
     with pytest.raises(UploadError, match="zip bomb"):
         extract_zip(zpath, job / "x")
-    assert not files_under(job)
+    assert not job.exists()  # no file, no folder
 
 
 def test_lying_header_is_caught_while_streaming(dirs):
@@ -94,7 +95,7 @@ def test_lying_header_is_caught_while_streaming(dirs):
     zpath.write_bytes(bytes(raw))
     with pytest.raises(UploadError, match="images/x.png"):
         extract_zip(zpath, job / "x")
-    assert not files_under(job)
+    assert not job.exists()  # no file, no folder
 
 
 @pytest.mark.parametrize("limits, entries, message", [
@@ -106,7 +107,7 @@ def test_size_and_count_limits(dirs, limits, entries, message):
     inputs, job = dirs
     with pytest.raises(UploadError, match=message):
         extract_zip(make_zip(inputs / "z.zip", entries), job / "x", limits)
-    assert not files_under(job)
+    assert not job.exists()
 
 
 def test_not_a_zip(dirs):
@@ -114,6 +115,38 @@ def test_not_a_zip(dirs):
     (inputs / "z.zip").write_bytes(b"not a zip")
     with pytest.raises(UploadError, match="not a readable zip"):
         extract_zip(inputs / "z.zip", job / "x")
+    assert not job.exists()
+
+
+def test_a_folder_that_was_there_stays(dirs):
+    inputs, job = dirs
+    (job / "x" / "mine").mkdir(parents=True)
+    with pytest.raises(UploadError, match="zip bomb"):
+        extract_zip(make_zip(inputs / "z.zip", [("images/a.png", png()), ("images/b.png", b"\0" * (4 << 20))]),
+                    job / "x")
+    assert {p.relative_to(job).as_posix() for p in job.rglob("*")} == {"x", "x/mine"}
+
+
+def test_a_file_and_a_folder_of_the_same_name_are_refused(dirs):
+    inputs, job = dirs
+    with pytest.raises(UploadError, match="has the name of its folder"):
+        extract_zip(make_zip(inputs / "z.zip", [("a.png", png()), ("a.png/b.png", png())]), job / "x")
+    assert not job.exists()
+
+
+def test_a_refused_upload_leaves_no_upload_folder(dirs):
+    """unpack_upload removes what it made when it refuses, midway too (the zip is checked, then read)."""
+    inputs, job = dirs
+    big = inputs / "pairs.jsonl"
+    with open(big, "wb") as f:
+        f.truncate(UploadLimits().max_file_bytes + 1)  # sparse
+    with pytest.raises(UploadError, match=r"pairs.jsonl: manifest over 67,108,864 bytes"):
+        unpack_upload(job, manifest=big)
+    assert not job.exists()  # refused before a byte was copied
+    archive = make_zip(inputs / "z.zip", [("images/a.png", png())])  # no manifest inside
+    with pytest.raises(UploadError, match="no manifest found"):
+        unpack_upload(job, archive=archive)
+    assert not files_under(job) and not (job / "upload").exists()
 
 
 # ----------------------------------------------------------------------------------- validation

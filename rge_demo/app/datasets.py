@@ -13,6 +13,18 @@ A version is never changed: "Build dataset" again and saving drafted or edited r
 write version N+1, which carries forward every rationale saved in earlier versions (matched by
 manifest line). A job names the version it trains on, so a rebuild cannot change what a running or
 resumed job reads. Dataset ids are ``<upload id>/v<N>``; the bare upload id means its newest version.
+
+What is deleted when (:meth:`DatasetStore.sweep`, run by the Workbench at start and periodically):
+
+* a refused upload (:class:`UploadError`: zip bomb, too many files, an oversize manifest, a bad path,
+  a file over ``max_upload_bytes``...) leaves nothing: its folder is removed before the error
+  reaches the user, and an upload with no valid row keeps only its report (its files are removed
+  at once: nothing can be built from them);
+* an upload never built into a dataset is deleted whole once its last change is older than the
+  retention time (``RGE_RETENTION_HOURS``), and so is a folder a crash left half made;
+* a built upload keeps its dataset versions (``data/``: the session's work, and the files its jobs
+  read); only the uploaded files (``upload/``) go after the retention time, after which "Build
+  dataset" asks for the files again. An upload a job records as its dataset is never deleted whole.
 """
 
 from __future__ import annotations
@@ -45,6 +57,8 @@ UPLOADS = "uploads"
 UPLOAD_INFO = "upload.json"
 REPORT_FILE = "report.json"
 DATA = "data"
+FILES = "upload"  # what was uploaded (unpack_upload's folder)
+TRASH = ".deleting-"  # a folder being deleted is renamed to this prefix first (never listed)
 MAX_SAVED_PROBLEMS = 1000  # rows of a report kept for a page reload (the summary counts them all)
 MAX_RATIONALE_CHARS = 2_000
 UPLOAD_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
@@ -99,9 +113,10 @@ class DatasetStore:
     """Every session's uploads and dataset versions under ``jobs_root/uploads``; owner ids come from
     :func:`rge_demo.app.sessions.owner_id`."""
 
-    def __init__(self, jobs_root: str | os.PathLike):
+    def __init__(self, jobs_root: str | os.PathLike, *, max_upload_bytes: int | None = None):
         self.root = Path(jobs_root).resolve() / UPLOADS
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_upload_bytes = max_upload_bytes  # the largest manifest or zip accepted (None: no limit)
 
     # -- uploads ---------------------------------------------------------------------------------
     def _new_dir(self) -> Path:
@@ -120,19 +135,36 @@ class DatasetStore:
             raise UploadError("nothing uploaded: give a manifest (.jsonl/.csv) and/or a zip of images")
         if archive_file and Path(archive_file).suffix.lower() != ".zip":
             raise UploadError(f"{Path(archive_file).name}: the archive must be a .zip file")
+        for source in (manifest_file, archive_file):
+            if source:
+                self._check_size(Path(source))
         folder = self._new_dir()
         try:
             manifest, image_root = unpack_upload(folder, manifest_file or None, archive_file or None)
             report = validate(manifest, image_root)
             self._save_report(folder, report)
+            if not report.ok_rows:  # nothing can ever be built from it: keep the report, not the files
+                shutil.rmtree(folder / FILES)
+            info = {"owner": owner, "manifest": str(manifest), "image_root": str(image_root),
+                    "sources": [Path(p).name for p in (manifest_file, archive_file) if p], "created": time.time()}
+            atomic_write_text(folder / UPLOAD_INFO, json.dumps(info, indent=1) + "\n")  # last: the upload exists now
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # a refused upload leaves nothing behind
             raise
-        info = {"owner": owner, "manifest": str(manifest), "image_root": str(image_root),
-                "sources": [Path(p).name for p in (manifest_file, archive_file) if p], "created": time.time()}
-        atomic_write_text(folder / UPLOAD_INFO, json.dumps(info, indent=1) + "\n")  # last: the upload exists now
         log.info("upload %s: %s", folder.name, report.summary())
         return folder, report
+
+    def _check_size(self, path: Path) -> None:
+        """Refuse a file over ``max_upload_bytes`` before anything is copied (the web app's own limit
+        stops it earlier; this one holds for API callers and the library too)."""
+        limit = self.max_upload_bytes
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise UploadError(f"{path.name}: the uploaded file is not there any more; upload it again") from None
+        if limit is not None and size > limit:
+            raise UploadError(f"{path.name}: {size / 2**20:,.1f} MB, over the upload limit of "
+                              f"{limit / 2**20:,.0f} MB (RGE_MAX_UPLOAD_MB)")
 
     def sample_upload(self, owner: str) -> tuple[Path, ValidationReport]:
         """The shipped example upload (40 pairs from the synthetic world), as a fresh upload of ``owner``."""
@@ -160,13 +192,25 @@ class DatasetStore:
 
     def report(self, owner: str, upload: str) -> ValidationReport:
         """Validate an upload again (e.g. for an API call that only knows the upload id)."""
-        info = _read_json(self.upload_dir(owner, upload) / UPLOAD_INFO)
+        folder = self.upload_dir(owner, upload)
+        self._check_files(folder)
+        info = _read_json(folder / UPLOAD_INFO)
         return validate(info["manifest"], info["image_root"])
+
+    @staticmethod
+    def _check_files(folder: Path) -> None:
+        """Refuse to read an upload whose uploaded files are gone, saying why."""
+        if (folder / FILES).is_dir():
+            return
+        if not _read_json(folder / REPORT_FILE).get("n_valid", 1):
+            raise DatasetError(f"upload {folder.name} has no valid row to build from: fix the file and upload it again")
+        raise DatasetError(f"the uploaded files of upload {folder.name} were deleted after the retention time "
+                           "(RGE_RETENTION_HOURS); its dataset versions remain: upload the files again to build anew")
 
     @staticmethod
     def _save_report(folder: Path, report: ValidationReport) -> None:
         record = {"ok": report.ok, "summary": report.summary(), "task_counts": report.task_counts,
-                  "n_problems": len(report.problems),
+                  "n_valid": len(report.ok_rows), "n_problems": len(report.problems),
                   "problems": [vars(p) for p in report.problems[:MAX_SAVED_PROBLEMS]]}
         atomic_write_text(folder / REPORT_FILE, json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -228,6 +272,8 @@ class DatasetStore:
     def _write_version(self, folder: Path, owner: str, source: str, lines: list[int], parent: int | None,
                        write_pairs, **extra) -> DatasetVersion:
         """Claim the next version number of ``folder`` and write it (under the upload's lock)."""
+        if not (folder / UPLOAD_INFO).is_file():  # swept while this request waited for the lock
+            raise DatasetError(f"upload {folder.name} expired (RGE_RETENTION_HOURS): upload the files again")
         data = folder / DATA
         data.mkdir(exist_ok=True)
         existing = self._versions_in(folder)
@@ -248,6 +294,7 @@ class DatasetStore:
               skip_bad: bool = False) -> DatasetVersion:
         """A new version from the upload's valid rows, carrying forward every rationale saved before."""
         folder = self.upload_dir(owner, upload, change=True)
+        self._check_files(folder)
         if report is None or not report.ok_rows or not Path(report.manifest_path).resolve().is_relative_to(folder):
             report = self.report(owner, folder.name)  # a report from elsewhere (or a reload) is not trusted
         with file_lock(folder / ".lock"):
@@ -291,6 +338,64 @@ class DatasetStore:
                 return path
 
             return self._write_version(folder, owner, "rationales", lines, base.version, write, edited_rows=sorted(edits))
+
+    # -- retention -------------------------------------------------------------------------------
+    @staticmethod
+    def _last_change(folder: Path) -> float:
+        """When an upload last changed: the newest mtime of its records and versions (of the folder
+        itself, and of its files, for one a crash left without records)."""
+        def mtimes(paths):
+            for path in paths:
+                try:
+                    yield path.stat().st_mtime
+                except OSError:
+                    continue
+
+        records = list(mtimes([folder / UPLOAD_INFO, folder / REPORT_FILE, *(folder / DATA).glob("v*.json")]))
+        return max(records or mtimes([folder, folder / FILES]), default=0.0)
+
+    def _trash(self, path: Path) -> None:
+        """Delete a folder: renamed first (so nothing lists or reads it half deleted), then removed."""
+        doomed = self.root / f"{TRASH}{path.parent.name + '-' if path.parent != self.root else ''}{path.name}-" \
+                             f"{uuid.uuid4().hex[:6]}"
+        path.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def sweep(self, max_age_s: float, keep: set[str] | frozenset[str] = frozenset(),
+              now: float | None = None) -> list[str]:
+        """Delete what expired (see the module's docstring); returns what went, as ``<upload id>`` (the
+        whole upload) or ``<upload id>/upload`` (its uploaded files). ``keep``: upload ids that jobs
+        record as their dataset, never deleted whole."""
+        now = time.time() if now is None else now
+        gone = []
+        for path in sorted(self.root.iterdir()):
+            if path.name.startswith(TRASH):  # a sweep that stopped midway
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if not path.is_dir() or path.is_symlink() or not UPLOAD_ID.fullmatch(path.name):
+                continue  # not an upload: not ours to delete
+            if now - self._last_change(path) <= max_age_s:
+                continue
+            try:
+                if not (path / UPLOAD_INFO).is_file():  # half made by a crash (no build can start on it)
+                    if path.name not in keep:
+                        self._trash(path)
+                        gone.append(path.name)
+                    continue
+                with file_lock(path / ".lock"):  # not while a build or a save writes a version
+                    if now - self._last_change(path) <= max_age_s:
+                        continue  # a version was written while this waited
+                    if not self._versions_in(path) and path.name not in keep:
+                        self._trash(path)
+                        gone.append(path.name)
+                    elif (path / FILES).is_dir():
+                        self._trash(path / FILES)
+                        gone.append(f"{path.name}/{FILES}")
+            except OSError as e:  # one stuck folder must not stop the sweep
+                log.warning("could not delete expired upload %s: %s", path.name, e)
+        if gone:
+            log.info("retention: deleted %s", ", ".join(gone))
+        return gone
 
     # -- reading a version -----------------------------------------------------------------------
     @staticmethod

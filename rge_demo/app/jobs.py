@@ -4,6 +4,14 @@ The process side (the queue on disk, starting, signalling and reaping trainer pr
 :class:`rge_demo.training.worker.JobManager`. Here every request names its session's owner id
 (:func:`rge_demo.app.sessions.owner_id`): a session lists, watches, cancels, resumes and evaluates
 its own jobs only; jobs from before sessions had owners are read-only for everyone.
+
+Retention (:meth:`JobQueue.sweep`, run from the queue's polling thread): once a job has been
+finished, failed or cancelled for longer than the retention time, its scratch files go, i.e. the
+trainer's checkpoints that nothing can use any more: every checkpoint of a finished job that has
+its model, and of a cancelled or failed job every checkpoint but the last complete one (the one a
+resume starts from; half-written ``*.tmp`` ones go too). What a user may still load or read stays:
+``model/`` (the fine-tuned model, maybe registered as ``job-<id>``), ``cold-start-model/``, the
+config, status, log, metrics and before/after results. Queued and running jobs are never touched.
 """
 
 from __future__ import annotations
@@ -11,13 +19,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from rge_demo.training.config import TrainConfig
-from rge_demo.training.worker import ACTIVE, DONE, LOG_FILE, METRICS_FILE, Job, JobError, JobManager, tail
+from rge_demo.training.worker import (ACTIVE, CHECKPOINTS, DONE, LOG_FILE, METRICS_FILE, Job, JobError, JobManager,
+                                     tail)
 
 from .sessions import check_owner
 
@@ -26,6 +39,7 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["step", "phase", "loss", "lm_loss", "contrastive_loss", "direct_loss", "lr", "seconds"]
 JOB_COLUMNS = ["id", "name", "dataset", "status", "attempts", "checkpoint", "error"]
 RESULTS_FILE = "before_after.csv"
+TRASH = ".deleting-"  # scratch being deleted is renamed to this prefix under the jobs root first
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -49,19 +63,110 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
+class _HousekeepingManager(JobManager):
+    """A :class:`JobManager` whose polls also run the app's housekeeping, at most once every
+    ``every`` seconds and never two at once; so the retention sweep needs no thread of its own. With
+    a polling thread only that thread runs it (a request never waits for a sweep); without one (tests,
+    scripts) the polls that requests make do."""
+
+    def __init__(self, *args, **kwargs):
+        self._chore: Callable[[], object] | None = None
+        self._every = 0.0
+        self._next = 0.0
+        self._chore_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def housekeeping(self, chore: Callable[[], object] | None, every: float) -> None:
+        self._chore, self._every, self._next = chore, float(every), time.monotonic() + float(every)
+
+    def poll(self) -> list[Job]:
+        jobs = super().poll()
+        chore = self._chore
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            return jobs
+        if chore is not None and time.monotonic() >= self._next and self._chore_lock.acquire(blocking=False):
+            try:
+                self._next = time.monotonic() + self._every
+                chore()
+            except Exception:  # housekeeping must never break a poll (or the request that polled)
+                log.exception("housekeeping failed")
+            finally:
+                self._chore_lock.release()
+        return jobs
+
+
 class JobQueue:
     """Training jobs per session over one :class:`JobManager` (one queue, one polling thread per app)."""
 
     def __init__(self, jobs_root: str | os.PathLike, *, background: bool = True, max_running: int = 1,
                  poll_interval: float = 2.0):
-        self.manager = JobManager(jobs_root, background=background, max_running=max_running,
-                                  poll_interval=poll_interval)
+        self.manager = _HousekeepingManager(jobs_root, background=background, max_running=max_running,
+                                            poll_interval=poll_interval)
 
     def close(self) -> None:
         self.manager.close()
 
     def poll(self) -> None:
         self.manager.poll()
+
+    def housekeeping(self, chore: Callable[[], object] | None, every: float) -> None:
+        """Run ``chore()`` from the polls (the polling thread's, every ``poll_interval``; the requests'
+        when there is no thread), at most once every ``every`` seconds; ``None`` stops it."""
+        self.manager.housekeeping(chore, every)
+
+    # -- retention -----------------------------------------------------------------------------
+    def datasets_in_use(self, uploads_root: str | os.PathLike) -> set[str]:
+        """The upload ids whose datasets existing jobs train on (by the job's recorded dataset id, and
+        by its config's pairs file when that lies under ``uploads_root``)."""
+        root = Path(uploads_root).resolve()
+        used = set()
+        for job in self.manager.jobs():
+            if job.dataset:
+                used.add(str(job.dataset).split("/", 1)[0])
+            try:
+                data = Path(job.config().data).resolve()
+            except Exception:  # an unreadable config still protects its recorded dataset above
+                continue
+            if data.is_relative_to(root) and data != root:
+                used.add(data.relative_to(root).parts[0])
+        return used
+
+    def sweep(self, max_age_s: float, now: float | None = None) -> list[str]:
+        """Delete the scratch files (see the module's docstring) of jobs that ended more than
+        ``max_age_s`` seconds ago; returns what went, as ``<job id>/checkpoints/<name>``."""
+        now = time.time() if now is None else now
+        root = self.manager.root
+        for left in root.glob(f"{TRASH}*"):  # a sweep that stopped midway
+            shutil.rmtree(left, ignore_errors=True)
+        doomed: list[tuple[str, Path]] = []
+        with self.manager._locked():  # no resume (re)starts a trainer while its checkpoints move
+            for job in self.manager.jobs():
+                ended = job.ended or _mtime(job.path / "status.json")
+                if job.status not in DONE or now - ended <= max_age_s:
+                    continue
+                folder = job.path / CHECKPOINTS
+                if not folder.is_dir():
+                    continue
+                keep = None if job.status == "finished" and job.model_dir is not None else job.checkpoint
+                for path in sorted(folder.iterdir()):
+                    if keep is not None and path == keep:
+                        continue
+                    name = f"{job.id}/{CHECKPOINTS}/{path.name}"
+                    target = root / f"{TRASH}{job.id}-{path.name}-{uuid.uuid4().hex[:6]}"
+                    try:
+                        path.rename(target)
+                    except OSError as e:
+                        log.warning("could not delete %s: %s", name, e)
+                        continue
+                    doomed.append((name, target))
+        for _, target in doomed:  # the slow part, outside the queue's lock
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        if doomed:
+            log.info("retention: deleted %s", ", ".join(name for name, _ in doomed))
+        return [name for name, _ in doomed]
 
     # -- access --------------------------------------------------------------------------------
     def job(self, owner: str, job_id: str, *, change: bool = False) -> Job:
@@ -138,6 +243,13 @@ class JobQueue:
         table["p@1"] = table["p@1"].round(4)
         table.to_csv(saved, index=False)
         return table
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()  # unknown: as if it just changed (nothing is deleted on a guess)
 
 
 # ------------------------------------------------------------------------------ before / after

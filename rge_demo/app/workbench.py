@@ -13,6 +13,13 @@ Jobs start from a local checkpoint folder (a registry name is resolved through t
 :class:`ModelManager`); the finished model is registered as ``job-<id>`` for its owner, so every
 tab of that session can load it, after an app restart too. No gradio here: the UI wires these
 methods and tests call them directly.
+
+Files expire (:meth:`Workbench.sweep`, at start and then from the job queue's polling thread every
+:data:`SWEEP_EVERY` seconds at most): after ``settings.retention_hours`` an upload never built into a
+dataset is deleted, a built one loses its uploaded files but keeps its dataset versions, and an
+ended job loses the checkpoints nothing can resume from (see :mod:`.datasets` and :mod:`.jobs` for
+exactly what). Models, metrics, logs and the datasets jobs trained on are kept. A refused upload
+leaves nothing at all; a file over ``settings.max_upload_mb`` is refused before it is copied.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ MAX_NEW_TOKENS = 512
 PROBLEM_COLUMNS = ["line", "field", "problem"]
 COUNT_COLUMNS = ["task", "valid pairs"]
 DRAFT_COLUMNS = ["row", "task", "query_text", "target", "rationale"]
+SWEEP_EVERY = 600.0  # seconds between two retention sweeps at most (sooner with a retention under 40 min)
 
 
 class WorkbenchError(RGEUserError, ValueError):
@@ -106,19 +114,42 @@ class Workbench:
 
     ``manager`` is the app's :class:`~rge_demo.models.manager.ModelManager`: it resolves base models
     and receives the trained ones. ``background=False`` starts no polling thread (tests);
-    ``max_running`` jobs run at once (0: none starts, they stay queued).
+    ``max_running`` jobs run at once (0: none starts, they stay queued). ``retention_hours`` and
+    ``max_upload_mb`` default to the manager's settings (``RGE_RETENTION_HOURS``, ``RGE_MAX_UPLOAD_MB``).
     """
 
     def __init__(self, jobs_root: str | os.PathLike | None, manager, *, background: bool = True,
-                 max_running: int = 1):
+                 max_running: int = 1, retention_hours: float | None = None, max_upload_mb: float | None = None):
         self.manager = manager
-        self.root = Path(jobs_root if jobs_root is not None else manager.settings.cache_dir / "jobs").resolve()
-        self.store = DatasetStore(self.root)
+        settings = getattr(manager, "settings", None)
+        self.root = Path(jobs_root if jobs_root is not None else settings.cache_dir / "jobs").resolve()
+        if retention_hours is None:
+            retention_hours = getattr(settings, "retention_hours", 24.0)
+        if max_upload_mb is None:
+            max_upload_mb = getattr(settings, "max_upload_mb", None)
+        self.retention_s = float(retention_hours) * 3600.0
+        self.store = DatasetStore(self.root, max_upload_bytes=int(max_upload_mb * 2**20) if max_upload_mb else None)
         self.queue = JobQueue(self.root, background=background, max_running=max_running)
         self.models = ModelAccess(self.root, manager)
+        try:
+            self.sweep()  # what expired while the app was down
+        except Exception:  # the app starts anyway; the next sweep tries again
+            log.exception("retention sweep at start failed")
+        self.queue.housekeeping(self.sweep, min(SWEEP_EVERY, max(1.0, self.retention_s / 4)))
 
     def close(self) -> None:
         self.queue.close()
+
+    def sweep(self, now: float | None = None) -> dict[str, list[str]]:
+        """Delete what is older than the retention time: ``{"uploads": [...], "jobs": [...]}`` as deleted
+        (upload ids, ``<upload>/upload`` and ``<job>/checkpoints/<name>``). Never the dataset of a job."""
+        try:
+            in_use = self.queue.datasets_in_use(self.store.root)
+        except Exception:  # unsure which datasets jobs use: delete no upload this time
+            log.exception("retention: could not list the jobs' datasets; no upload is deleted this time")
+            return {"uploads": [], "jobs": self.queue.sweep(self.retention_s, now)}
+        return {"uploads": self.store.sweep(self.retention_s, keep=in_use, now=now),
+                "jobs": self.queue.sweep(self.retention_s, now)}
 
     @property
     def browser_secret(self) -> str:

@@ -138,29 +138,52 @@ def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, limits: Up
     return written
 
 
+def _mkdirs(folder: Path, made: list[Path]) -> None:
+    """``mkdir -p folder``, appending each folder it creates to ``made`` (parents first)."""
+    missing = []
+    for p in (folder, *folder.parents):
+        if p.is_dir():
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                raise
+            continue
+        made.append(p)
+
+
 def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike,
                 limits: UploadLimits | None = None) -> list[Path]:
     """Extract ``zip_path`` into ``dest_dir`` after checking every entry; returns the files written.
 
-    On any problem nothing is left behind: files already written are removed and
+    On any problem (raised midway too, e.g. by an interrupt) nothing is left behind: the files
+    already written and the folders this call made (``dest_dir`` included) are removed, and
     :class:`UploadError` names the entry.
     """
     limits = limits or UploadLimits()
     dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []  # folders this call created, parents first
+    _mkdirs(dest, made)
     root = dest.resolve()
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UploadError(f"{Path(zip_path).name}: not a readable zip file ({e})") from None
     written: list[Path] = []
     try:
+        try:
+            zf = zipfile.ZipFile(zip_path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise UploadError(f"{Path(zip_path).name}: not a readable zip file ({e})") from None
         with zf:
             plan = _plan(zf, limits)
             total = 0
             for info, rel in plan:
                 target = root.joinpath(*rel.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    _mkdirs(target.parent, made)
+                except (FileExistsError, NotADirectoryError):
+                    raise UploadError(f"zip entry {info.filename!r}: a file of the zip has the name of "
+                                      "its folder") from None
                 if not target.parent.resolve().is_relative_to(root):
                     raise UploadError(f"zip entry {info.filename!r}: resolves outside the destination")
                 if target.exists() or target.is_symlink():
@@ -175,6 +198,11 @@ def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike,
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
+        for folder in reversed(made):  # deepest first; a folder that holds something else stays
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
         raise
     log.info("extracted %d files from %s", len(written), zip_path)
     return written

@@ -65,23 +65,44 @@ def unpack_upload(job_dir: str | os.PathLike, manifest: str | os.PathLike | None
     """Put an upload under ``job_dir/upload``; returns ``(manifest_path, image_root)``.
 
     Either a manifest plus a zip of images, a manifest alone (text-only pairs), or one zip with both.
+    A refused upload (:class:`UploadError`, or any error raised midway) leaves nothing behind:
+    ``job_dir/upload`` is removed again when this call made it.
     """
     if manifest is None and archive is None:
         raise UploadError("nothing uploaded: give a manifest (.jsonl/.csv) and/or a zip")
+    limits = limits or UploadLimits()
+    if manifest is not None:  # checked before anything is written
+        suffix = Path(manifest).suffix.lower()
+        if suffix not in (".jsonl", ".csv"):
+            raise UploadError(f"{Path(manifest).name}: the manifest must be .jsonl or .csv, got {suffix!r}")
+        _check_manifest_size(Path(manifest), limits)
     upload = Path(job_dir) / "upload"
+    fresh = not upload.exists()
+    try:
+        return _unpack(upload, manifest, archive, limits)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(upload, ignore_errors=True)
+        raise
+
+
+def _check_manifest_size(path: Path, limits: UploadLimits, name: str = "") -> None:
+    if path.stat().st_size > limits.max_file_bytes:
+        raise UploadError(f"{name or path.name}: manifest over {limits.max_file_bytes:,} bytes")
+
+
+def _unpack(upload: Path, manifest: str | os.PathLike | None, archive: str | os.PathLike | None,
+            limits: UploadLimits) -> tuple[Path, Path]:
     files = upload / "files"
     files.mkdir(parents=True, exist_ok=True)
     if archive is not None:
         extract_zip(archive, files, limits)
-    limits = limits or UploadLimits()
     if manifest is None:
         path = find_manifest(files)
         return path, _image_root([path.parent], _image_refs(path, limits), upload)
-    suffix = Path(manifest).suffix.lower()
-    if suffix not in (".jsonl", ".csv"):
-        raise UploadError(f"{Path(manifest).name}: the manifest must be .jsonl or .csv, got {suffix!r}")
-    copy = upload / f"manifest{suffix}"
+    copy = upload / f"manifest{Path(manifest).suffix.lower()}"
     shutil.copyfile(manifest, copy)
+    _check_manifest_size(copy, limits, Path(manifest).name)  # it may have grown since it was checked
     top = [p for p in files.iterdir() if p.name not in IGNORED_PARTS]
     candidates = ([top[0]] if len(top) == 1 and top[0].is_dir() else []) + [files]
     return copy, _image_root(candidates, _image_refs(copy, limits), upload)
