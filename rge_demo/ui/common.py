@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 
 import gradio as gr
 
@@ -53,40 +54,40 @@ def gpu(fn):
     return spaces.GPU(fn)
 
 
-class ImageInput(gr.Image):
-    """An image input that hands the handler the uploaded file's path without opening it.
 
-    ``gr.Image`` opens every upload with PIL in its preprocess step and, unless the file is already
-    RGB, decodes and converts all its pixels: before any handler could refuse it. A 12000x12000 PNG
-    of 140 KB then costs seconds of CPU and ~700 MB, and a corrupt file fails with PIL's message and
-    the server's path. This component passes the path on untouched; the app's ``load_image`` checks
-    the pixel count from the header first and names the problem. The page shows the preview (the
-    browser decodes it); the front end is gr.Image's (``is_template``).
+def _image_path(component: gr.Image, payload):
+    """gr.Image's preprocess for ``type="filepath"``, without opening the file (see :func:`image_input`)."""
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):  # an inline image: store its bytes as they are
+        import base64
+
+        from gradio import processing_utils
+
+        head, _, data = payload.url.partition(",")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except ValueError as e:
+            raise gr.Error("the image is not valid base64 data") from e
+        ext = re.sub(r"[^a-z0-9]", "", head.split("/")[-1].split(";")[0].lower()) or "img"
+        return processing_utils.save_bytes_to_cache(raw, f"image.{ext}", cache_dir=component.GRADIO_CACHE)
+    if payload.path is None:
+        raise gr.Error("the image upload has no file: upload it again")
+    return str(payload.path)
+
+
+def image_input(value=None, **kwargs) -> gr.Image:
+    """The app's image input: gr.Image (the page shows the preview, decoded by the browser) whose
+    handler gets the uploaded file's path without the server opening it.
+
+    ``gr.Image`` opens every upload with PIL in its preprocess step and, unless the file is already in
+    its ``image_mode``, decodes and converts all its pixels: before any handler could refuse it. A
+    12000x12000 PNG of 140 KB then costs seconds of CPU and ~700 MB, and a corrupt file fails with
+    PIL's message and the server's path. Here the path goes on untouched; the app's ``load_image``
+    checks the pixel count from the header first and names the problem in a sentence. (An instance
+    attribute, not a subclass: gradio writes a ``.pyi`` file next to every component subclass.)
     """
-
-    is_template = True
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.url and payload.url.startswith("data:"):  # an inline image: store its bytes as they are
-            import base64
-
-            from gradio import processing_utils
-
-            try:
-                head, _, data = payload.url.partition(",")
-                raw = base64.b64decode(data, validate=True)
-            except ValueError as e:
-                raise gr.Error("the image is not valid base64 data") from e
-            ext = head.split("/")[-1].split(";")[0] or "img"
-            return processing_utils.save_bytes_to_cache(raw, f"image.{ext}", cache_dir=self.GRADIO_CACHE)
-        if payload.path is None:
-            raise gr.Error("the image upload has no file: upload it again")
-        return str(payload.path)
-
-
-def image_input(value=None, **kwargs) -> ImageInput:
-    """The app's image input: a filepath, opened only by the app (see :class:`ImageInput`)."""
     kwargs.setdefault("sources", ["upload", "clipboard"])
-    return ImageInput(value, type="filepath", image_mode=None, **kwargs)
+    component = gr.Image(value, type="filepath", image_mode=None, **kwargs)
+    component.preprocess = functools.partial(_image_path, component)
+    return component

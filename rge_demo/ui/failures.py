@@ -41,7 +41,8 @@ rationale ({c.tokens} tokens{forced}): <i>{html.escape(c.rationale)}</i><br>{tag
 def build(demo: Demo, model_state: gr.State) -> None:
     runs = sorted(demo.saved_runs())
     with gr.Row():
-        run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Saved evaluation run (reasoning + direct)")
+        run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Saved evaluation run (reasoning + direct)",
+                          allow_custom_value=True)  # the app names an unknown run itself
         load = gr.Button("Load run")
     with gr.Accordion("Run a new evaluation with the model in use", open=False):
         with gr.Row():
@@ -65,7 +66,8 @@ def build(demo: Demo, model_state: gr.State) -> None:
     with gr.Accordion("Guided tours", open=True):
         tours = demo.tours
         with gr.Row():
-            tour = gr.Dropdown([(t.title, t.id) for t in tours.values()], label="Tour", value=None)
+            tour = gr.Dropdown([(t.title, t.id) for t in tours.values()], label="Tour", value=None,
+                               allow_custom_value=True)  # the app names an unknown tour itself
             prev_b, next_b = gr.Button("Previous"), gr.Button("Next")
         tour_info = gr.Markdown(elem_id="tour-info")
         replay_btn = gr.Button("Replay this stop with the model in use (before / after)")

@@ -82,7 +82,9 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     # (b) rationales -----------------------------------------------------------------------------
     gr.Markdown("### 2. Rationales")
     with gr.Row():
-        dataset = gr.Dropdown([], value=None, label="Dataset (a version of a built upload; every save makes a new one)")
+        # allow_custom_value: the workbench checks a dataset / job id itself (unknown, or another session's)
+        dataset = gr.Dropdown([], value=None, allow_custom_value=True,
+                              label="Dataset (a version of a built upload; every save makes a new one)")
         draft_with = gr.Radio(["templates", "the model in use"], value="templates", label="Draft with")
         draft_btn = gr.Button("Draft missing rationales")
     dataset_info = gr.Markdown()
@@ -115,7 +117,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     gr.Markdown("### 4. Jobs (one runs at a time; the others wait in the queue)")
     jobs = gr.Dataframe(label="Jobs (this browser's)", interactive=False, max_height=220, wrap=True)
     with gr.Row():
-        job = gr.Dropdown([], value=None, label="Job", scale=3)
+        job = gr.Dropdown([], value=None, label="Job", scale=3, allow_custom_value=True)
         refresh_btn = gr.Button("Refresh", scale=0)
         cancel_btn = gr.Button("Cancel", variant="stop", scale=0)
         resume_btn = gr.Button("Resume", scale=0)

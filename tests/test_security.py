@@ -1,0 +1,227 @@
+"""The running app under hostile or careless requests, driven with gradio_client like any API user:
+another session's datasets and jobs, a decompression bomb, and bad inputs across the endpoints."""
+
+import json
+import re
+import time
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from apprunner import RunningApp
+from rge_demo.app.demo import SAMPLE_GALLERIES
+from rge_demo.app.sessions import new_key
+from rge_demo.app.workbench import DRAFT_COLUMNS
+from rge_demo.data.items import Gallery
+
+pytestmark = pytest.mark.slow  # the app in a subprocess
+
+GALLERY = Gallery.load(SAMPLE_GALLERIES / "vqa-count")
+QUERY = GALLERY.queries[0]
+INSTRUCTION = QUERY.instruction
+SERVER_PATH = re.compile(r"(?<![\w:/.])/(?:tmp|home|root|var|usr|work|proc|etc)/|[A-Za-z]:\\\\")
+
+
+@pytest.fixture(scope="module")
+def app(taught_dir, tmp_path_factory):
+    running = RunningApp(taught_dir, tmp_path_factory.mktemp("securitycache"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A 12000x12000 PNG (~150 KB: one grey), a corrupt PNG, a text file named .png, an empty file."""
+    root = tmp_path_factory.mktemp("hostile")
+    bomb = root / "bomb.png"
+    Image.new("L", (12000, 12000), 128).save(bomb, optimize=True)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "notes.png").write_text("just some text")
+    (root / "empty.png").write_bytes(b"")
+    return root
+
+
+def query_image():
+    return handle_file(str(GALLERY.image_path(QUERY.image)))
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def refused(fn, *args, **kwargs) -> str:
+    """The message of a call that must fail: a sentence naming the problem, nothing internal."""
+    with pytest.raises(Exception) as info:
+        fn(*args, **kwargs)
+    return check_sentence(str(info.value))
+
+
+def check_sentence(message: str) -> str:
+    assert len(message) >= 15 and " " in message, message
+    for bad in ("internal error", "Traceback", "Could not preprocess", "Exception", "TypeError", "AttributeError",
+                "KeyError", "UnidentifiedImageError", "NoneType"):
+        assert bad not in message, message
+    assert not SERVER_PATH.search(message), f"a server path in {message!r}"
+    return message
+
+
+def raw_call(app, endpoint: str, data: list) -> str:
+    """One call over gradio's HTTP API with ``data`` as JSON (ASCII-escaped, so a lone surrogate
+    travels as ``\\ud800``, which gradio_client cannot send): the error message, or "" on success."""
+    r = httpx.post(f"{app.url}gradio_api/call{endpoint}", content=json.dumps({"data": data}),
+                   headers={"content-type": "application/json"}, timeout=60)
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    with httpx.stream("GET", f"{app.url}gradio_api/call{endpoint}/{event_id}", timeout=120) as s:
+        lines = list(s.iter_lines())
+    for i, line in enumerate(lines):
+        if line == "event: error":
+            data = json.loads(lines[i + 1].removeprefix("data: ")) or ""
+            return data.get("error", "") if isinstance(data, dict) else data
+    return ""
+
+
+# -- (a) sessions ---------------------------------------------------------------------------------
+def test_another_sessions_datasets_and_jobs_are_refused(app, taught_dir):
+    alice_key, bob_key = new_key(), new_key()
+    alice, bob = Client(app.url, verbose=False), Client(app.url, verbose=False)
+    upload = alice.predict(alice_key, api_name="/sample_upload")[0]
+    dataset = alice.predict(alice_key, upload, False, api_name="/build_dataset")[0]["value"]
+    assert upload and dataset
+
+    # Bob validated nothing, then names Alice's upload and dataset: read and write both refused.
+    bob.predict(bob_key, api_name="/sample_upload")
+    for call in ((bob_key, upload, False, "/build_dataset"),
+                 (bob_key, dataset, "templates", "/draft_rationales")):
+        msg = refused(bob.predict, *call[:-1], api_name=call[-1])
+        assert "another session" in msg, msg
+    drafts = {"headers": DRAFT_COLUMNS, "data": [[0 if c == "row" else "x" for c in DRAFT_COLUMNS]]}
+    msg = refused(bob.predict, bob_key, dataset, drafts, api_name="/save_rationales")
+    assert "another session" in msg, msg
+    msg = refused(bob.predict, bob_key, dataset, taught_dir.name, "baseline", 1, 2, 1e-4, 0.1, 1.0, 0.03, False, 4,
+                  0.2, "", api_name="/launch_training")
+    assert "another session" in msg, msg
+
+    # Alice's job: Bob can neither see it nor act on it.
+    job_pick, jobs, *_ = alice.predict(alice_key, dataset, taught_dir.name, "baseline", 1, 2, 1e-4, 0.1, 1.0, 0.03,
+                                       False, 4, 0.2, "alice-job", api_name="/launch_training")
+    job = job_pick["value"]
+    try:
+        for endpoint in ("/training_progress", "/cancel_training", "/resume_training", "/training_results",
+                         "/use_trained_model"):
+            msg = refused(bob.predict, bob_key, job, api_name=endpoint)
+            assert "another session" in msg or "no job" in msg, (endpoint, msg)
+        bob_jobs = bob.predict(bob_key, None, api_name="/training_progress")[0]
+        assert job not in json.dumps(bob_jobs)
+        # another session's key over a connection: a malformed key is refused with a sentence
+        assert "session key" in refused(bob.predict, "short", job, api_name="/training_progress")
+    finally:
+        alice.predict(alice_key, job, api_name="/cancel_training")
+    assert app.alive()
+
+
+# -- (b) decompression bomb -----------------------------------------------------------------------
+def test_a_12000x12000_png_is_refused_at_once_without_decoding(app, client, files):
+    bomb = files / "bomb.png"
+    assert bomb.stat().st_size < 300_000
+    for endpoint in ("/search", "/compare"):
+        img = handle_file(str(bomb))
+        before = rss_mb(app.proc.pid)
+        t0 = time.perf_counter()
+        if endpoint == "/search":
+            msg = refused(client.predict, "vqa-count", QUERY.text, INSTRUCTION, 3, False, img, api_name=endpoint)
+        else:
+            msg = refused(client.predict, "vqa-count", img, QUERY.text, INSTRUCTION, None, 3, api_name=endpoint)
+        seconds = time.perf_counter() - t0
+        grown = rss_mb(app.proc.pid) - before
+        assert "12000x12000" in msg and "bomb.png" in msg, msg
+        assert seconds < 1.0, f"{endpoint}: refused after {seconds:.2f} s"
+        assert grown < 100, f"{endpoint}: the server grew by {grown:.0f} MB"
+    assert app.alive()
+
+
+# -- (c) bad inputs -------------------------------------------------------------------------------
+def bad_inputs(files, taught_dir):
+    """(endpoint, arguments, what the message must name) for 20+ distinct bad requests."""
+    img, txt = query_image, QUERY.text
+    big_k = 10 ** 9
+    return [
+        ("/compare", ("vqa-count", handle_file(str(files / "broken.png")), txt, INSTRUCTION, None, 3),
+         r"broken\.png.*not an image"),
+        ("/search", ("vqa-count", txt, INSTRUCTION, 3, False, handle_file(str(files / "broken.png"))),
+         r"broken\.png.*not an image"),
+        ("/search", ("vqa-count", txt, INSTRUCTION, 3, False, handle_file(str(files / "notes.png"))),
+         r"notes\.png.*not an image"),
+        ("/search", ("vqa-count", txt, INSTRUCTION, 3, False, handle_file(str(files / "empty.png"))),
+         r"empty\.png.*empty file"),
+        ("/search", ("vqa-count", "", "", 3, False, None), r"give an image or a text"),
+        ("/search", ("no-such-gallery", txt, INSTRUCTION, 3, False, None), r"unknown gallery 'no-such-gallery'"),
+        ("/search", ("vqa-count", txt, INSTRUCTION, 0, False, None), r"k must be in 1\.\.1000, got 0"),
+        ("/search", ("vqa-count", txt, INSTRUCTION, -5, False, None), r"k must be in 1\.\.1000, got -5"),
+        ("/search", ("vqa-count", txt, INSTRUCTION, big_k, False, None), r"k must be in 1\.\.1000"),
+        ("/search", ("vqa-count", "x" * 2001, INSTRUCTION, 3, False, None), r"query text is 2001 characters"),
+        ("/search", ("vqa-count", "two\x00three", INSTRUCTION, 3, False, None), r"query text contains a NUL"),
+        ("/compare", ("vqa-count", img(), txt, INSTRUCTION, "no-such-item", 3),
+         r"right answer 'no-such-item' is not an item"),
+        ("/compare", ("vqa-count", None, "", "", None, 3), r"give an image or a text"),
+        ("/reembed", ("vqa-count", img(), txt, INSTRUCTION, None, 3, "   "), r"rationale is empty"),
+        ("/reembed", ("vqa-count", img(), txt, "i" * 2001, None, 3, "answer two"), r"task instruction is 2001"),
+        ("/project", ("no-such-gallery", "pca", "label"), r"no-such-gallery"),
+        ("/load_run", ("no-such-run", "all", "all", "all", "all", "all"), r"no saved run 'no-such-run'"),
+        ("/load_run", ("", "all", "all", "all", "all", "all"), r"choose a saved run"),
+        ("/evaluate", (["count"], "ind", 1000, "all", "all", "all", "all", "all"), r"1000"),
+        ("/replay_stop", ("", 1), r"open a tour first"),
+        ("/replay_stop", ("no-such-tour", 1), r"no tour 'no-such-tour'"),
+        ("/replay_stop", ("rge-micro-reasoning-helps", 99), r"stop must be in 1\.\.\d+, got 99"),
+        ("/validate_upload", (new_key(), None, None), r"manifest|upload|file"),
+        ("/build_dataset", (new_key(), "no-such-upload", False), r"no-such-upload|upload"),
+        ("/training_progress", (new_key(), "no-such-job"), r"no-such-job|job"),
+        ("/training_progress", ("bad key!", None), r"session key"),
+        ("/unload_model", ("no-such-model", new_key()), r"no-such-model"),
+        ("/load_model", (str(files / "no-model-here"), "auto", "none", new_key()), r"no-model-here"),
+    ]
+
+
+def test_bad_inputs_get_one_sentence_naming_the_problem(app, client, files, taught_dir):
+    cases = bad_inputs(files, taught_dir)
+    assert len(cases) >= 20
+    failures = []
+    for endpoint, args, expect in cases:
+        try:
+            msg = refused(client.predict, *args, api_name=endpoint)
+            if not re.search(expect, msg):
+                failures.append(f"{endpoint} {args!r:.80}: {msg!r} does not name {expect!r}")
+        except AssertionError as e:
+            failures.append(f"{endpoint} {args!r:.80}: {e}")
+    assert not failures, "\n".join(failures)
+    assert app.alive()
+
+
+def test_lone_surrogates_and_k_above_the_gallery_size(app, client):
+    # A lone surrogate (valid JSON, not valid Unicode text) in the query text, the instruction, a rationale.
+    msg = raw_call(app, "/search", ["vqa-count", "How \ud800 many?", INSTRUCTION, 3, False, None])
+    assert "query text contains a character that is not valid Unicode" in check_sentence(msg), msg
+    msg = raw_call(app, "/search", ["vqa-count", "How many?", "Represent \udfff", 3, False, None])
+    assert "task instruction contains a character that is not valid Unicode" in check_sentence(msg), msg
+    msg = raw_call(app, "/reembed", ["vqa-count", None, "How many?", INSTRUCTION, None, 3, "answer \ud83d two"])
+    assert "rationale contains a character that is not valid Unicode" in check_sentence(msg), msg
+    # k above the gallery size: every item, and the result says so
+    out = client.predict("vqa-count", QUERY.text, INSTRUCTION, 50, False, None, api_name="/search")
+    n = len(GALLERY.items)
+    assert len(out["hits"]) == n and out["note"] == f"k=50 but the gallery has {n} items: showing {n}."
+    small = Gallery.load(SAMPLE_GALLERIES / "classification")
+    q = small.queries[0]
+    *_, status = client.predict("classification", handle_file(str(small.image_path(q.image))) if q.image else None,
+                                q.text, q.instruction, None, 5, api_name="/compare")
+    assert status.startswith(f"k=5 but the gallery has {len(small.items)} items: showing {len(small.items)}.")
+    assert app.alive()
