@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rge_demo.errors import RGEUserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
 
@@ -22,7 +24,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
-class SettingsError(ValueError):
+class SettingsError(RGEUserError, ValueError):
     """A setting (usually an ``RGE_*`` environment variable) with an unusable value."""
 
 

@@ -327,15 +327,19 @@ def test_bad_command_line_is_one_line(env, capsys):
 
 
 def test_user_error_family():
-    """RGEUserError and every older user-facing error the CLI reports (each still exists under its name)."""
+    """Every user-facing error of the library is an RGEUserError (one line, exit 2); bugs are not."""
     import importlib
 
-    from rge_demo.cli.common import LEGACY_USER_ERRORS, UsageError, user_errors, user_message
+    from rge_demo.cli.common import UsageError, user_message
     from rge_demo.errors import RGEUserError
 
-    for module, name in LEGACY_USER_ERRORS:
-        cls = getattr(importlib.import_module(module), name)
-        assert issubclass(cls, Exception) and cls in user_errors()
+    for module, name in [("rge_demo.config", "SettingsError"), ("rge_demo.models.loading", "ModelError"),
+                         ("rge_demo.embedding.encoder", "NotAnRGEModel"), ("rge_demo.embedding.profiles", "ProfileError"),
+                         ("rge_demo.data.images", "ImageError"), ("rge_demo.data.items", "ManifestError"),
+                         ("rge_demo.analysis.eval_tasks", "EvalDataError"), ("rge_demo.training.config", "ConfigError"),
+                         ("rge_demo.training.data", "DataError"), ("rge_demo.data.safezip", "UploadError"),
+                         ("rge_demo.app.user_galleries", "GalleryError")]:
+        assert issubclass(getattr(importlib.import_module(module), name), RGEUserError), name
     assert issubclass(UsageError, RGEUserError)
     assert user_message(UsageError("line one\n  line two\n")) == "line one; line two"  # always one line
     from rge_demo.analysis.sampling import SamplingError

@@ -27,6 +27,7 @@ from PIL import Image
 from rge_demo.data import world
 from rge_demo.data.images import load_image
 from rge_demo.embedding.prompts import EmbedInput, from_mmeb_text, prompt_text
+from rge_demo.errors import RGEUserError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ MMEB_OOD = frozenset({"Place365", "ImageNet-A", "ImageNet-R", "ObjectNet", "Coun
                       "RefCOCO", "RefCOCO-Matching", "Visual7W-Pointing"})
 
 
-class EvalDataError(ValueError):
+class EvalDataError(RGEUserError, ValueError):
     """Evaluation data that cannot be used; the message names the file, row or column."""
 
 

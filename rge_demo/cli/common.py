@@ -145,30 +145,6 @@ def check_minimums(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
-# The library's user-facing errors from before RGEUserError, as (module, class): also one line and exit 2.
-LEGACY_USER_ERRORS = (
-    ("rge_demo.config", "SettingsError"),
-    ("rge_demo.models.loading", "ModelError"),
-    ("rge_demo.embedding.encoder", "NotAnRGEModel"),
-    ("rge_demo.embedding.profiles", "ProfileError"),
-    ("rge_demo.data.images", "ImageError"),
-    ("rge_demo.data.items", "ManifestError"),
-    ("rge_demo.analysis.eval_tasks", "EvalDataError"),
-    ("rge_demo.training.config", "ConfigError"),
-    ("rge_demo.training.data", "DataError"),
-)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """What is reported as one line and exit code 2: the RGEUserError family and the older user-facing errors.
-
-    Only the modules already imported are looked at: an error raised from a module never imported
-    cannot be one of its classes (and the report stays fast: no torch import to print a line).
-    """
-    legacy = (getattr(sys.modules.get(module), name, None) for module, name in LEGACY_USER_ERRORS)
-    return (RGEUserError, *(cls for cls in legacy if cls is not None))
-
-
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -176,7 +152,7 @@ def user_message(e: BaseException) -> str | None:
     """The one-line message of a user error, or None for a bug."""
     if isinstance(e, _FILE_ERRORS) and (e.filename is not None or e.args):
         text = f"{e.filename}: {e.strerror or e}" if e.filename is not None else str(e)
-    elif isinstance(e, user_errors()):
+    elif isinstance(e, RGEUserError):
         text = str(e) or type(e).__name__
     else:
         return None

@@ -18,6 +18,8 @@ from typing import IO, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from rge_demo.errors import RGEUserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: any photo, not a bomb
@@ -27,7 +29,7 @@ WHITE = (255, 255, 255)
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
 
 
-class ImageError(ValueError):
+class ImageError(RGEUserError, ValueError):
     """An image that cannot be used; the message names the file (or "uploaded image") and why."""
 
     def __init__(self, name: str, problem: str):

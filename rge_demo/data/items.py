@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rge_demo.errors import RGEUserError
+
 try:
     import fcntl
 except ImportError:  # Windows: callers' thread locks are all there is
@@ -24,7 +26,7 @@ META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 MANIFEST = "manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(RGEUserError, ValueError):
     """A manifest that cannot be used; the message names the file and the field."""
 
 

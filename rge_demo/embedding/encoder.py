@@ -29,8 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
-                          StoppingCriteriaList, TextIteratorStreamer)
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from rge_demo.errors import RGEUserError
 
 from .profiles import profile_for
 from .prompts import EMB_TOKEN, EmbedInput, prompt_text
@@ -41,7 +49,7 @@ DEFAULT_MAX_NEW_TOKENS = 128
 BUDGET_RULE = "append_emb"  # when the encoder has no profile
 
 
-class NotAnRGEModel(ValueError):
+class NotAnRGEModel(RGEUserError, ValueError):
     """The tokenizer has no ``<emb>`` token."""
 
 

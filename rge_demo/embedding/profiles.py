@@ -35,6 +35,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from rge_demo.errors import RGEUserError
+
 log = logging.getLogger(__name__)
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -48,7 +50,7 @@ TASK_KEYS = ("meta_task", "query", "candidate", "subset")
 WORLD_TASKS = "world"  # "tasks": "world" in a profile file: the synthetic world's task instructions
 
 
-class ProfileError(ValueError):
+class ProfileError(RGEUserError, ValueError):
     """A profile file or name that cannot be used; the message names the file or the name."""
 
 

@@ -38,8 +38,16 @@ from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VL
 
 from rge_demo.config import autodetect_device
 from rge_demo.embedding.encoder import NotAnRGEModel, emb_token_id
-from rge_demo.embedding.profiles import CONFIG_KEY, DEFAULT_PROFILE, PROFILE_DIR, ProfileError, PromptProfile, profile_for
+from rge_demo.embedding.profiles import (
+    CONFIG_KEY,
+    DEFAULT_PROFILE,
+    PROFILE_DIR,
+    ProfileError,
+    PromptProfile,
+    profile_for,
+)
 from rge_demo.embedding.prompts import EMB_TOKEN
+from rge_demo.errors import RGEUserError
 
 from .processor import load_processor
 
@@ -69,7 +77,7 @@ _ETAG_TIMEOUT_S = 10.0
 _SHOWN_KEYS = 5
 
 
-class ModelError(Exception):
+class ModelError(RGEUserError):
     """Base of every model loading / management error; the message is meant for the user."""
 
 

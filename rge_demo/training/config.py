@@ -6,10 +6,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from rge_demo.errors import RGEUserError
+
 STAGES = ("cold-start", "rge", "baseline", "leakage")
 
 
-class ConfigError(ValueError):
+class ConfigError(RGEUserError, ValueError):
     """A training config with a wrong field; the message names the field (and the file)."""
 
 

@@ -19,9 +19,10 @@ from rge_demo.data import world
 from rge_demo.data.images import ImageError, load_image
 from rge_demo.data.upload import PAIR_FIELDS  # noqa: F401  (the pairs schema lives with the upload validator)
 from rge_demo.embedding.prompts import EmbedInput, instruction_for
+from rge_demo.errors import RGEUserError
 
 
-class DataError(ValueError):
+class DataError(RGEUserError, ValueError):
     """Training data that cannot be used; the message names the file, line and field."""
 
 
