@@ -106,6 +106,25 @@ def test_compare_example_streams_and_ranks(page, app):
         expect(page.get_by_text("generated tokens")).to_be_visible()  # the cost line
 
 
+def error_badges(page, selector):
+    """Gradio's red "Error" status badges inside one component (the toast's title is elsewhere)."""
+    return page.locator(selector).get_by_text("Error", exact=True)
+
+
+def test_compare_error_marks_only_the_status_line(page, app):
+    with tab(page, app, "Compare", "1b-compare-error"):
+        target = page.get_by_label("Right answer (optional: marks its rank)", exact=True)
+        target.fill("no-such-item")
+        target.press("Enter")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        expect(page.get_by_text(re.compile("the right answer 'no-such-item' is not an item")).first).to_be_visible()
+        expect(error_badges(page, "#compare-status")).to_have_count(1)
+        expect(error_badges(page, "#rationale")).to_have_count(0)  # the results stay readable
+        expect(visible(page, "table.rge-hits")).to_have_count(2)
+        target.fill("")
+        target.press("Enter")
+
+
 def test_explore_projects(page, app):
     with tab(page, app, "Explore", "2-explore"):
         page.get_by_label("pca", exact=True).check()
@@ -117,6 +136,27 @@ def test_explore_projects(page, app):
         page.get_by_role("button", name="Project", exact=True).click()
         expect(page.get_by_text(re.compile(r"Method: UMAP|UMAP is .*PCA shown meanwhile"))).to_be_visible()
         expect(visible(page, ".js-plotly-plot .scatterlayer .trace").first).to_be_visible()
+
+
+def test_failures_replay_line_follows_the_tour(page, app):
+    if not ((SAVED_RUN / "reason" / "cases.jsonl").is_file() and any(TOURS.glob("*.json"))):
+        pytest.skip("the saved run assets/runs/rge-micro and the tours assets/tours/*.json are not there")
+    with tab(page, app, "Failures", "3a-failures-replay"):
+        replay = page.get_by_role("button", name="Replay this stop with the model in use (before / after)")
+        replay.click()  # no tour open yet
+        expect(page.get_by_text("open a tour first").first).to_be_visible()
+        expect(error_badges(page, "#tour-replay")).to_have_count(1)
+        tour = page.get_by_label("Tour", exact=True)
+        tour.click()
+        page.get_by_role("option").nth(0).click()
+        expect(page.get_by_text(re.compile(r"Stop 1 of \d+"))).to_be_visible()
+        expect(error_badges(page, "#tour-replay")).to_have_count(0)  # opening a tour clears the old error
+        replay.click()
+        expect(page.locator("#tour-replay").get_by_text("Stop 1. Rationale now")).to_be_visible()
+        tour.click()
+        page.get_by_role("option").nth(1).click()  # another tour: the old replay table goes
+        expect(page.locator("#tour-replay").get_by_text("direct rank")).to_have_count(0)
+        expect(page.get_by_text(re.compile(r"Stop 1 of \d+"))).to_be_visible()
 
 
 def test_failures_tour(page, app):
