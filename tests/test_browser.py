@@ -117,7 +117,7 @@ def test_compare_error_marks_only_the_status_line(page, app):
         target.fill("no-such-item")
         target.press("Enter")
         page.get_by_role("button", name="Compare", exact=True).click()
-        expect(page.get_by_text(re.compile("the right answer 'no-such-item' is not an item")).first).to_be_visible()
+        expect(page.get_by_text(re.compile("the right answer 'no-such-item' is not in gallery")).first).to_be_visible()
         expect(error_badges(page, "#compare-status")).to_have_count(1)
         expect(error_badges(page, "#rationale")).to_have_count(0)  # the results stay readable
         expect(visible(page, "table.rge-hits")).to_have_count(2)

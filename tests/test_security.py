@@ -173,7 +173,7 @@ def bad_inputs(files, taught_dir):
         ("/search", ("vqa-count", "x" * 2001, INSTRUCTION, 3, False, None), r"query text is 2001 characters"),
         ("/search", ("vqa-count", "two\x00three", INSTRUCTION, 3, False, None), r"query text contains a NUL"),
         ("/compare", ("vqa-count", img(), txt, INSTRUCTION, "no-such-item", 3),
-         r"right answer 'no-such-item' is not an item"),
+         r"right answer 'no-such-item' is not in gallery"),
         ("/compare", ("vqa-count", None, "", "", None, 3), r"give an image or a text"),
         ("/reembed", ("vqa-count", img(), txt, INSTRUCTION, None, 3, "   "), r"rationale is empty"),
         ("/reembed", ("vqa-count", img(), txt, "i" * 2001, None, 3, "answer two"), r"task instruction is 2001"),
@@ -189,7 +189,7 @@ def bad_inputs(files, taught_dir):
         ("/training_progress", (new_key(), "no-such-job"), r"no-such-job|job"),
         ("/training_progress", ("bad key!", None), r"session key"),
         ("/unload_model", ("no-such-model", new_key()), r"no-such-model"),
-        ("/load_model", (str(files / "no-model-here"), "auto", "none", new_key()), r"no-model-here"),
+        ("/load_model", ("no-model-here", "auto", "none", new_key()), r"no-model-here"),
     ]
 
 

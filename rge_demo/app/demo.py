@@ -49,14 +49,31 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (RGEUserError, UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
 
 
-# An absolute path of two or more parts (not inside a URL): messages show only its last part.
+# An absolute path of two or more parts (not inside a URL).
 _SERVER_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"`]+/)+([^\s/'\"`]+)")
 
 
-def public_message(message: str) -> str:
-    """A user-facing message with every absolute server path reduced to its file name (a message
-    must not tell a visitor where the server keeps its files)."""
-    return _SERVER_PATH.sub(lambda m: m.group(1), str(message))
+def server_dirs(settings: Settings | None = None) -> list[str]:
+    """Folders only the server knows: Gradio's upload cache, the app's cache folder, the repository."""
+    import os
+    import tempfile
+
+    settings = settings or get_settings()
+    gradio_cache = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
+    return [str(Path(d).resolve()) for d in (gradio_cache, settings.cache_dir, REPO_ROOT)]
+
+
+def public_message(message, roots: list[str] | None = None) -> str:
+    """A user-facing message in which every absolute path inside one of ``roots`` (default
+    :func:`server_dirs`) is reduced to its file name: a message must not tell a visitor where the
+    server keeps its files. Paths the user gave (a model folder) stay as they are."""
+    roots = server_dirs() if roots is None else roots
+
+    def shorten(m: re.Match) -> str:
+        path = m.group(0)
+        return m.group(1) if any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots) else path
+
+    return _SERVER_PATH.sub(shorten, str(message))
 
 
 def check_text(value, what: str, limit: int = MAX_TEXT_CHARS) -> str:
@@ -302,7 +319,7 @@ class Demo:
         """The "right answer" of a query: None, or the id of an item of ``gallery``."""
         target_id = check_text(target_id, "right answer", 500) or None
         if target_id is not None and target_id not in {it.id for it in gallery.items}:
-            raise UserError(f"the right answer {target_id!r} is not an item of gallery {gallery.name!r}")
+            raise UserError(f"the right answer {target_id!r} is not in gallery {gallery.name!r}")
         return target_id
 
     def search(self, gallery_name: str, image, text: str, instruction: str, k: int = 5,
