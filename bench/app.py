@@ -95,7 +95,7 @@ def one_compare(client, gallery: Gallery, i: int) -> tuple[float, float]:
     first = None
     if isinstance(client, BrowserSession):
         image = client.upload(gallery.image_path(q.image)) if q.image else None
-        client.submit(gallery.name, image, q.text, q.instruction, q.target_id, 5, None)
+        client.submit(gallery.name, image, q.text, q.instruction, q.target_id, 5, None, None)  # model, session: state
         for m in client.messages():
             # the first update carries the direct side; the next ones the rationale (output 1) as it grows
             if first is None and m["msg"] == "process_generating" and m["output"]["data"][1]:

@@ -206,3 +206,35 @@ def test_train_tab_sample_upload_to_curve(page, app, taught_dir):
         expect(visible(page, ".js-plotly-plot .scatterlayer .trace").first).to_be_visible()  # the loss curve
         expect(visible(page, "table").filter(has_text="finished").first).to_be_visible()  # the Jobs table
     assert app.alive()
+
+
+def test_a_gallery_zip_registered_in_the_galleries_tab_appears_in_compare(page, app, tmp_path):
+    import zipfile
+
+    from PIL import Image
+
+    zpath = tmp_path / "my-colours.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for colour in ("red", "green", "blue", "yellow"):
+            png = tmp_path / f"{colour}_square.png"
+            Image.new("RGB", (40, 40), colour).save(png)
+            z.write(png, png.name)
+    with tab(page, app, "Galleries", "7-galleries"):
+        page.locator("#gallery-zip input[type=file]").set_input_files(str(zpath))
+        expect(page.locator("#gallery-zip").get_by_text("my-colours.zip")).to_be_visible()  # uploaded
+        page.get_by_label("Gallery name", exact=True).fill("my colours")
+        page.get_by_role("button", name="Register and embed").click()
+        expect(page.get_by_text(re.compile(r"Registered \*?\*?my colours"))).to_be_visible()
+        expect(page.get_by_test_id("cell-0-4")).to_contain_text("4/4")  # the background embedding ended: 4 of 4 items
+    with tab(page, app, "Compare", "8-compare-own-gallery"):
+        page.reload()  # the gallery list is the session's: it is read when the page loads
+        expect(page.get_by_text("Examples: click one to run it")).to_be_visible()
+        box = page.get_by_label("Gallery to search", exact=True)
+        box.click()
+        own = page.get_by_role("option", name=re.compile(r"^my colours \["))
+        expect(own).to_be_visible()
+        own.click()
+        page.get_by_label("Query text", exact=True).fill("a red square")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        expect(page.get_by_text("What moved")).to_be_visible()
+        expect(visible(page, "table.rge-hits")).to_have_count(2)

@@ -130,6 +130,36 @@ def test_another_sessions_datasets_and_jobs_are_refused(app, taught_dir):
     assert app.alive()
 
 
+
+def test_another_sessions_gallery_is_refused(app, tmp_path):
+    import zipfile
+
+    alice_key, bob_key = new_key(), new_key()
+    alice, bob = Client(app.url, verbose=False), Client(app.url, verbose=False)
+    zpath = tmp_path / "colours.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for colour in ("red", "green", "blue"):
+            png = tmp_path / f"{colour}_square.png"
+            Image.new("RGB", (32, 32), colour).save(png)
+            z.write(png, png.name)
+    message, *_ = alice.predict("zip", handle_file(str(zpath)), "", "", None, "colours", alice_key,
+                                api_name="/register_gallery")
+    name = re.search(r"\*\*(.+?)\*\*", message).group(1)
+    for _ in range(200):  # embedding runs in the background; a compare before it ends embeds what is left
+        hits = alice.predict(name, "a red square", "Find the image.", 2, False, None, alice_key, api_name="/search")
+        if hits["hits"]:
+            break
+    assert len(hits["hits"]) == 2
+    for endpoint, args in (("/search", (name, "a red square", "Find the image.", 2, False, None, bob_key)),
+                           ("/search", (name, "a red square", "Find the image.", 2, False, None, None)),
+                           ("/remove_gallery", (name, bob_key))):
+        msg = refused(bob.predict, *args, api_name=endpoint)
+        assert "another session" in msg, (endpoint, msg)
+    msg = refused(bob.predict, "folder", None, "/etc", "", None, "system", bob_key, api_name="/register_gallery")
+    assert "folders on the server are off" in msg, msg
+    assert app.alive()
+
+
 # -- (b) decompression bomb -----------------------------------------------------------------------
 def test_a_12000x12000_png_is_refused_at_once_without_decoding(app, client, files):
     bomb = files / "bomb.png"
@@ -210,11 +240,11 @@ def test_bad_inputs_get_one_sentence_naming_the_problem(app, client, files, taug
 
 def test_lone_surrogates_and_k_above_the_gallery_size(app, client):
     # A lone surrogate (valid JSON, not valid Unicode text) in the query text, the instruction, a rationale.
-    msg = raw_call(app, "/search", ["vqa-count", "How \ud800 many?", INSTRUCTION, 3, False, None])
+    msg = raw_call(app, "/search", ["vqa-count", "How \ud800 many?", INSTRUCTION, 3, False, None, None])
     assert "query text contains a character that is not valid Unicode" in check_sentence(msg), msg
-    msg = raw_call(app, "/search", ["vqa-count", "How many?", "Represent \udfff", 3, False, None])
+    msg = raw_call(app, "/search", ["vqa-count", "How many?", "Represent \udfff", 3, False, None, None])
     assert "task instruction contains a character that is not valid Unicode" in check_sentence(msg), msg
-    msg = raw_call(app, "/reembed", ["vqa-count", None, "How many?", INSTRUCTION, None, 3, "answer \ud83d two"])
+    msg = raw_call(app, "/reembed", ["vqa-count", None, "How many?", INSTRUCTION, None, 3, "answer \ud83d two", None])
     assert "rationale contains a character that is not valid Unicode" in check_sentence(msg), msg
     # k above the gallery size: every item, and the result says so
     out = client.predict("vqa-count", QUERY.text, INSTRUCTION, 50, False, None, api_name="/search")

@@ -147,3 +147,40 @@ def test_galleries_are_owned_by_their_session_and_survive_a_restart(tmp_path, ta
     assert again.names(alice) == ["samples", mine.name]
     again.remove(mine.name, alice)
     assert again.names(alice) == ["samples"] and not mine.root.exists()
+
+
+def test_the_app_layer_registers_embeds_and_compares_on_a_sessions_gallery(tmp_path, taught_dir):
+    import time
+
+    from rge_demo.app.demo import Demo, UserError
+    from rge_demo.app.sessions import new_key
+    from rge_demo.config import Settings
+    from rge_demo.errors import OwnershipError
+
+    src = image_folder(tmp_path / "src")
+    zpath = tmp_path / "mine.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in src.iterdir():
+            z.write(f, f.name)
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(taught_dir), max_new_tokens=4))
+    alice, bob = new_key(), new_key()
+    g = demo.register_gallery(alice, str(zpath), "colours", kind="zip")
+    for _ in range(600):
+        if demo.own_galleries(alice)[0]["state"] != "embedding":
+            break
+        time.sleep(0.05)
+    (row,) = demo.own_galleries(alice)
+    assert (row["name"], row["state"], row["done"], row["items"]) == (g.name, "ready", 3, 3)
+    assert g.name in demo.gallery_names(alice) and g.name not in demo.gallery_names(bob)
+    *_, c = demo.compare(g.name, None, "a red square", "Find the image.", 2, session_key=alice)
+    assert c.done and len(c.reason.hits) == 2 and {h.item.id for h in c.direct.hits} <= {it.id for it in g.items}
+    with pytest.raises(OwnershipError):
+        next(demo.compare(g.name, None, "a red square", "Find the image.", 2, session_key=bob))
+    with pytest.raises(UserError, match="folders on the server are off"):
+        demo.register_gallery(alice, str(src), "on server", kind="folder")
+    allowed = Demo(Settings(cache_dir=tmp_path / "cache2", model=str(taught_dir), gallery_roots=(tmp_path,)))
+    assert allowed.register_gallery(alice, str(src), "on server", kind="folder").items
+    with pytest.raises(UserError, match="not under a folder this app allows"):
+        allowed.register_gallery(alice, "/etc", "system", kind="folder")
+    demo.remove_gallery(g.name, alice)
+    assert g.name not in demo.gallery_names(alice)

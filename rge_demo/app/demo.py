@@ -168,6 +168,9 @@ class Demo:
 
         self._projections = ProjectionCache(self.settings.cache_dir / "projections")
         self._lock = threading.RLock()
+        from rge_demo.app.gallery_access import GalleryAccess
+
+        self.access = GalleryAccess(self.settings.cache_dir / "user-galleries", self.galleries)
 
     @functools.cached_property
     def workbench(self):
@@ -222,22 +225,69 @@ class Demo:
                         "instruction": q.instruction, "target_id": q.target_id, "reasoning_helps": helps})
         return out
 
-    def gallery(self, name: str) -> Gallery:
+    def gallery(self, name: str, session_key: str | None = None) -> Gallery:
+        """A sample gallery, or one the session ``session_key`` registered (another session's is refused)."""
+        from rge_demo.app.gallery_access import GalleryNotFound
+
         if not isinstance(name, str) or not name:
-            raise UserError(f"choose a gallery: one of {sorted(self.galleries)}")
-        if name not in self.galleries:
-            raise UserError(f"unknown gallery {name!r}; choose one of {sorted(self.galleries)}")
-        return self.galleries[name]
+            raise UserError(f"choose a gallery: one of {self.gallery_names(session_key)}")
+        try:
+            return self.access.get(name, session_key)
+        except GalleryNotFound:
+            raise UserError(f"unknown gallery {name!r}; choose one of {self.gallery_names(session_key)}") from None
+
+    def gallery_names(self, session_key: str | None = None) -> list[str]:
+        """The sample galleries, then the session's own."""
+        return self.access.names(session_key)
 
     def index(self, gallery_name: str, model_name: str | None = None,
-              progress: Callable[[int, int], None] | None = None) -> GalleryIndex:
+              progress: Callable[[int, int], None] | None = None, session_key: str | None = None) -> GalleryIndex:
+        gallery = self.gallery(gallery_name, session_key)
         loaded = self.model(model_name)
-        key = (loaded.fingerprint, gallery_name)
+        key = (loaded.fingerprint, gallery.name)
         with self._lock:
             if key not in self._indexes:
-                self._indexes[key] = build_index(loaded.encoder, self.gallery(gallery_name), loaded.fingerprint,
-                                                 self.cache, progress)
+                self._indexes[key] = build_index(loaded.encoder, gallery, loaded.fingerprint, self.cache, progress)
             return self._indexes[key]
+
+    # -- a session's own galleries ------------------------------------------------------------------
+    def register_gallery(self, session_key: str, source, name: str, *, kind: str = "auto", subset: str | None = None,
+                         limit: int | None = None, model_name: str | None = None) -> Gallery:
+        """Register a gallery for this session (see :mod:`rge_demo.app.user_galleries`) and start
+        embedding it in the background with ``model_name``. A folder on the server must lie under
+        one of ``Settings.gallery_roots`` (RGE_GALLERY_ROOTS); an uploaded zip always may."""
+        if kind in ("folder", "mmeb") or (kind == "auto" and not str(source).lower().endswith(".zip")):
+            self._check_server_folder(source)
+        g = self.access.register(session_key, source, name, kind=kind, subset=subset, limit=limit)
+        self.access.embed_in_background(
+            g.name, session_key, lambda progress: self.index(g.name, model_name, progress, session_key))
+        return g
+
+    def _check_server_folder(self, source) -> None:
+        roots = [Path(r).resolve() for r in self.settings.gallery_roots]
+        if not roots:
+            raise UserError("galleries from folders on the server are off in this app (the operator can allow "
+                            "folders with RGE_GALLERY_ROOTS); upload a zip instead")
+        path = Path(str(source or "")).expanduser().resolve()
+        if not any(path == r or r in path.parents for r in roots):
+            raise UserError(f"{source!r} is not under a folder this app allows galleries from "
+                            f"({', '.join(map(str, roots))})")
+
+    def own_galleries(self, session_key: str) -> list[dict]:
+        """The session's galleries: name, items, queries and the background embedding's state."""
+        out = []
+        for name in self.access.names(session_key):
+            if name in self.galleries:
+                continue
+            g, status = self.access.get(name, session_key), self.access.status(name, session_key)
+            out.append({"name": name, "items": len(g.items), "queries": len(g.queries), **status})
+        return out
+
+    def remove_gallery(self, name: str, session_key: str) -> None:
+        self.access.remove(name, session_key)
+        with self._lock:
+            for key in [k for k in self._indexes if k[1] == name]:
+                del self._indexes[key]
 
     def warm(self, model_name: str | None = None, progress: Callable[[str, int, int], None] | None = None) -> None:
         """Build (or load from the cache) every gallery's index for a model."""
@@ -279,31 +329,31 @@ class Demo:
     # -- Compare -----------------------------------------------------------------------------------
     def compare(self, gallery_name: str, image, text: str, instruction: str, k: int = 5,
                 target_id: str | None = None, model_name: str | None = None,
-                max_new_tokens: int | None = None) -> Iterator[Comparison]:
+                max_new_tokens: int | None = None, session_key: str | None = None) -> Iterator[Comparison]:
         k = check_int(k, "k", 1, MAX_K)
-        gallery = self.gallery(gallery_name)
+        gallery = self.gallery(gallery_name, session_key)
         target_id = self.check_target(gallery, target_id)
         inp = self.make_input(image, text, instruction)
-        index = self.index(gallery.name, model_name)
+        index = self.index(gallery.name, model_name, session_key=session_key)
         yield from compare_stream(self.model(model_name).encoder, index, inp, int(k), target_id or None,
                                   max_new_tokens, self.settings.stream_interval)
 
     def reembed(self, gallery_name: str, image, text: str, instruction: str, rationale: str,
                 previous: Comparison, k: int = 5, target_id: str | None = None,
-                model_name: str | None = None) -> Comparison:
+                model_name: str | None = None, session_key: str | None = None) -> Comparison:
         """The reasoning side again from an edited rationale. ``previous`` (the last comparison of
         this query) supplies the direct side; without one (an API call, or no comparison run yet),
         or when it was for another gallery or k, the direct side is computed again."""
         from rge_demo.analysis.compare import _side
 
         k = check_int(k, "k", 1, MAX_K)
-        gallery = self.gallery(gallery_name)
+        gallery = self.gallery(gallery_name, session_key)
         target_id = self.check_target(gallery, target_id)
         rationale = check_text(rationale, "rationale")
         if not rationale:
             raise UserError("the rationale is empty: write one, or run the comparison again")
         inp = self.make_input(image, text, instruction)
-        encoder, index = self.model(model_name).encoder, self.index(gallery.name, model_name)
+        encoder, index = self.model(model_name).encoder, self.index(gallery.name, model_name, session_key=session_key)
         ids = {it.id for it in index.items}
         direct = getattr(previous, "direct", None)
         if (direct is None or len(direct.hits) != min(k, len(index.items))
@@ -323,14 +373,14 @@ class Demo:
         return target_id
 
     def search(self, gallery_name: str, image, text: str, instruction: str, k: int = 5,
-               reason: bool = False, model_name: str | None = None) -> dict:
+               reason: bool = False, model_name: str | None = None, session_key: str | None = None) -> dict:
         """One query, one mode: ranked hits as plain dicts (for the API), and a note when the gallery
         has fewer than ``k`` items."""
         k = check_int(k, "k", 1, MAX_K)
-        gallery = self.gallery(gallery_name)
+        gallery = self.gallery(gallery_name, session_key)
         inp = self.make_input(image, text, instruction)
         encoder = self.model(model_name).encoder
-        index = self.index(gallery.name, model_name)
+        index = self.index(gallery.name, model_name, session_key=session_key)
         rationale = ""
         if reason:
             result = encoder.reason([inp])[0]

@@ -6,19 +6,19 @@ import gradio as gr
 
 from rge_demo.app.demo import Demo, k_note
 
-from .common import friendly, gpu, image_input
+from .common import EXPECTED, friendly, gpu, image_input
 from .render import comparison_html, hits_html, moves_html
+from .train import session_of
 
 ENCODE_LIMIT = 16  # Compare/search requests served at once (the collector merges up to 16 rows per call)
 
 
-def _query_choices(demo: Demo, gallery_name: str) -> list[tuple[str, str]]:
-    g = demo.galleries[gallery_name]
+def _query_choices(g) -> list[tuple[str, str]]:
     return [(f"{q.id}: {q.text[:60]}", q.id) for q in g.queries]
 
 
-def _target_choices(demo: Demo, gallery_name: str) -> list[tuple[str, str]]:
-    return [(it.label or it.text or it.id, it.id) for it in demo.galleries[gallery_name].items]
+def _target_choices(g) -> list[tuple[str, str]]:
+    return [(it.label or it.text or it.id, it.id) for it in g.items]
 
 
 def _profile_line(presets: dict) -> str:
@@ -33,7 +33,12 @@ def _preset_updates(demo: Demo, model_name):
             p["tasks"][first]["query"] if first else gr.update(), _profile_line(p))
 
 
-def build(demo: Demo, model_state: gr.State) -> None:
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
+    """Lay out the tab; returns (fn, inputs, outputs) for the page's load event (the session's galleries).
+
+    ``session`` is the browser's key: the gallery list holds the sample galleries and this session's own.
+    """
+    session = session if session is not None else gr.State(None)
     galleries = sorted(demo.galleries)
     presets = demo.presets(None)  # the default model's prompt profile; follows model_state below
     first_preset = next(iter(presets["tasks"]), None)
@@ -43,7 +48,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             gallery = gr.Dropdown(galleries, value=first, label="Gallery to search")
-            pick = gr.Dropdown(_query_choices(demo, first) if first else [], label="Pick a query from the gallery",
+            pick = gr.Dropdown(_query_choices(demo.gallery(first)) if first else [], label="Pick a query from the gallery",
                                value=None)
             image = image_input(default and default["image"], label="Query image (optional)", height=200)
             text = gr.Textbox(default["text"] if default else "", label="Query text", lines=2)
@@ -53,7 +58,7 @@ def build(demo: Demo, model_state: gr.State) -> None:
                                      value=default["instruction"] if default else
                                      presets["tasks"][first_preset]["query"] if first_preset else "")
             profile_line = gr.Markdown(_profile_line(presets), elem_id="prompt-profile")
-            target = gr.Dropdown(_target_choices(demo, first) if first else [], value=default and default["target_id"],
+            target = gr.Dropdown(_target_choices(demo.gallery(first)) if first else [], value=default and default["target_id"],
                                  allow_custom_value=True,
                                  label="Right answer (optional: marks its rank)")
             k = gr.Slider(1, 20, value=5, step=1, label="k")
@@ -71,21 +76,32 @@ def build(demo: Demo, model_state: gr.State) -> None:
             moved = gr.HTML()
     last = gr.State(None)
 
-    def target_choices(gallery_name):
-        return _target_choices(demo, gallery_name)
+    def own_gallery(gallery_name, browser_key, request):
+        """The named gallery if this session may use it, else None (the pickers then stay as they are)."""
+        try:
+            return demo.gallery(gallery_name, session_of(browser_key, request))
+        except EXPECTED:
+            return None
 
-    def on_gallery(gallery_name, target_id):
-        keep = target_id if target_id in {it.id for it in demo.galleries[gallery_name].items} else None
-        return (gr.update(choices=_query_choices(demo, gallery_name), value=None),
-                gr.update(choices=target_choices(gallery_name), value=keep))
+    def on_gallery(gallery_name, target_id, browser_key, request: gr.Request):
+        g = own_gallery(gallery_name, browser_key, request)
+        if g is None:
+            return gr.update(), gr.update()
+        keep = target_id if target_id in {it.id for it in g.items} else None
+        return (gr.update(choices=_query_choices(g), value=None), gr.update(choices=_target_choices(g), value=keep))
 
-    def on_pick(gallery_name, query_id):
-        g = demo.galleries.get(gallery_name)
+    def on_pick(gallery_name, query_id, browser_key, request: gr.Request):
+        g = own_gallery(gallery_name, browser_key, request)
         q = next((q for q in g.queries if q.id == query_id), None) if g and query_id else None
         if q is None:
             return gr.update(), gr.update(), gr.update(), gr.update()
         img = str(g.image_path(q.image)) if q.image else None
-        return img, q.text, q.instruction, gr.update(choices=target_choices(gallery_name), value=q.target_id)
+        return img, q.text, q.instruction, gr.update(choices=_target_choices(g), value=q.target_id)
+
+    def on_page(gallery_name, browser_key, request: gr.Request):
+        """The gallery list of this session (samples, then its own); keeps the choice if it is still there."""
+        names = demo.gallery_names(session_of(browser_key, request))
+        return gr.update(choices=names, value=gallery_name if gallery_name in names else first)
 
     def status_line(g, k, line):
         note = k_note(k, len(g.items)) if isinstance(k, int) else ""
@@ -93,48 +109,55 @@ def build(demo: Demo, model_state: gr.State) -> None:
 
     @gpu
     @friendly
-    def on_run(gallery, image, query_text, instruction, target_id, k, model_name):
+    def on_run(gallery, image, query_text, instruction, target_id, k, model_name, session_key=None,
+               request: gr.Request = None):
         """Direct and reasoning top-k of one query, streamed: (direct, rationale, reasoning, moves, status)."""
-        g = demo.gallery(gallery)
-        for c in demo.compare(gallery, image, query_text, instruction, k, target_id, model_name):
+        key = session_of(session_key, request)
+        g = demo.gallery(gallery, key)
+        for c in demo.compare(gallery, image, query_text, instruction, k, target_id, model_name, session_key=key):
             d, r, m = comparison_html(c, g.root, target_id)
             yield d, c.rationale, r, m, status_line(g, int(k), c.cost_line()), c
 
     @friendly
-    def on_reembed(gallery, image, query_text, instruction, target_id, k, rationale, previous, model_name):
+    def on_reembed(gallery, image, query_text, instruction, target_id, k, rationale, previous, model_name,
+                   session_key=None, request: gr.Request = None):
         """The reasoning side again from an edited rationale: (reasoning, moves)."""
-        g = demo.gallery(gallery)
-        c = demo.reembed(gallery, image, query_text, instruction, rationale, previous, k, target_id, model_name)
+        key = session_of(session_key, request)
+        g = demo.gallery(gallery, key)
+        c = demo.reembed(gallery, image, query_text, instruction, rationale, previous, k, target_id, model_name,
+                         session_key=key)
         title = "Reasoning (your edited rationale)"
         return hits_html(c.reason, g.root, target_id, title), moves_html(c.moves), c
 
     private = {"api_visibility": "private"}  # UI-only events: not API endpoints
-    gallery.change(on_gallery, [gallery, target], [pick, target], **private)
-    pick.change(on_pick, [gallery, pick], [image, text, instruction, target], **private)
+    gallery.change(on_gallery, [gallery, target, session], [pick, target], **private)
+    pick.change(on_pick, [gallery, pick, session], [image, text, instruction, target], **private)
     preset.change(lambda p, m: demo.presets(m)["tasks"].get(p, {}).get("query", gr.update()), [preset, model_state],
                   instruction, **private)
     model_state.change(lambda m: _preset_updates(demo, m), model_state, [preset, instruction, profile_line],
                        **private)
-    inputs = [gallery, image, text, instruction, target, k, model_state]
+    inputs = [gallery, image, text, instruction, target, k, model_state, session]
     outputs = [direct_out, rationale, reason_out, moved, cost, last]
     # Compare and search share "encode" (not the one-at-a-time "model" slot): concurrent requests reach the
     # encoder's request collector, which merges them into one batch (rge_demo.embedding.batcher).
     # A failed request marks only the status line (not the result tables) with gradio's error badge.
     run.click(on_run, inputs, outputs, api_name="compare", concurrency_id="encode", concurrency_limit=ENCODE_LIMIT,
               show_progress_on=cost)
-    reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state],
+    reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state, session],
                       [reason_out, moved, last], api_name="reembed", concurrency_id="model", show_progress_on=cost)
 
     @gpu
     @friendly
-    def search(gallery, query_text, instruction, k, reason, image):
-        """Top-k of a gallery for one query in one mode: {"rationale", "note", "hits": [{rank, id, label, score}]}."""
-        return demo.search(gallery, image, query_text, instruction, k, bool(reason))
+    def search(gallery, query_text, instruction, k, reason, image, session_key=None, request: gr.Request = None):
+        """Top-k of a gallery for one query in one mode: {"rationale", "note", "hits": [{rank, id, label, score}]}.
+        ``session_key`` (optional) names the session whose own galleries may be searched."""
+        return demo.search(gallery, image, query_text, instruction, k, bool(reason),
+                           session_key=session_of(session_key, request))
 
     # API-only endpoint: hidden components give it gradio's normal (safe) file handling.
     with gr.Row(visible=False):
         api_inputs = [gr.Textbox(), gr.Textbox(), gr.Textbox(), gr.Number(value=5, precision=0), gr.Checkbox(),
-                      image_input()]
+                      image_input(), gr.Textbox()]
         api_out, api_btn = gr.JSON(), gr.Button()
     api_btn.click(search, api_inputs, api_out, api_name="search", concurrency_id="encode",
                   concurrency_limit=ENCODE_LIMIT)
@@ -148,3 +171,4 @@ def build(demo: Demo, model_state: gr.State) -> None:
         # One click fills the inputs, then runs the comparison.
         ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="encode", concurrency_limit=ENCODE_LIMIT,
                                  show_progress_on=cost, **private)
+    return on_page, [gallery, session], [gallery]

@@ -6,7 +6,7 @@ import gradio as gr
 
 from rge_demo.app.demo import Demo
 
-from . import compare, explore, failures, models, train
+from . import compare, explore, failures, galleries, models, train
 
 TITLE = "RGE demo: reasoning guided embeddings"
 INTRO = """# Reasoning Guided Embeddings, side by side
@@ -27,10 +27,11 @@ def build_blocks(demo: Demo) -> gr.Blocks:
     with gr.Blocks(title=TITLE, delete_cache=cache_cleanup(demo.settings.retention_hours)) as blocks:
         gr.Markdown(INTRO)
         model_state = gr.State(None)  # per-session model choice; None means the app's default
-        session = train.session_state(demo)  # per-browser key: the owner of its uploads, datasets, jobs, models
+        # per-browser key: the owner of its uploads, datasets, jobs, models and galleries
+        session = train.session_state(demo)
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
-                compare.build(demo, model_state)
+                on_compare = compare.build(demo, model_state, session)
             with gr.Tab("Explore", id="explore"):
                 explore.build(demo, model_state)
             with gr.Tab("Failures", id="failures"):
@@ -39,6 +40,9 @@ def build_blocks(demo: Demo) -> gr.Blocks:
                 restore_train = train.build(demo, model_state, session)
             with gr.Tab("Models", id="models"):
                 on_load = models.build(demo, model_state, session)
+            with gr.Tab("Galleries", id="galleries"):
+                on_galleries = galleries.build(demo, model_state, session)
         # the session key first (made on a browser's first visit), then the lists it owns
-        blocks.load(*restore_train, api_visibility="private").then(*on_load, api_visibility="private")
+        (blocks.load(*restore_train, api_visibility="private").then(*on_load, api_visibility="private")
+         .then(*on_compare, api_visibility="private").then(*on_galleries, api_visibility="private"))
     return blocks

@@ -1,0 +1,84 @@
+"""Galleries tab: bring your own gallery (a zip, a folder on the server, an MMEB-eval subset) for this session."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from rge_demo.app.demo import Demo
+
+from .common import friendly
+from .train import session_of
+
+HELP = """Bring your own gallery. It is yours alone (other sessions do not see it), embedded in the
+background with the model in use, and then searchable in Compare (and over the API's `/search`).
+Explore and Failures still show the sample galleries only.
+
+* **A zip**: images with `labels.csv` or `labels.jsonl` (columns `file`, `label`, optional `text`;
+  a row with `query` set to yes becomes a query whose right answer is the item of its label), a
+  folder with a `manifest.json`, or images alone (labelled by file name).
+* **A folder on the server**: the same layouts, read in place.
+* **MMEB-eval**: a local copy of TIGER-Lab/MMEB-eval and a subset name (e.g. `ImageNet-1K`)."""
+
+COLUMNS = ["gallery", "items", "queries", "embedding", "progress"]
+
+
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState):
+    """Lay out the tab; returns (fn, inputs, outputs) for the page's load event (this session's list)."""
+    gr.Markdown(HELP)
+    with gr.Row():
+        with gr.Column():
+            kind = gr.Radio(["zip", "folder", "mmeb"], value="zip", label="Source")
+            upload = gr.File(label="Zip of the gallery", file_types=[".zip"], type="filepath", elem_id="gallery-zip")
+            path = gr.Textbox(label="Folder on the server (or the MMEB-eval folder)", visible=False)
+            subset = gr.Textbox(label="MMEB-eval subset", visible=False)
+            limit = gr.Number(value=None, precision=0, label="Rows of the subset at most (optional)", visible=False)
+            name = gr.Textbox(label="Gallery name", placeholder="my photos")
+            add = gr.Button("Register and embed", variant="primary")
+        with gr.Column():
+            message = gr.Markdown()
+            table = gr.Dataframe(headers=COLUMNS, label="Your galleries", interactive=False)
+            with gr.Row():
+                picked = gr.Dropdown([], label="Gallery", allow_custom_value=True)
+                remove = gr.Button("Remove")
+    timer = gr.Timer(1.0, active=False)  # polls while a gallery is embedding
+
+    def rows(key):
+        listed = demo.own_galleries(key)
+        df = pd.DataFrame([[g["name"], g["items"], g["queries"], g["state"], f"{g['done']}/{g['total']}"]
+                           for g in listed], columns=COLUMNS)
+        busy = any(g["state"] == "embedding" for g in listed)
+        return df, gr.update(choices=[g["name"] for g in listed]), gr.Timer(active=busy)
+
+    def on_kind(k):
+        return (gr.update(visible=k == "zip"), gr.update(visible=k != "zip"), gr.update(visible=k == "mmeb"),
+                gr.update(visible=k == "mmeb"))
+
+    @friendly
+    def on_add(source_kind, zip_file, folder, subset, max_rows, name, model_name, session_key,
+               request: gr.Request):
+        key = session_of(session_key, request)
+        source = zip_file if source_kind == "zip" else folder
+        if not source:
+            raise gr.Error("choose a zip file" if source_kind == "zip" else "enter a folder path on the server")
+        g = demo.register_gallery(key, source, name, kind=source_kind, subset=subset or None,
+                                  limit=int(max_rows) if max_rows else None, model_name=model_name)
+        text = (f"Registered **{g.name}**: {len(g.items)} items, {len(g.queries)} queries; embedding in the "
+                "background. It is in Compare's gallery list after a page reload.")
+        return (text, *rows(key))
+
+    @friendly
+    def on_remove(gallery, session_key, request: gr.Request):
+        key = session_of(session_key, request)
+        demo.remove_gallery(gallery, key)
+        return (f"Removed {gallery}.", *rows(key))
+
+    def on_tick(browser_key, request: gr.Request):
+        return rows(session_of(browser_key, request))
+
+    kind.change(on_kind, kind, [upload, path, subset, limit], api_visibility="private")
+    add.click(on_add, [kind, upload, path, subset, limit, name, model_state, session],
+              [message, table, picked, timer], api_name="register_gallery")
+    remove.click(on_remove, [picked, session], [message, table, picked, timer], api_name="remove_gallery")
+    timer.tick(on_tick, session, [table, picked, timer], api_visibility="private")
+    return on_tick, [session], [table, picked, timer]
