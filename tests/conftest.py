@@ -89,3 +89,28 @@ def taught_dir(taught, tmp_path_factory):
 @pytest.fixture()
 def taught_encoder(taught):
     return Encoder(*taught)
+
+
+@pytest.fixture(scope="module")
+def app(taught_dir, tmp_path_factory, request):
+    """The app in a subprocess on the taught model, one per test module (its own cache folder)."""
+    from apprunner import RunningApp
+
+    running = RunningApp(taught_dir, tmp_path_factory.mktemp(request.module.__name__ + "-cache"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    """One headless chromium page on the module's app (tests/browser.py; skips there without chromium)."""
+    from browser import open_page
+
+    yield from open_page(app)

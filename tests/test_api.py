@@ -6,7 +6,7 @@ import re
 import pytest
 from gradio_client import Client, handle_file
 
-from apprunner import REPO, RunningApp
+from apprunner import REPO
 from rge_demo.app.demo import SAMPLE_GALLERIES
 from rge_demo.data.items import Gallery
 
@@ -14,18 +14,6 @@ pytestmark = pytest.mark.slow  # the app in a subprocess
 
 TOURS = REPO / "assets" / "tours"
 SAVED_RUN = REPO / "assets" / "runs" / "rge-micro"
-
-
-@pytest.fixture(scope="module")
-def app(taught_dir, tmp_path_factory):
-    running = RunningApp(taught_dir, tmp_path_factory.mktemp("apicache"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return Client(app.url, verbose=False)
 
 
 def readme_endpoints() -> dict[str, list[str]]:

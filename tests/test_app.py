@@ -6,23 +6,11 @@ import threading
 import pytest
 from gradio_client import Client, handle_file
 
-from apprunner import RunningApp
+
 from rge_demo.data.items import Gallery
 from rge_demo.app.demo import SAMPLE_GALLERIES
 
 pytestmark = pytest.mark.slow  # the app in a subprocess
-
-
-@pytest.fixture(scope="module")
-def app(taught_dir, tmp_path_factory):
-    running = RunningApp(taught_dir, tmp_path_factory.mktemp("appcache"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return Client(app.url, verbose=False)
 
 
 def query(name="vqa-count", i=0):

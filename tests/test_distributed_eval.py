@@ -40,7 +40,7 @@ def test_two_processes_give_the_one_process_table(tiny_dir, tmp_path):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
         return r.stdout
 
-    one = run([sys.executable], tmp_path / "one")
+    run([sys.executable], tmp_path / "one")
     port = str(29600 + os.getpid() % 1000)
     two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port],
               tmp_path / "two")

@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from apprunner import RunningApp
+
 from rge_demo.app.demo import SAMPLE_GALLERIES
 from rge_demo.app.sessions import new_key
 from rge_demo.app.workbench import DRAFT_COLUMNS
@@ -22,18 +22,6 @@ GALLERY = Gallery.load(SAMPLE_GALLERIES / "vqa-count")
 QUERY = GALLERY.queries[0]
 INSTRUCTION = QUERY.instruction
 SERVER_PATH = re.compile(r"(?<![\w:/.])/(?:tmp|home|root|var|usr|work|proc|etc)/|[A-Za-z]:\\\\")
-
-
-@pytest.fixture(scope="module")
-def app(taught_dir, tmp_path_factory):
-    running = RunningApp(taught_dir, tmp_path_factory.mktemp("securitycache"))
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return Client(app.url, verbose=False)
 
 
 @pytest.fixture(scope="module")
