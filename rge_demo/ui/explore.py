@@ -28,7 +28,7 @@ def _point_html(point, neighbours) -> str:
             f'<table class="rge-hits"><tr><th>#</th><th>item</th><th>cosine</th></tr>{rows}</table>')
 
 
-def build(demo: Demo, model_state: gr.State) -> None:
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
     galleries = sorted(demo.galleries)
     with gr.Row():
         gallery = gr.Dropdown(galleries, value=galleries[0] if galleries else None, label="Gallery")

@@ -38,7 +38,7 @@ rationale ({c.tokens} tokens{forced}): <i>{html.escape(c.rationale)}</i><br>{tag
 <div style="flex:1">{_topk_html(c.reason_topk, c.target_id, "Reasoning top-k")}</div></div>"""
 
 
-def build(demo: Demo, model_state: gr.State) -> None:
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
     runs = sorted(demo.saved_runs())
     with gr.Row():
         run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Saved evaluation run (reasoning + direct)",

@@ -33,16 +33,19 @@ def build_blocks(demo: Demo) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 on_compare = compare.build(demo, model_state, session)
             with gr.Tab("Explore", id="explore"):
-                explore.build(demo, model_state)
+                on_explore = explore.build(demo, model_state, session)
             with gr.Tab("Failures", id="failures"):
-                failures.build(demo, model_state)
+                on_failures = failures.build(demo, model_state, session)
             with gr.Tab("Train", id="train"):
                 restore_train = train.build(demo, model_state, session)
             with gr.Tab("Models", id="models"):
                 on_load = models.build(demo, model_state, session)
             with gr.Tab("Galleries", id="galleries"):
                 on_galleries = galleries.build(demo, model_state, session)
-        # the session key first (made on a browser's first visit), then the lists it owns
-        (blocks.load(*restore_train, api_visibility="private").then(*on_load, api_visibility="private")
-         .then(*on_compare, api_visibility="private").then(*on_galleries, api_visibility="private"))
+        # the session key first (made on a browser's first visit), then the lists it owns; a tab
+        # whose build returns None has nothing to restore
+        event = blocks.load(*restore_train, api_visibility="private")
+        for step in (on_load, on_compare, on_explore, on_failures, on_galleries):
+            if step is not None:
+                event = event.then(*step, api_visibility="private")
     return blocks
