@@ -335,8 +335,9 @@ class Demo:
         target_id = self.check_target(gallery, target_id)
         inp = self.make_input(image, text, instruction)
         index = self.index(gallery.name, model_name, session_key=session_key)
-        yield from compare_stream(self.model(model_name).encoder, index, inp, int(k), target_id or None,
-                                  max_new_tokens, self.settings.stream_interval)
+        loaded = self.model(model_name)
+        yield from compare_stream(loaded.encoder, index, inp, int(k), target_id or None,
+                                  max_new_tokens, self.settings.stream_interval, model=loaded.name)
 
     def reembed(self, gallery_name: str, image, text: str, instruction: str, rationale: str,
                 previous: Comparison, k: int = 5, target_id: str | None = None,
@@ -353,7 +354,8 @@ class Demo:
         if not rationale:
             raise UserError("the rationale is empty: write one, or run the comparison again")
         inp = self.make_input(image, text, instruction)
-        encoder, index = self.model(model_name).encoder, self.index(gallery.name, model_name, session_key=session_key)
+        loaded = self.model(model_name)
+        encoder, index = loaded.encoder, self.index(gallery.name, model_name, session_key=session_key)
         ids = {it.id for it in index.items}
         direct = getattr(previous, "direct", None)
         if (direct is None or len(direct.hits) != min(k, len(index.items))
@@ -362,7 +364,8 @@ class Demo:
 
             t0 = time.perf_counter()
             direct = _side(index, encoder.direct([inp])[0], k, target_id, time.perf_counter() - t0)
-        return reembed(encoder, index, inp, rationale, Comparison(direct=direct, done=True), k, target_id)
+        return reembed(encoder, index, inp, rationale, Comparison(direct=direct, done=True), k, target_id,
+                       model=loaded.name)
 
     @staticmethod
     def check_target(gallery: Gallery, target_id) -> str | None:
