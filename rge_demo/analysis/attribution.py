@@ -75,6 +75,8 @@ class Attribution:
     clauses: list[Part]
     rows: int = 0  # variants embedded in the one forward (the full rationale included)
     vectors: np.ndarray | None = field(default=None, repr=False)  # (rows, D): full first, then in variant order
+    right_label: str | None = None  # what the candidates are called, for a view (filled by the caller)
+    wrong_label: str | None = None
 
     def parts(self, level: str = "sentence") -> list[Part]:
         if level not in LEVELS:
@@ -92,6 +94,7 @@ class Attribution:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rationale": self.rationale, "right": self.right, "wrong": self.wrong,
+                "right_label": self.right_label, "wrong_label": self.wrong_label,
                 "cos_right": self.cos_right, "cos_wrong": self.cos_wrong, "rows": self.rows,
                 "sentences": self.spans("sentence"), "clauses": self.spans("clause")}
 
@@ -136,12 +139,13 @@ def variants(rationale: str) -> tuple[list[Part], list[Part]]:
 
 
 def attribute(encoder: Encoder, inp: EmbedInput, rationale: str, candidates: np.ndarray, target: int,
-              wrong: int | None = None) -> Attribution:
+              wrong: int | None = None, not_rivals: Sequence[int] = ()) -> Attribution:
     """Leave-one-sentence-out and leave-one-clause-out contributions for one query, in one forward.
 
     ``candidates`` (N, D) are unit candidate embeddings (direct mode, as a gallery index holds
     them), ``candidates[target]`` the right one. ``wrong`` picks the rival; by default the
-    best-scoring other candidate under the full rationale (None when N == 1).
+    best-scoring other candidate under the full rationale, skipping ``not_rivals`` (e.g. items
+    that name the same answer; None when no candidate is left).
     """
     candidates = np.asarray(candidates, dtype=np.float32)
     if candidates.ndim != 2 or len(candidates) == 0:
@@ -155,9 +159,10 @@ def attribute(encoder: Encoder, inp: EmbedInput, rationale: str, candidates: np.
     texts = [rationale] + [p.without for p in sentences] + [p.without for p in own]
     vecs = encoder.with_rationale([inp] * len(texts), texts)  # (1 + S + C, D): ONE forward
     scores = vecs @ candidates.T  # (rows, N)
-    if wrong is None and len(candidates) > 1:
-        full = scores[0].copy()
-        full[target] = -np.inf
+    eligible = np.ones(len(candidates), dtype=bool)
+    eligible[[target, *[int(i) for i in not_rivals]]] = False
+    if wrong is None and eligible.any():
+        full = np.where(eligible, scores[0], -np.inf)
         wrong = int(np.argmax(full))
     for row, part in enumerate([*sentences, *own], start=1):
         part.cos_right = float(scores[row, target])

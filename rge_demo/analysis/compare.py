@@ -115,7 +115,8 @@ class Comparison:
         if self.direct:
             parts.append(f"direct: 1 forward pass, {self.direct.seconds:.2f} s")
         if self.reason and self.done:
-            budget = " (budget reached, <emb> appended)" if self.forced else ""
+            budget = f" (the budget of {self.budget} ran out)" if self.forced and self.budget else \
+                " (the budget ran out)" if self.forced else ""  # no "<emb>": the line is Markdown
             parts.append(f"reasoning: {self.reason.tokens} generated tokens{budget}, {self.reason.seconds:.2f} s")
         return " | ".join(parts)
 

@@ -322,3 +322,39 @@ def sampling_columns(encoder: Encoder, tasks: Sequence[EvalTask], n: int = 8, te
                      batch_size: int = 32) -> dict[str, dict[str, float]]:
     """Per-task pass@k, centroid P@1 and oracle(direct, reasoning) P@1 (with direct/greedy P@1 beside them)."""
     return sampling_table(evaluate_sampling(encoder, tasks, n, temperature, seed, ks, max_new_tokens, batch_size))
+
+
+# ------------------------------------------------------------------------------------- figure
+def samples_figure(s: SampleSet, title: str | None = None):
+    """A small plotly map of ``s.projection``: the ``n`` samples (green where they rank the right
+    candidate first, red elsewhere; hover: rank, cosine, stated answer) beside the direct, greedy and
+    centroid points. Axes are the PCA's, fitted on these ``n + 3`` points only."""
+    import plotly.graph_objects as go
+
+    xy = np.asarray(s.projection["samples"]).reshape(-1, 2)
+    fig = go.Figure()
+    right = [p.rank == 1 for p in s.samples]
+    for ok, name, colour in ((True, "sample, right answer first", "#16a34a"), (False, "sample, another first", "#dc2626")):
+        rows = [i for i, r in enumerate(right) if r == ok]
+        if not rows:
+            continue
+        fig.add_trace(go.Scatter(
+            x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=name, hoverinfo="text",
+            hovertext=[f"sample {i + 1}: rank {s.samples[i].rank}, cosine {s.samples[i].cosine:+.3f}, "
+                       f"says {s.samples[i].answer or '(no answer)'}" for i in rows],
+            marker={"size": 10, "color": colour, "opacity": 0.75, "line": {"width": 1, "color": "white"}}))
+    for key, point, symbol, colour in (("direct", s.direct, "square", "#2563eb"), ("greedy", s.greedy, "diamond", "#7c3aed"),
+                                       ("centroid", s.centroid, "star", "#f59e0b")):
+        x, y = (float(v) for v in np.asarray(s.projection[key]).reshape(2))
+        fig.add_trace(go.Scatter(
+            x=[x], y=[y], mode="markers+text", name=f"{key} (rank {point.rank})", text=[key], textposition="top center",
+            hoverinfo="text", hovertext=[f"{key}: rank {point.rank}, cosine {point.cosine:+.3f}"],
+            marker={"size": 15, "symbol": symbol, "color": colour, "line": {"width": 1, "color": "black"}}))
+    spread = "-" if s.spread is None else f"{s.spread:.3f}"
+    fig.update_layout(template="plotly_white", height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      title={"text": title or f"{len(s.samples)} samples at T={s.temperature:g}: spread "
+                                               f"(mean pairwise cosine) {spread}", "font": {"size": 14}},
+                      legend={"itemsizing": "constant", "font": {"size": 11}, "orientation": "h",
+                              "yanchor": "top", "y": -0.02, "xanchor": "left", "x": 0},
+                      xaxis={"visible": False}, yaxis={"visible": False})
+    return fig

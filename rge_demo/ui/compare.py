@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
+from rge_demo.analysis.compare import rationale_note
+from rge_demo.analysis.sampling import samples_figure
+from rge_demo.app import compare_views
 from rge_demo.app.demo import Demo, k_note
 
 from .common import EXPECTED, friendly, gpu, image_input
-from .render import comparison_html, hits_html, moves_html
+from .render import attribution_html, comparison_html, hits_html, moves_html, note_html, samples_html
 from .train import session_of
 
 ENCODE_LIMIT = 16  # Compare/search requests served at once (the collector merges up to 16 rows per call)
@@ -18,19 +23,18 @@ def _query_choices(g) -> list[tuple[str, str]]:
 
 
 def _target_choices(g) -> list[tuple[str, str]]:
-    return [(it.label or it.text or it.id, it.id) for it in g.items]
-
-
-def _profile_line(presets: dict) -> str:
-    return f"Prompt profile: **{presets['profile']}** ({len(presets['tasks'])} task presets)"
+    """(shown name, item id); namesakes of a mixed gallery carry their task: "three (count)"."""
+    names = [it.label or it.text or it.id for it in g.items]
+    return [(f"{n} ({it.id.split('/')[0]})" if names.count(n) > 1 and "/" in it.id else n, it.id)
+            for n, it in zip(names, g.items)]
 
 
 def _preset_updates(demo: Demo, model_name):
-    """Preset choices, the first preset's query instruction and the profile line for a model."""
+    """Preset choices, the first preset's query instruction and the model / profile line for a model."""
     p = demo.presets(model_name)
     first = next(iter(p["tasks"]), None)
     return (gr.update(choices=list(p["tasks"]), value=first),
-            p["tasks"][first]["query"] if first else gr.update(), _profile_line(p))
+            p["tasks"][first]["query"] if first else gr.update(), compare_views.model_line(demo, model_name))
 
 
 def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
@@ -57,7 +61,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
             instruction = gr.Textbox(label="Task instruction", lines=2,
                                      value=default["instruction"] if default else
                                      presets["tasks"][first_preset]["query"] if first_preset else "")
-            profile_line = gr.Markdown(_profile_line(presets), elem_id="prompt-profile")
+            profile_line = gr.Markdown(compare_views.model_line(demo, None), elem_id="prompt-profile")
             target = gr.Dropdown(_target_choices(demo.gallery(first)) if first else [], value=default and default["target_id"],
                                  allow_custom_value=True,
                                  label="Right answer (optional: marks its rank)")
@@ -74,6 +78,28 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                     reembed_btn = gr.Button("Re-embed with this rationale")
                     reason_out = gr.HTML(label="Reasoning")
             moved = gr.HTML()
+    with gr.Accordion("Sampled rationales: N per query at a temperature", open=True):
+        with gr.Row():
+            n_samples = gr.Number(8, precision=0, label="Samples (N)")
+            temperature = gr.Number(1.0, label="Temperature")
+            seed = gr.Number(0, precision=0, label="Seed")
+            sample_btn = gr.Button("Sample rationales")
+        sample_status = gr.Markdown(elem_id="sample-status")
+        with gr.Row():
+            with gr.Column(scale=2):
+                sample_plot = gr.Plot(label="Samples beside the direct, greedy and centroid points (PCA)",
+                                      elem_id="sample-plot")
+            with gr.Column(scale=3):
+                sample_table = gr.HTML(elem_id="sample-table")
+        with gr.Accordion("Sampling result as JSON", open=False):
+            sample_json = gr.JSON(label="/sample result")
+    with gr.Accordion("Attribution: what each part of the rationale does", open=True):
+        with gr.Row():
+            attribute_btn = gr.Button("Attribute the rationale (leave one part out)")
+        attribute_status = gr.Markdown(elem_id="attribute-status")
+        attribution = gr.HTML(elem_id="attribution")
+        with gr.Accordion("Attribution as JSON", open=False):
+            attribution_json = gr.JSON(label="/attribute result")
     last = gr.State(None)
 
     def own_gallery(gallery_name, browser_key, request):
@@ -111,11 +137,15 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     @friendly
     def on_run(gallery, image, query_text, instruction, target_id, k, model_name, session_key=None,
                request: gr.Request = None):
-        """Direct and reasoning top-k of one query, streamed: (direct, rationale, reasoning, moves, status)."""
+        """Direct and reasoning top-k of one query, streamed: (direct, rationale, reasoning, moves, status).
+        The reasoning column starts with the rationale's note (hallucination flag, empty or cut-off)."""
         key = session_of(session_key, request)
         g = demo.gallery(gallery, key)
+        facts = None
         for c in demo.compare(gallery, image, query_text, instruction, k, target_id, model_name, session_key=key):
-            d, r, m = comparison_html(c, g.root, target_id)
+            if facts is None:
+                facts = compare_views.scene_facts_of(g, image, query_text) or {}
+            d, r, m = comparison_html(c, g.root, target_id, rationale_note(c, facts or None))
             yield d, c.rationale, r, m, status_line(g, int(k), c.cost_line()), c
 
     @friendly
@@ -127,7 +157,33 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         c = demo.reembed(gallery, image, query_text, instruction, rationale, previous, k, target_id, model_name,
                          session_key=key)
         title = "Reasoning (your edited rationale)"
-        return hits_html(c.reason, g.root, target_id, title), moves_html(c.moves), c
+        note = note_html(rationale_note(c, compare_views.scene_facts_of(g, image, query_text)))
+        return hits_html(c.reason, g.root, target_id, title, note), moves_html(c.moves), c
+
+    @gpu
+    @friendly
+    def on_sample(gallery, image, query_text, instruction, target_id, n, temperature, seed, model_name,
+                  session_key=None, request: gr.Request = None):
+        """N rationales sampled at a temperature (one batched generate, seeded), each with its stated answer,
+        the right answer's rank and cosine; spread, pass@k, centroid rank: (status, figure, table, JSON)."""
+        t0 = time.perf_counter()
+        view = compare_views.sample_view(demo, gallery, image, query_text, instruction, target_id, n, temperature,
+                                         seed, model_name, session_of(session_key, request))
+        line = (f"Sampled {len(view.result.samples)} rationales with {view.model} in "
+                f"{time.perf_counter() - t0:.1f} s (direct and greedy included).")
+        return line, samples_figure(view.result), samples_html(view), view.to_dict()
+
+    @gpu
+    @friendly
+    def on_attribute(gallery, image, query_text, instruction, target_id, rationale, model_name, session_key=None,
+                     request: gr.Request = None):
+        """Each sentence's and clause's contribution to the cosine with the right answer and the top-1 wrong
+        candidate (leave-one-out, one batched forward): (status, shaded rationale, JSON)."""
+        t0 = time.perf_counter()
+        att = compare_views.attribution_view(demo, gallery, image, query_text, instruction, target_id, rationale,
+                                             model_name, session_of(session_key, request))
+        line = f"Attributed {len(att.sentences)} sentences and {len(att.clauses)} clauses in {time.perf_counter() - t0:.1f} s."
+        return line, attribution_html(att), att.to_dict()
 
     private = {"api_visibility": "private"}  # UI-only events: not API endpoints
     gallery.change(on_gallery, [gallery, target, session], [pick, target], **private)
@@ -145,6 +201,12 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
               show_progress_on=cost)
     reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state, session],
                       [reason_out, moved, last], api_name="reembed", concurrency_id="model", show_progress_on=cost)
+    sample_btn.click(on_sample, [gallery, image, text, instruction, target, n_samples, temperature, seed, model_state,
+                                 session], [sample_status, sample_plot, sample_table, sample_json], api_name="sample",
+                     concurrency_id="model", show_progress_on=sample_status)
+    attribute_btn.click(on_attribute, [gallery, image, text, instruction, target, rationale, model_state, session],
+                        [attribute_status, attribution, attribution_json], api_name="attribute",
+                        concurrency_id="model", show_progress_on=attribute_status)
 
     @gpu
     @friendly

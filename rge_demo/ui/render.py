@@ -220,9 +220,10 @@ def attribution_html(att: Attribution) -> str:
         rows = "".join(
             f"<tr><td>{html.escape(p.text)}</td><td>{p.delta_right:+.4f}</td>"
             f"<td>{'' if p.delta_wrong is None else f'{p.delta_wrong:+.4f}'}</td></tr>" for p in parts)
-        wrong_head = f"<th>to {wrong}</th>" if wrong else "<th></th>"
+        wrong_head = f"<th>contribution to the cosine with {wrong}</th>" if wrong else "<th></th>"
         blocks.append(f"<p><b>By {level}</b></p><div class=\"rge-att\">{_shaded(att, level)}</div>"
-                      f"<table class=\"rge-samples\"><tr><th>{level}</th><th>to {right}</th>{wrong_head}</tr>"
+                      f"<table class=\"rge-samples\"><tr><th>{level}</th>"
+                      f"<th>contribution to the cosine with {right}</th>{wrong_head}</tr>"
                       f"{rows}</table>")
     if not blocks:
         return f"{STYLE}{head}<p>The rationale has no parts to leave out.</p>"
