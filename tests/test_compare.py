@@ -86,9 +86,10 @@ def test_one_badge_per_moved_item_each_named_apart(index):
     assert sorted(x.item_id for x in m) == sorted(IDS[:3])  # every shown item once
     assert {x.item_id: x.change for x in m} == {"count/two": "up 1", "chart_diff/two": "same", "count/three": "down 2"}
     html = moves_html(m)
-    badges = re.findall(r'<span class="rge-badge[^"]*"[^>]*>([^<]*)</span>', html)
+    badges = re.findall(r'<span class="rge-badge rge-(?!same)[^"]*"[^>]*>([^<]*)</span>', html)
     assert badges == ["two (count): up 1", "three: down 2"]  # one per moved item; the two "two"s told apart
-    assert "unchanged: two (chart_diff) (2)" in html
+    same = re.findall(r'<span class="rge-badge rge-same"[^>]*>([^<]*)</span>', html)
+    assert same == ["two (chart_diff) (2)"] and "unchanged (rank):" in html  # the rest once each, in grey
 
 
 def test_tied_items_that_swap_places_did_not_move(index):
@@ -98,7 +99,8 @@ def test_tied_items_that_swap_places_did_not_move(index):
     assert [h.item.id for h in reason.hits] == ["count/three", "chart_diff/two", "count/two"]
     m = moves(index, direct, reason, 3)
     assert all(x.change == "same" for x in m)
-    assert "nothing: both lists hold the same items" in moves_html(m) and 'class="rge-badge' not in moves_html(m)
+    assert "nothing: both lists hold the same items" in moves_html(m)
+    assert moves_html(m).count('class="rge-badge rge-same"') == 3
 
 
 def scene_meta():

@@ -112,15 +112,16 @@ def moves_html(moves: list[Move]) -> str:
         return ""
     badges, same = [], []
     for m, name in zip(moves, _move_names(moves)):
+        title = html.escape(f"{m.item_id}: direct rank {m.direct_rank} -> reasoning rank {m.reason_rank}")
         if m.change == "same":
-            same.append(f"{html.escape(name)} ({m.reason_rank})")
+            same.append(f'<span class="rge-badge rge-same" title="{title}">{html.escape(name)} '
+                        f"({m.reason_rank})</span>")
             continue
         kind = m.change.split()[0]
-        title = html.escape(f"{m.item_id}: direct rank {m.direct_rank} -> reasoning rank {m.reason_rank}")
         badges.append(f'<span class="rge-badge rge-{kind}" title="{title}">{html.escape(name)}: '
                       f"{html.escape(m.change)}</span>")
     moved = " ".join(badges) if badges else "nothing: both lists hold the same items at the same ranks"
-    unchanged = f'<div class="rge-unchanged">unchanged: {", ".join(same)}</div>' if same and badges else ""
+    unchanged = f'<div class="rge-unchanged">unchanged (rank): {" ".join(same)}</div>' if same else ""
     return f"{STYLE}<p><b>What moved</b> (direct &rarr; reasoning): {moved}</p>{unchanged}"
 
 
