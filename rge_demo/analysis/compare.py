@@ -252,7 +252,7 @@ def rationale_note(c: Comparison, facts: dict | None = None) -> RationaleNote:
                                   "does not contain (checked against the scene's ground truth).")
     if c.done and c.reason is not None and c.reason.tokens == 0 and not c.rationale.strip():
         note.empty = True
-        note.sentences.append("The model wrote no rationale: it put <emb> first, so the reasoning side embeds "
+        note.sentences.append("The model wrote no rationale (0 tokens): it wrote <emb> at once, so the reasoning side embeds "
                               "the same input as the direct side and the two rankings are the same.")
     elif c.done and c.forced:
         note.forced = True
