@@ -126,3 +126,19 @@ def test_a_saved_case_replays_with_another_model(demo):
         case.query_id = bad
         with pytest.raises(UserError, match="cannot be replayed"):
             demo.replay_case(case)
+
+
+def test_a_model_loaded_in_bfloat16_stays_bfloat16_for_every_tab(taught_dir, tmp_path):
+    """The Models tab's choice is honoured: nothing the tabs call reloads the model as float32."""
+    demo = Demo(Settings(cache_dir=tmp_path, model=str(taught_dir), max_new_tokens=4))
+    name = demo.load_model(str(taught_dir), dtype="bfloat16").name
+    assert demo.model(name).dtype == "bfloat16"
+    g, q, image = first_query(demo)
+    result = demo.search("vqa-count", image, q.text, q.instruction, 3, reason=True, model_name=name)
+    assert len(result["hits"]) == 3
+    assert demo.model(name).dtype == "bfloat16" and demo.model_status()[0]["dtype"] == "bfloat16"
+
+
+def test_the_default_model_loads_with_the_apps_dtype(taught_dir, tmp_path):
+    demo = Demo(Settings(cache_dir=tmp_path, model=str(taught_dir), max_new_tokens=4, dtype="bfloat16"))
+    assert demo.model().dtype == "bfloat16"

@@ -24,6 +24,7 @@ from rge_demo.embedding.gallery import build_index, query_input
 from rge_demo.embedding.index import EmbeddingCache, GalleryIndex
 from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.errors import RGEUserError
+from rge_demo.models.loading import ModelError
 from rge_demo.models.manager import LoadedModel, ModelManager
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Every error whose message is meant for the person using the app (the UI shows these as
     messages; anything else is a bug and is logged)."""
     from rge_demo.data.images import ImageError
-    from rge_demo.models.loading import ModelError
 
     return (RGEUserError, UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
 
@@ -185,7 +185,13 @@ class Demo:
         return self.settings.model
 
     def model(self, name: str | None = None) -> LoadedModel:
-        return self.manager.load(name or self.default_model)
+        """The model a tab uses: as loaded (with the dtype and quantization chosen when it was), or
+        loaded now with the app's settings (RGE_DTYPE)."""
+        name = name or self.default_model
+        try:
+            return self.manager.get(name)
+        except ModelError:
+            return self.manager.load(name, dtype=self.settings.dtype)
 
     def load_model(self, name: str, dtype: str = "auto", quantization: str | None = None,
                    progress: Callable[[str, int, int], None] | None = None) -> LoadedModel:
