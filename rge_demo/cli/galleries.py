@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from rge_demo.data.galleries_cli import ARGUMENTS, HELP
+from rge_demo.data.galleries import DEFAULT_DIR
 
-from .common import UsageError, command
+from .common import UsageError, arg, command
 
 
-@command("make-galleries", HELP, ARGUMENTS)
+@command("make-galleries", "write the sample galleries (one or more per meta-task) from the synthetic world's test splits",
+         arguments=[arg("--out", default=str(DEFAULT_DIR), help=f"output folder (default {DEFAULT_DIR})"),
+                    arg("--seed", type=int, default=0, help="world seed (default 0, the committed galleries)")])
 def cmd_make_galleries(args: argparse.Namespace) -> int:
     from rge_demo.data.galleries import make_sample_galleries
 
