@@ -11,6 +11,7 @@ import time
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from rge_demo.config import Settings  # noqa: E402
+from rge_demo.app import explore  # noqa: E402
 from rge_demo.app.demo import Demo  # noqa: E402
 from rge_demo.ui.layout import build_blocks  # noqa: E402
 
@@ -41,6 +42,8 @@ def main() -> None:
     demo = Demo(settings)
     log.info("loading %s and embedding the sample galleries", settings.model)
     demo.warm(progress=lambda name, done, total: log.info("gallery %s: %d/%d embedded", name, done, total))
+    if settings.warm_maps:  # the Explore maps of the sample galleries, off the request path
+        explore.warm_in_background(demo)
     blocks = build_blocks(demo)
     blocks.queue(default_concurrency_limit=1)
     log.info("ready in %.1f s", time.perf_counter() - t0)

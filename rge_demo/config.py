@@ -53,6 +53,7 @@ class Settings:
     max_upload_mb: float = 200.0  # largest file the web app accepts, in MB (RGE_MAX_UPLOAD_MB; Gradio's max_file_size)
     gallery_roots: tuple[Path, ...] = ()  # server folders a session may register galleries from (RGE_GALLERY_ROOTS)
     retention_hours: float = 24.0  # uploaded files and refused uploads are deleted after this (RGE_RETENTION_HOURS)
+    warm_maps: bool = True  # compute the sample galleries' Explore maps in the background at start (RGE_WARM_MAPS)
 
     def __post_init__(self):
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -108,6 +109,8 @@ class Settings:
                 kw[name] = _number(env, var)
         if "RGE_SHARE" in env:
             kw["share"] = _boolean(env, "RGE_SHARE")
+        if "RGE_WARM_MAPS" in env:
+            kw["warm_maps"] = _boolean(env, "RGE_WARM_MAPS")
         return cls(**kw)
 
     @property

@@ -6,7 +6,7 @@ import re
 
 import pytest
 from apprunner import REPO
-from browser import SAVED_RUN, TOURS, choose, expect, tab, visible
+from browser import SAVED_RUN, SHOTS, TOURS, choose, expect, tab, visible
 
 pytestmark = pytest.mark.slow  # the app in a subprocess and a browser
 
@@ -50,17 +50,68 @@ def test_compare_error_marks_only_the_status_line(page, app):
         target.press("Enter")
 
 
-def test_explore_projects(page, app):
+def point_xy(page, i):
+    """Page coordinates of map point ``i`` (plotly's axes: data -> pixels inside the plot div)."""
+    return page.evaluate("""i => {
+        const gd = document.querySelector('#explore-map .rge-map-plot'), L = gd._fullLayout;
+        const kind = gd.data.findIndex(t => t.customdata && t.customdata.includes(i));
+        const j = gd.data[kind].customdata.indexOf(i), r = gd.getBoundingClientRect();
+        return [r.left + L.xaxis._offset + L.xaxis.d2p(gd.data[kind].x[j]),
+                r.top + L.yaxis._offset + L.yaxis.d2p(gd.data[kind].y[j])];
+    }""", i)
+
+
+def test_explore_map_click_lasso_colour_and_search(page, app):
     with tab(page, app, "Explore", "2-explore"):
         page.get_by_label("pca", exact=True).check()
         page.get_by_role("button", name="Project", exact=True).click()
-        expect(page.get_by_text("Method: PCA")).to_be_visible()
-        expect(visible(page, ".js-plotly-plot .scatterlayer .trace").first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Method: PCA, \d+ points"))).to_be_visible()
+        drawn = page.locator("#explore-map [data-points]")
+        expect(drawn).to_have_count(1)
+        n = int(drawn.get_attribute("data-points"))
+        expect(page.locator("#explore-map .gl-container canvas").first).to_be_attached()  # WebGL scatter
+        expect(page.locator("#explore-map .annotation-arrow-g path").first).to_be_attached()  # arrow heads
+
+        # hover shows the thumbnail, a click selects the point: the grid and the detail show it
+        x, y = point_xy(page, n - 1)  # the last query's reasoning point
+        page.mouse.move(x, y)
+        expect(page.locator("#explore-map .rge-map-tip img")).to_be_visible()
+        page.mouse.click(x, y)
+        expect(page.locator("#explore-grid [data-point]")).to_have_count(1)
+        expect(page.locator(f"#explore-grid [data-point='{n - 1}']")).to_contain_text("reasoning")
+        expect(page.locator("#explore-detail")).to_contain_text("Nearest gallery items")
+        expect(drawn).to_have_attribute("data-selected", str(n - 1))
+
+        # a lasso around the whole plot selects every point
+        box = page.locator("#explore-map .rge-map-plot .nsewdrag").first.bounding_box()
+        page.mouse.move(box["x"] + 3, box["y"] + 3)
+        page.mouse.down()
+        for fx, fy in ((0.99, 0.01), (0.99, 0.99), (0.01, 0.99), (0.005, 0.02)):
+            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=6)
+        page.mouse.up()
+        expect(page.get_by_text(f"{n} points selected.")).to_be_visible()
+        expect(page.locator("#explore-grid [data-point]")).to_have_count(min(n, 200))
+
+        # the grid rings its point on the map
+        page.locator("#explore-grid [data-point='0']").click()
+        expect(drawn).to_have_attribute("data-selected", "0")
+
+        # colour by another field: restyled, not re-projected (the status says so, the key follows)
+        choose(page, "Colour by", "outcome")
+        expect(page.get_by_text("Colour by outcome, size by none.")).to_be_visible()
+        expect(page.locator("#explore-map .rge-map-key")).to_contain_text("wrong")
+        expect(drawn).to_have_attribute("data-colour-by", "outcome")
+
+        # search over labels, texts and rationales
+        page.get_by_label("Search labels, texts and rationales").fill("square")
+        page.get_by_label("Search labels, texts and rationales").press("Enter")
+        expect(page.get_by_text(re.compile(r"\d+ points? match square"))).to_be_visible()
+        page.locator("#explore-map").screenshot(path=str(SHOTS / "2b-explore-map.png"))
+
         # UMAP: either it is ready, or the app says it is warming up and shows PCA meanwhile.
         page.get_by_label("umap", exact=True).check()
         page.get_by_role("button", name="Project", exact=True).click()
         expect(page.get_by_text(re.compile(r"Method: UMAP|UMAP is .*PCA shown meanwhile"))).to_be_visible()
-        expect(visible(page, ".js-plotly-plot .scatterlayer .trace").first).to_be_visible()
 
 
 def test_failures_replay_line_follows_the_tour(page, app):

@@ -88,19 +88,6 @@ def test_search_both_modes(demo):
     assert reason["rationale"] and len(reason["hits"]) == 4
 
 
-def test_projection_points_and_neighbours(demo):
-    proj = demo.projection("vqa-count", method="pca")
-    g = demo.gallery("vqa-count")  # 10 items: more than the 5 neighbours asked for
-    kinds = [p.kind for p in proj.points]
-    assert kinds.count("item") == len(g.items) and kinds.count("query-reason") == len(g.queries)
-    assert proj.result.coords.shape == (len(g.items) + 2 * len(g.queries), 2)
-    near = demo.neighbours(proj, len(g.items))  # the first query's direct point
-    assert len(near) == 5 and all(p.kind == "item" for p, _ in near)
-    assert [s for _, s in near] == sorted((s for _, s in near), reverse=True)
-    with pytest.raises(UserError):
-        demo.neighbours(proj, 10_000)
-
-
 def test_evaluation_run_is_saved_and_browsable(demo):
     name, cases = demo.run_evaluation(["count", "ground"], "ind", 2)
     assert name in demo.saved_runs() and len(cases) == 4

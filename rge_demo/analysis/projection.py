@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -352,6 +353,74 @@ def _add_thumbnails(fig: go.Figure, result: ProjectionResult, thumbnails: Sequen
         if img is not None:
             fig.add_layout_image(source=img, x=float(x), y=float(y), xref="x", yref="y", sizex=size, sizey=size,
                                  xanchor="center", yanchor="middle", layer="below", opacity=0.9)
+
+
+# ------------------------------------------------------------------------------ colour keys
+#: Colours drawn in their own colour when a label names one ("green square" is drawn green).
+NAMED_COLOURS = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4", "yellow": "#e0b400",
+                 "purple": "#9467bd", "orange": "#ff7f0e", "pink": "#e377c2", "brown": "#8c564b",
+                 "grey": "#7f7f7f", "gray": "#7f7f7f", "black": "#222222", "white": "#c8c8c8", "cyan": "#17becf"}
+#: Outcome-like values keep fixed, meaningful colours.
+FIXED_COLOURS = {"right": "#2ca02c", "wrong": "#d62728", "clean": "#2ca02c", "hallucinates": "#d62728",
+                 "-": "#c0c0c0"}
+#: Readable categorical colours (Tableau 10, then its lighter half): 20 before "other".
+CATEGORICAL = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+               "#9c755f", "#bab0ac", "#a0cbe8", "#ffbe7d", "#ff9d9a", "#86bcb6", "#8cd17d", "#f1ce63",
+               "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e")
+OTHER = "#dddddd"
+
+
+def _named_colour(value: str) -> str | None:
+    words = re.findall(r"[a-z]+", value.lower())
+    found = {NAMED_COLOURS[w] for w in words if w in NAMED_COLOURS}
+    return found.pop() if len(found) == 1 else None
+
+
+def categorical_colours(values: Sequence[str]) -> tuple[list[str], list[list]]:
+    """Per-value colours and the key ``[[name, colour, count], ...]`` (most frequent first).
+
+    Values naming exactly one colour word are drawn in that colour, outcomes in fixed colours; the
+    rest get readable palette colours by frequency, and past 20 groups the rarest share "other".
+    """
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    order = sorted(counts, key=lambda v: (-counts[v], v))
+    named = {v: FIXED_COLOURS.get(v) or _named_colour(v) for v in order}
+    colour, palette = {}, iter(CATEGORICAL)
+    for v in order:
+        colour[v] = named[v] or next(palette, OTHER)
+    key = [[v, colour[v], counts[v]] for v in order if colour[v] != OTHER]
+    other = sum(counts[v] for v in order if colour[v] == OTHER)
+    if other:
+        key.append([f"other ({len([v for v in order if colour[v] == OTHER])} values)", OTHER, other])
+    return [colour[v] for v in values], key
+
+
+def numeric_colours(values: Sequence[float | None], diverging: bool = False, bins: int = 7
+                    ) -> tuple[list[str], list[list]]:
+    """Per-value colours on a sequential (Viridis) or, centred on 0, diverging (RdBu) scale; None
+    is grey. The key holds one entry per bin: ``[[range, colour, count], ...]``."""
+    from plotly.colors import sample_colorscale
+
+    x = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    finite = x[np.isfinite(x)]
+    if finite.size == 0:
+        return [FIXED_COLOURS["-"]] * len(x), [["-", FIXED_COLOURS["-"], len(x)]]
+    lo, hi = float(finite.min()), float(finite.max())
+    if diverging:
+        m = max(abs(lo), abs(hi), 1.0)
+        lo, hi = -m, m
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    scale = "RdBu" if diverging else "Viridis"
+    palette = sample_colorscale(scale, [i / (bins - 1) for i in range(bins)], colortype="rgb")
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+    colours = [FIXED_COLOURS["-"] if np.isnan(v) else palette[b] for v, b in zip(x, which)]
+    key = [[f"{edges[b]:.3g} .. {edges[b + 1]:.3g}", palette[b], int(((which == b) & np.isfinite(x)).sum())]
+           for b in range(bins)]
+    if np.isnan(x).any():
+        key.append(["-", FIXED_COLOURS["-"], int(np.isnan(x).sum())])
+    return colours, key
 
 
 # ------------------------------------------------------------------------------- neighbours

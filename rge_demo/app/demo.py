@@ -12,10 +12,11 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from rge_demo.analysis.compare import Comparison, compare_stream, reembed
 from rge_demo.config import ASSETS_DIR, REPO_ROOT, Settings, get_settings
 from rge_demo.data.images import load_image
@@ -26,6 +27,9 @@ from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.errors import RGEUserError
 from rge_demo.models.loading import ModelError
 from rge_demo.models.manager import LoadedModel, ModelManager
+
+from . import explore
+from .explore import PointInfo, Projection
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +154,7 @@ class QueryVectors:
     direct: np.ndarray  # (Q, D)
     reason: np.ndarray  # (Q, D)
     rationales: list[str]
+    tokens: list[int] = field(default_factory=list)
 
 
 class Demo:
@@ -167,6 +172,7 @@ class Demo:
         from rge_demo.analysis.projection import ProjectionCache
 
         self._projections = ProjectionCache(self.settings.cache_dir / "projections")
+        self.maps = explore.MapCache()
         self._lock = threading.RLock()
         from rge_demo.app.gallery_access import GalleryAccess
 
@@ -402,59 +408,33 @@ class Demo:
                           "score": round(h.score, 4)} for h in hits]}
 
     # -- queries of a gallery in both modes ------------------------------------------------------
-    def query_vectors(self, gallery_name: str, model_name: str | None = None) -> QueryVectors:
+    def query_vectors(self, gallery_name: str, model_name: str | None = None,
+                      session_key: str | None = None) -> QueryVectors:
         loaded = self.model(model_name)
-        key = (loaded.fingerprint, gallery_name)
+        gallery = self.gallery(gallery_name, session_key)
+        key = (loaded.fingerprint, gallery.name)
         with self._lock:
             if key not in self._queries:
-                gallery = self.gallery(gallery_name)
                 inputs = [query_input(gallery, q) for q in gallery.queries]
                 results = loaded.encoder.reason(inputs)
                 self._queries[key] = QueryVectors(
                     direct=loaded.encoder.direct(inputs),
                     reason=np.stack([r.vector for r in results]) if results else np.zeros((0, 1), np.float32),
-                    rationales=[r.rationale for r in results])
+                    rationales=[r.rationale for r in results], tokens=[r.tokens for r in results])
             return self._queries[key]
 
-    # -- Explore -----------------------------------------------------------------------------------
-    def projection(self, gallery_name: str, model_name: str | None = None, method: str = "umap") -> Projection:
-        """Gallery items plus the gallery's queries in both modes, in one shared 2-D map.
+    # -- Explore (rge_demo.app.explore) -----------------------------------------------------------
+    def projection(self, gallery_name: str, model_name: str | None = None, method: str = "umap",
+                   session_key: str | None = None) -> Projection:
+        """Gallery items plus the gallery's queries in both modes, in one shared 2-D map (cached).
 
         UMAP compiles on first use (~15 s): until the background warm-up is done, PCA is used.
         """
-        from rge_demo.analysis import projection as P
-
-        check_choice(method, ("umap", "pca"), "the projection method")
-        if method == "umap" and not P.umap_ready():
-            P.warm_umap_in_background()
-            method = "pca"
-        loaded = self.model(model_name)
-        gallery, index = self.gallery(gallery_name), self.index(gallery_name, model_name)
-        qv = self.query_vectors(gallery_name, model_name)
-        result = self._projections.get_or_compute(index.matrix, qv.direct, qv.reason, fingerprint=loaded.fingerprint,
-                                                  gallery=gallery_name, method=method)
-        target_rows = [index.items.index(next(it for it in index.items if it.id == q.target_id))
-                       for q in gallery.queries]
-        right_direct = (qv.direct @ index.matrix.T).argmax(1) == np.array(target_rows)
-        right_reason = (qv.reason @ index.matrix.T).argmax(1) == np.array(target_rows)
-        points = [PointInfo("item", it.id, it.label or it.text, str(gallery.image_path(it.image)) if it.image else None,
-                            it.text, None) for it in gallery.items]
-        for kind, right in (("query-direct", right_direct), ("query-reason", right_reason)):
-            for q, ok, rationale in zip(gallery.queries, right, qv.rationales):
-                points.append(PointInfo(kind, q.id, gallery.items[gallery.index_of(q.target_id)].label, str(
-                    gallery.image_path(q.image)) if q.image else None, q.text,
-                    bool(ok), rationale if kind == "query-reason" else ""))
-        return Projection(result, points, np.concatenate([index.matrix, qv.direct, qv.reason]))
+        return self.maps.get(self, gallery_name, model_name, method, session_key)
 
     def neighbours(self, projection: Projection, point: int, k: int = 5) -> list[tuple[PointInfo, float]]:
         """The ``k`` nearest gallery items of a point, by cosine in the full embedding space."""
-
-        if not 0 <= point < len(projection.points):
-            raise UserError(f"no point {point} in this projection ({len(projection.points)} points)")
-        n_items = projection.result.n_items
-        scores = projection.vectors[:n_items] @ projection.vectors[point]
-        order = [i for i in np.argsort(-scores, kind="stable") if i != point][:k]
-        return [(projection.points[i], float(scores[i])) for i in order]
+        return explore.neighbours(projection, point, k)
 
     # -- Failures ----------------------------------------------------------------------------------
     @property
@@ -602,23 +582,3 @@ class Demo:
         return {"model": loaded.name, "direct_rank": now["direct"]["rank"], "reason_rank": now["reason"]["rank"],
                 "rationale": now["reason"]["rationale"], "before_direct_rank": case.direct_rank,
                 "before_reason_rank": case.reason_rank}
-
-
-@dataclass
-class PointInfo:
-    """What a projected point stands for."""
-
-    kind: str  # item | query-direct | query-reason
-    id: str
-    label: str
-    image: str | None
-    text: str
-    correct: bool | None  # queries: is the right answer ranked first in this mode
-    rationale: str = ""
-
-
-@dataclass
-class Projection:
-    result: object  # rge_demo.analysis.projection.ProjectionResult
-    points: list[PointInfo]
-    vectors: np.ndarray  # (P, D), the full-space vectors in point order

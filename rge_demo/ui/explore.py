@@ -1,26 +1,86 @@
-"""Explore tab: one shared map of gallery items and queries in both modes, and a point's neighbours."""
+"""Explore tab: a large WebGL map of a gallery's items and queries in both modes, linked to a grid.
+
+A click or a lasso selects points; the grid shows them (and a click in the grid rings the point on
+the map); colour and size follow any field without re-projecting; search filters by text.
+"""
 
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import gradio as gr
+import plotly
 
-from rge_demo.analysis.projection import projection_figure, umap_state
-from rge_demo.app.demo import Demo, check_choice
+from rge_demo.analysis.projection import umap_state
+from rge_demo.app import explore as X
+from rge_demo.app.demo import Demo
 
 from .common import friendly, gpu
 from .render import STYLE, thumbnail
+from .train import session_of
+
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served, not fetched: works offline
+MAP_JS = (Path(__file__).with_name("explore_map.js")).read_text(encoding="utf-8")
+MAP_HTML = '<div class="rge-map"><div class="rge-map-plot"></div><div class="rge-map-key"></div>' \
+           '<div class="rge-map-tip"></div></div>'  # constant: gradio never re-renders the plot
+MAP_CSS = """
+.rge-map {position: relative}
+.rge-map-plot {width: 100%; min-height: 640px}
+.rge-map-key {font-size: 13px; line-height: 1.9; max-height: 84px; overflow-y: auto; padding: 2px 4px}
+.rge-key-item {display: inline-block; margin-right: 12px; white-space: nowrap}
+.rge-key-dot {display: inline-block; width: 11px; height: 11px; border-radius: 6px; margin-right: 4px;
+              vertical-align: -1px; border: 1px solid #0003}
+.rge-map-tip {position: absolute; display: none; z-index: 20; pointer-events: none; background: #fff;
+              border: 1px solid #9ca3af; border-radius: 6px; padding: 6px; max-width: 260px; font-size: 12px;
+              box-shadow: 0 2px 8px #0002}
+.rge-map-tip img {width: 96px; height: 96px; image-rendering: pixelated; display: block; margin-bottom: 4px}
+"""
+GRID_JS = """
+element.addEventListener('click', e => {
+  const cell = e.target.closest('[data-point]');
+  if (!cell) return;
+  const i = Number(cell.dataset.point);
+  window.dispatchEvent(new CustomEvent('rge-map-show', {detail: [i]}));
+  trigger('click', {index: i});
+});
+"""
+GRID_CSS = """
+.rge-grid {display: grid; grid-template-columns: repeat(auto-fill, minmax(118px, 1fr)); gap: 8px;
+           max-height: 520px; overflow-y: auto; font-size: 12px}
+.rge-cell {border: 1px solid #d1d5db; border-radius: 6px; padding: 4px; cursor: pointer; background: #fff}
+.rge-cell:hover {border-color: #2563eb}
+.rge-cell img {width: 100%; aspect-ratio: 1; image-rendering: pixelated; display: block}
+.rge-cell .right {color: #15803d} .rge-cell .wrong {color: #b91c1c}
+"""
+
+
+def _grid_html(cells: list[dict], total: int) -> str:
+    if not cells:
+        return "<p>Click a point, or draw a lasso or a box on the map, to see the points here.</p>"
+    out = []
+    for c in cells:
+        img = f'<img src="{thumbnail(c["image"])}" alt="">' if c["image"] else ""
+        outcome = "" if c["outcome"] == "-" else \
+            f'<span class="{c["outcome"]}">{c["outcome"]}</span> (rank {c["rank"]})'
+        flag = " &#9888; hallucinates" if c["hallucinations"] else ""
+        out.append(f'<div class="rge-cell" data-point="{c["point"]}" title="{html.escape(c["text"] or c["label"])}">'
+                   f'{img}<b>{html.escape(c["label"])}</b><br>{html.escape(c["kind"])}<br>{outcome}{flag}</div>')
+    more = f"<p>showing {len(cells)} of {total}</p>" if total > len(cells) else ""
+    return f'<div class="rge-grid">{"".join(out)}</div>{more}'
 
 
 def _point_html(point, neighbours) -> str:
     img = f'<img class="rge-thumb" style="width:96px;height:96px" src="{thumbnail(point.image)}">' if point.image else ""
-    lines = [f"<b>{html.escape(point.kind)}</b> <code>{html.escape(point.id)}</code>", html.escape(point.text or ""),
-             f"label / right answer: <b>{html.escape(point.label)}</b>"]
+    lines = [f"<b>{html.escape(X.KIND_NAMES[point.kind])}</b> <code>{html.escape(point.id)}</code>",
+             html.escape(point.text or ""), f"label / right answer: <b>{html.escape(point.label)}</b>"]
     if point.correct is not None:
-        lines.append("ranked the right answer first" if point.correct else "did NOT rank the right answer first")
+        lines.append(f"right answer at rank {point.rank} ({'first' if point.correct else 'not first'}); "
+                     f"reasoning moved it {point.rank_change:+d}")
     if point.rationale:
-        lines.append(f"rationale: <i>{html.escape(point.rationale)}</i>")
+        lines.append(f"rationale ({point.tokens} tokens): <i>{html.escape(point.rationale)}</i>")
+    if point.hallucinations:
+        lines.append(f"&#9888; names what the scene lacks: {html.escape(', '.join(point.hallucinations))}")
     rows = "".join(
         f"<tr><td>{i}</td><td>{'<img class=rge-thumb src=' + thumbnail(p.image) + '>' if p.image else ''} "
         f"{html.escape(p.label)}</td><td>{s:+.3f}</td></tr>" for i, (p, s) in enumerate(neighbours, 1))
@@ -29,47 +89,93 @@ def _point_html(point, neighbours) -> str:
 
 
 def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
+    """Lay out the tab; returns the page-load step that lists the session's own galleries."""
+    gr.set_static_paths([PLOTLY_JS])
+    session = session if session is not None else gr.State(None)
     galleries = sorted(demo.galleries)
     with gr.Row():
         gallery = gr.Dropdown(galleries, value=galleries[0] if galleries else None, label="Gallery")
         method = gr.Radio(["umap", "pca"], value="umap", label="Projection")
-        colour = gr.Radio(["label", "correct"], value="label", label="Colour by")
         go_btn = gr.Button("Project", variant="primary")
+    with gr.Row():
+        colour = gr.Dropdown(list(X.COLOUR_FIELDS), value="label", label="Colour by")
+        size = gr.Dropdown(list(X.SIZE_FIELDS), value="none", label="Size by")
+        find = gr.Textbox(label="Search labels, texts and rationales", placeholder="e.g. square", submit_btn=True)
     status = gr.Markdown("Choose a gallery and press **Project**.", elem_id="explore-status")
     with gr.Row():
         with gr.Column(scale=3):
-            plot = gr.Plot(label="Items (dots), queries direct (rings) -> reasoning (diamonds)")
-        with gr.Column(scale=2):
-            picker = gr.Dropdown([], label="Choose a point", value=None)
-            detail = gr.HTML()
+            plot = gr.HTML(None, html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
+                           head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>', elem_id="explore-map",
+                           style=None, selected=[])
+        with gr.Column(scale=1, min_width=320):
+            detail = gr.HTML("<p>The point you click: its details and nearest gallery items.</p>",
+                             elem_id="explore-detail")
+    grid = gr.HTML(_grid_html([], 0), css_template=GRID_CSS, js_on_load=GRID_JS, elem_id="explore-grid")
     state = gr.State(None)
 
     @gpu
     @friendly
-    def on_project(gallery, method, colour_by, model_name, progress=gr.Progress()):
-        """A shared 2-D map of a gallery's items and queries: (figure, note, point picker)."""
-        check_choice(colour_by, ("label", "correct"), "colour by")
+    def on_project(gallery, method, colour_by, size_by, model_name, session_key, request: gr.Request,
+                   progress=gr.Progress()):
+        """A shared 2-D map of a gallery's items and queries, coloured and sized by a field: (map, note)."""
         progress(0.2, desc="embedding the gallery's queries in both modes")
-        proj = demo.projection(gallery, model_name, method)
-        labels = [p.label for p in proj.points]
-        hover = [f"{p.kind}: {p.text or p.label}" + (f"<br>{p.rationale[:80]}" if p.rationale else "")
-                 for p in proj.points]
-        correct = [p.correct for p in proj.points]
-        thumbs = [thumbnail(p.image) if p.image else None for p in proj.points if p.kind == "item"]
-        fig = projection_figure(proj.result, labels, colour_by, hover, thumbnails=thumbs, correct=correct)
-        note = f"Method: **{proj.result.method.upper()}**"
+        X.style(None, colour_by, size_by)  # a bad field is refused before any work
+        proj = demo.projection(gallery, model_name, method, session_of(session_key, request))
+        note = f"Method: **{proj.result.method.upper()}**, {len(proj.points)} points. Click a point or draw a lasso."
         if method == "umap" and proj.result.method != "umap":
             note += f" (UMAP is {umap_state()}; PCA shown meanwhile - press Project again in a few seconds)"
-        choices = [(f"{p.kind}: {p.id} ({p.label})", i) for i, p in enumerate(proj.points)]
-        return fig, note, gr.update(choices=choices, value=None), proj
+        return gr.HTML(X.payload(proj), style=X.style(proj, colour_by, size_by), selected=[]), note, proj, \
+            _grid_html([], 0), ""
 
     @friendly
-    def on_pick(proj, i):
-        if proj is None or i is None:
-            return ""
-        return _point_html(proj.points[int(i)], demo.neighbours(proj, int(i)))
+    def on_style(proj, colour_by, size_by):
+        """Colour and size by another field: the map restyles, the projection stays."""
+        if proj is None:
+            return gr.HTML(), "Press **Project** first."
+        return gr.HTML(style=X.style(proj, colour_by, size_by)), f"Colour by **{colour_by}**, size by **{size_by}**."
 
-    # A failed request marks only the note line with gradio's error badge; the map and picker stay usable.
-    go_btn.click(on_project, [gallery, method, colour, model_state], [plot, status, picker, state],
-                 api_name="project", concurrency_id="model", show_progress_on=status)
-    picker.change(on_pick, [state, picker], detail, api_visibility="private")
+    @friendly
+    def show(proj, indices, note=""):
+        indices = X.check_points(proj, indices)
+        first = _point_html(proj.points[indices[0]], demo.neighbours(proj, indices[0])) if len(indices) == 1 else ""
+        text = note or f"{len(indices)} point{'s' * (len(indices) != 1)} selected."
+        return _grid_html(X.grid(proj, indices), len(indices)), first, text
+
+    def on_select(proj, evt: gr.SelectData):
+        if proj is None:
+            return gr.HTML(), gr.HTML(), "Press **Project** first."
+        return show(proj, evt.index if isinstance(evt.index, list) else [evt.index])
+
+    def on_cell(proj, evt: gr.EventData):
+        i = getattr(evt, "index", None)
+        if proj is None or i is None:
+            return gr.HTML(), ""
+        return _point_html(proj.points[int(i)], demo.neighbours(proj, int(i))), gr.HTML(selected=[int(i)])
+
+    @friendly
+    def on_find(proj, text):
+        """Points whose label, text or rationale contains the text: ringed on the map, shown in the grid."""
+        if proj is None:
+            return gr.HTML(), gr.HTML(), "Press **Project** first.", gr.HTML()
+        hits = X.search(proj, text)
+        cells, first, _ = show(proj, hits) if hits else (_grid_html([], 0), "", "")
+        return cells, first, f"{len(hits)} point{'s' * (len(hits) != 1)} match **{html.escape(text)}**.", \
+            gr.HTML(selected=hits)
+
+    private = {"api_visibility": "private"}
+    # A failed request marks only the note line with gradio's error badge; the map and grid stay usable.
+    go_btn.click(on_project, [gallery, method, colour, size, model_state, session],
+                 [plot, status, state, grid, detail], api_name="project", concurrency_id="model",
+                 show_progress_on=status)
+    for field in (colour, size):
+        field.change(on_style, [state, colour, size], [plot, status], show_progress_on=status, **private)
+    plot.select(on_select, state, [grid, detail, status], show_progress_on=status, **private)
+    grid.click(on_cell, state, [detail, plot], show_progress_on=status, **private)
+    find.submit(on_find, [state, find], [grid, detail, status, plot], show_progress_on=status, **private)
+
+    def on_page(gallery_name, session_key, request: gr.Request):
+        """The sample galleries and this session's own; keeps the choice if it is still there."""
+        names = demo.gallery_names(session_of(session_key, request))
+        return gr.update(choices=names, value=gallery_name if gallery_name in names else names[0] if names else None)
+
+    return on_page, [gallery, session], [gallery]

@@ -1,0 +1,92 @@
+"""The Explore tab's service on the real taught model: fields, colours, search, selection, caching."""
+
+import numpy as np
+import pytest
+
+from rge_demo.analysis.projection import NAMED_COLOURS, OTHER, categorical_colours, numeric_colours
+from rge_demo.app import explore as X
+from rge_demo.app.demo import Demo
+from rge_demo.config import Settings
+
+
+@pytest.fixture(scope="module")
+def demo(taught_dir, tmp_path_factory):
+    return Demo(Settings(cache_dir=tmp_path_factory.mktemp("cache"), model=str(taught_dir), max_new_tokens=6,
+                         warm_maps=False))
+
+
+@pytest.fixture(scope="module")
+def proj(demo):
+    return demo.projection("vqa-count", method="pca")
+
+
+def test_every_query_point_carries_its_rank_outcome_and_rank_change(demo, proj):
+    g = demo.gallery("vqa-count")
+    n, q = len(g.items), len(g.queries)
+    assert len(proj.points) == n + 2 * q and proj.result.coords.shape == (n + 2 * q, 2)
+    items = proj.vectors[:n]
+    all_scores = proj.vectors[n:] @ items.T  # (2Q, N): direct queries, then reasoning
+    for j, query in enumerate(g.queries):
+        direct, reason = proj.points[n + j], proj.points[n + q + j]
+        target = [it.id for it in g.items].index(query.target_id)
+        for p, scores in ((direct, all_scores[j]), (reason, all_scores[q + j])):
+            assert p.rank == int((scores > scores[target]).sum()) + 1
+            assert p.correct == (p.rank == 1) and p.outcome in ("right", "wrong")
+        assert direct.rank_change == reason.rank_change == direct.rank - reason.rank
+        assert reason.tokens is not None and reason.task and reason.split
+        assert reason.hallucinations is not None  # world scenes: checked
+        assert direct.hallucinations is None and direct.tokens is None
+    assert proj.arrows == [(n + j, n + q + j) for j in range(q)]
+
+
+def test_colour_and_size_by_every_field_restyle_without_re_projecting(demo, proj):
+    misses = demo._projections.stats["misses"]
+    for field in X.COLOUR_FIELDS:
+        for size in X.SIZE_FIELDS:
+            s = X.style(proj, field, size)
+            assert len(s["color"]) == len(s["size"]) == len(proj.points)
+            assert sum(k[2] for k in s["key"]) == len(proj.points)  # every point in the key once
+    assert demo.projection("vqa-count", method="pca") is proj  # the map cache
+    assert demo._projections.stats["misses"] == misses
+    sized = X.style(proj, "label", "rationale length")["size"]
+    assert len(set(sized)) > 1  # rationale lengths differ, items get the smallest size
+
+
+def test_colour_names_are_drawn_in_their_colour_and_the_palette_stays_readable():
+    colours, key = categorical_colours(["green square", "blue cross", "red circle", "two", "three", "two"])
+    assert colours[:3] == [NAMED_COLOURS["green"], NAMED_COLOURS["blue"], NAMED_COLOURS["red"]]
+    assert colours[3] == colours[5] != colours[4] and key[0] == ["two", colours[3], 2]
+    many = [f"label{i}" for i in range(50)]
+    colours, key = categorical_colours(many)
+    assert len(key) == 21 and key[-1][0] == "other (30 values)" and colours.count(OTHER) == 30
+    assert len({k[1] for k in key[:-1]}) == 20  # no colour repeats before "other"
+    colours, key = numeric_colours([-3, 0, 3, None], diverging=True)
+    assert colours[0] != colours[2] and colours[3] == "#c0c0c0" and sum(k[2] for k in key) == 4
+
+
+def test_search_selection_neighbours_and_payload(proj):
+    hits = X.search(proj, "SQUARE")
+    assert hits and all("square" in " ".join((proj.points[i].label, proj.points[i].text, proj.points[i].rationale)).lower()
+                        for i in hits)
+    assert X.search(proj, "  ") == []
+    assert X.check_points(proj, [3, "3", 1]) == [3, 1]
+    for bad in ([10_000], ["x"], [-1]):
+        with pytest.raises(X.ExploreError, match="point"):
+            X.check_points(proj, bad)
+    cells = X.grid(proj, hits)
+    assert [c["point"] for c in cells] == hits[:X.MAX_GRID]
+    near = X.neighbours(proj, 0)
+    assert len(near) == 5 and all(p.kind == "item" for p, _ in near)
+    assert [s for _, s in near] == sorted((s for _, s in near), reverse=True)
+    data = X.payload(proj)
+    assert len(data["x"]) == len(data["kind"]) == len(data["thumb"]) == data["n"] == len(proj.points)
+    assert all(t.startswith("data:image/png;base64,") == (p.image is not None) for t, p in zip(data["thumb"], proj.points))
+    assert any(data["thumb"])  # the queries' scenes
+    assert np.allclose(data["x"], proj.result.coords[:, 0], atol=1e-3)
+
+
+def test_bad_fields_are_named(proj):
+    with pytest.raises(X.ExploreError, match="colour by one of"):
+        X.style(proj, "shoe size")
+    with pytest.raises(X.ExploreError, match="size by one of"):
+        X.style(proj, "label", "label")
