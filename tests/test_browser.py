@@ -70,7 +70,7 @@ def test_explore_map_click_lasso_colour_and_search(page, app):
         expect(drawn).to_have_count(1)
         n = int(drawn.get_attribute("data-points"))
         expect(page.locator("#explore-map .gl-container canvas").first).to_be_attached()  # WebGL scatter
-        expect(page.locator("#explore-map .annotation-arrow-g path").first).to_be_attached()  # arrow heads
+        expect(page.locator("#explore-map .scatterlayer .trace path.point").first).to_be_attached()  # arrow heads
 
         # hover shows the thumbnail, a click selects the point: the grid and the detail show it
         x, y = point_xy(page, n - 1)  # the last query's reasoning point
@@ -81,6 +81,7 @@ def test_explore_map_click_lasso_colour_and_search(page, app):
         expect(page.locator(f"#explore-grid [data-point='{n - 1}']")).to_contain_text("reasoning")
         expect(page.locator("#explore-detail")).to_contain_text("Nearest gallery items")
         expect(drawn).to_have_attribute("data-selected", str(n - 1))
+        expect(page.locator("#explore-map .rge-ring")).to_have_count(1)  # the point is ringed on the map
 
         # a lasso around the whole plot selects every point
         box = page.locator("#explore-map .rge-map-plot .nsewdrag").first.bounding_box()

@@ -22,11 +22,14 @@ from .train import session_of
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served, not fetched: works offline
 MAP_JS = (Path(__file__).with_name("explore_map.js")).read_text(encoding="utf-8")
-MAP_HTML = '<div class="rge-map"><div class="rge-map-plot"></div><div class="rge-map-key"></div>' \
-           '<div class="rge-map-tip"></div></div>'  # constant: gradio never re-renders the plot
+MAP_HTML = '<div class="rge-map"><div class="rge-map-plot"></div><div class="rge-map-rings"></div>' \
+           '<div class="rge-map-key"></div><div class="rge-map-tip"></div></div>'  # constant: gradio never re-renders the plot
 MAP_CSS = """
 .rge-map {position: relative}
 .rge-map-plot {width: 100%; min-height: 640px}
+.rge-map-rings {position: absolute; left: 0; top: 0; pointer-events: none}
+.rge-ring {position: absolute; width: 18px; height: 18px; margin: -11px 0 0 -11px; border: 3px solid #111;
+           border-radius: 50%}
 .rge-map-key {font-size: 13px; line-height: 1.9; max-height: 84px; overflow-y: auto; padding: 2px 4px}
 .rge-key-item {display: inline-block; margin-right: 12px; white-space: nowrap}
 .rge-key-dot {display: inline-block; width: 11px; height: 11px; border-radius: 6px; margin-right: 4px;

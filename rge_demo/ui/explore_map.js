@@ -1,14 +1,18 @@
 // The Explore map: a WebGL scatter (plotly's scattergl) inside a gr.HTML component.
 // props.value: {x, y, kind, hover, thumb, arrows, title, n}; props.style: {color, size, key, colour_by};
-// props.selected: point numbers to highlight. A click or a lasso/box selection triggers "select"
-// with {index: [point, ...]}; Python answers with the grid and the point's details.
+// props.selected: point numbers to ring. A click or a lasso/box selection triggers "select" with
+// {index: [point, ...]}; Python answers with the grid and the point's details. The rings are DOM
+// elements over the plot and the arrows one SVG trace: neither redraws the 100k WebGL points.
 const plot = element.querySelector(".rge-map-plot");
 const tip = element.querySelector(".rge-map-tip");
 const key = element.querySelector(".rge-map-key");
 const SYMBOLS = ["circle", "circle-open", "diamond"];
 const NAMES = ["gallery items", "queries, direct", "queries, reasoning"];
-const SELECTED = 3; // the trace index of the selection ring
+const rings = element.querySelector(".rge-map-rings");
+const ARROWS = 3; // the trace index of the arrows (clicks and hovers on it are ignored)
+const MAX_RINGS = 500;
 let map = null;  // the value drawn
+let ringed = [];  // point numbers ringed
 let members = [[], [], []];  // point numbers per kind, in trace order
 
 function escape(s) {
@@ -25,16 +29,13 @@ function traces(v, s) {
              size: idx.map(i => s.size[i] * (k === 0 ? 1 : 1.5)),
              line: {width: k === 1 ? 2 : 0, color: idx.map(i => s.color[i])}},
   }));
-  out.push({type: "scattergl", mode: "markers", name: "selected", showlegend: false, hoverinfo: "none",
-            x: [], y: [], marker: {symbol: "circle-open", size: 20, color: "#111", line: {width: 3, color: "#111"}}});
+  // one SVG trace for every arrow: a line per query, NaN between, an arrow head at its reasoning end
+  const ax = [], ay = [], size = [];
+  v.arrows.forEach(([i, j]) => { ax.push(v.x[i], v.x[j], NaN); ay.push(v.y[i], v.y[j], NaN); size.push(0, 9, 0); });
+  out.push({type: "scatter", mode: "lines+markers", name: "direct -> reasoning", hoverinfo: "skip", x: ax, y: ay,
+            line: {width: 1.1, color: "rgba(60,60,60,0.5)"},
+            marker: {symbol: "arrow", angleref: "previous", size: size, standoff: 5, color: "rgba(60,60,60,0.8)"}});
   return out;
-}
-
-function arrows(v) {
-  return v.arrows.map(([a, b]) => ({
-    x: v.x[b], y: v.y[b], ax: v.x[a], ay: v.y[a], xref: "x", yref: "y", axref: "x", ayref: "y", text: "",
-    showarrow: true, arrowhead: 2, arrowsize: 1.4, arrowwidth: 1.3, standoff: 7, startstandoff: 5,
-    arrowcolor: "rgba(60,60,60,0.55)"}));
 }
 
 function drawKey(s) {
@@ -50,7 +51,7 @@ function draw() {
   const layout = {
     title: {text: escape(v.title), font: {size: 14}, x: 0.01, xanchor: "left"}, height: 640, autosize: true, margin: {l: 10, r: 10, t: 40, b: 10},
     dragmode: "lasso", hovermode: "closest", uirevision: v.title, template: "plotly_white",
-    xaxis: {visible: false}, yaxis: {visible: false}, annotations: arrows(v),
+    xaxis: {visible: false}, yaxis: {visible: false},
     legend: {orientation: "h", y: -0.02, x: 0.5, xanchor: "center"},
   };
   Plotly.react(plot, traces(v, s), layout, {scrollZoom: true, displaylogo: false, responsive: true});
@@ -66,13 +67,23 @@ function restyle() {
   const colours = members.map(idx => idx.map(i => s.color[i]));
   const sizes = members.map((idx, k) => idx.map(i => s.size[i] * (k === 0 ? 1 : 1.5)));
   Plotly.restyle(plot, {"marker.color": colours, "marker.size": sizes, "marker.line.color": colours}, [0, 1, 2]);
+  placeRings();
   drawKey(s);
   element.dataset.colourBy = s.colour_by;
 }
 
+function placeRings() {
+  const L = plot._fullLayout;
+  if (!map || !L || !L.xaxis) return;
+  rings.innerHTML = ringed.slice(0, MAX_RINGS).map(i =>
+    `<div class="rge-ring" style="left:${L.xaxis._offset + L.xaxis.d2p(map.x[i])}px;` +
+    `top:${L.yaxis._offset + L.yaxis.d2p(map.y[i])}px"></div>`).join("");
+}
+
 function highlight(indices) {
   if (!map) return;
-  Plotly.restyle(plot, {x: [indices.map(i => map.x[i])], y: [indices.map(i => map.y[i])]}, [SELECTED]);
+  ringed = indices;
+  placeRings();
   element.dataset.selected = indices.slice(0, 50).join(",");
 }
 
@@ -87,14 +98,14 @@ function bind() {
   // drawn while its tab was hidden, the plot has plotly's default width: follow the column instead
   new ResizeObserver(() => { if (plot.offsetWidth) Plotly.Plots.resize(plot); }).observe(plot);
   plot.on("plotly_click", e => {
-    const p = e.points.find(p => p.curveNumber < SELECTED);
+    const p = e.points.find(p => p.curveNumber < ARROWS);
     if (p) choose([p.customdata]);
   });
   plot.on("plotly_selected", e => {
-    if (e && e.points) choose(e.points.filter(p => p.curveNumber < SELECTED).map(p => p.customdata));
+    if (e && e.points) choose(e.points.filter(p => p.curveNumber < ARROWS).map(p => p.customdata));
   });
   plot.on("plotly_hover", e => {
-    const p = e.points.find(p => p.curveNumber < SELECTED);
+    const p = e.points.find(p => p.curveNumber < ARROWS);
     if (!p || !map) return;
     const i = p.customdata, img = map.thumb[i];
     tip.innerHTML = (img ? `<img src="${img}">` : "") + `<div>${escape(map.hover[i])}</div>`;
@@ -104,6 +115,8 @@ function bind() {
     tip.style.display = "block";
   });
   plot.on("plotly_unhover", () => { tip.style.display = "none"; });
+  plot.on("plotly_relayout", placeRings);  // zoom, pan, resize: the rings follow their points
+  plot.on("plotly_relayouting", placeRings);
 }
 
 // The grid (another component) asks the map to show a point: a window event, no round trip.
