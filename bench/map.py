@@ -52,16 +52,14 @@ def synthetic_map(n: int, seed: int = 0) -> X.Projection:
 
 
 def app(proj: X.Projection) -> gr.Blocks:
+    payloads = X.Payloads()
     with gr.Blocks() as blocks:
-        gr.set_static_paths([ui.PLOTLY_JS])
         draw = gr.Button("Draw")
         colour = gr.Dropdown(list(X.COLOUR_FIELDS), value="label", label="Colour by")
-        plot = gr.HTML(None, html_template=ui.MAP_HTML, css_template=ui.MAP_CSS, js_on_load=ui.MAP_JS,
-                       head=f'<script src="/gradio_api/file={ui.PLOTLY_JS}"></script>', elem_id="explore-map",
-                       style=None, selected=[])
+        plot = ui.map_component(payloads)
         grid = gr.HTML(elem_id="explore-grid")
-        draw.click(lambda: gr.HTML(X.payload(proj), style=X.style(proj)), None, plot)
-        colour.change(lambda c: gr.HTML(style=X.style(proj, c)), colour, plot)
+        draw.click(lambda: ui.map_update(payloads, proj, "label", "none"), None, plot)
+        colour.change(lambda c: ui.style_update(payloads, proj, c, "none"), colour, plot)
 
         def on_select(evt: gr.SelectData):
             return ui._grid_html(X.grid(proj, X.check_points(proj, evt.index)), len(evt.index))

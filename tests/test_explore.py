@@ -90,3 +90,15 @@ def test_bad_fields_are_named(proj):
         X.style(proj, "shoe size")
     with pytest.raises(X.ExploreError, match="size by one of"):
         X.style(proj, "label", "label")
+
+
+def test_payloads_travel_by_unguessable_tokens_and_expire():
+    store = X.Payloads(capacity=2)
+    a, b = store.put({"n": 1}), store.put({"n": 2})
+    assert a != b and len(a) == 32 and store.get(a) == {"n": 1}
+    store.put({"n": 3})  # over capacity: the oldest goes
+    with pytest.raises(X.ExploreError, match="expired: press Project again"):
+        store.get(a)
+    with pytest.raises(X.ExploreError):
+        store.get(None)
+    assert store.get(b) == {"n": 2}

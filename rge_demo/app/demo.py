@@ -173,6 +173,7 @@ class Demo:
 
         self._projections = ProjectionCache(self.settings.cache_dir / "projections")
         self.maps = explore.MapCache()
+        self.map_payloads = explore.Payloads()  # what the Explore page fetches, by token
         self._lock = threading.RLock()
         from rge_demo.app.gallery_access import GalleryAccess
 
@@ -437,6 +438,14 @@ class Demo:
         return explore.neighbours(projection, point, k)
 
     # -- Failures ----------------------------------------------------------------------------------
+    @functools.cached_property
+    def failure_runs(self):
+        """Shared runs and each session's own gallery runs, gallery evaluation, links to a case
+        (:mod:`rge_demo.app.failure_runs`)."""
+        from rge_demo.app.failure_runs import FailureRuns
+
+        return FailureRuns(self)
+
     @property
     def runs_dirs(self) -> list[Path]:
         """Shipped runs (assets/runs), then runs made in this app (cache dir)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -238,6 +239,31 @@ def grid(projection: Projection, indices: list[int], limit: int = MAX_GRID) -> l
                       "image": p.image, "outcome": p.outcome, "rank": p.rank, "rank_change": p.rank_change,
                       "rationale": p.rationale, "hallucinations": p.hallucinations})
     return cells
+
+
+class Payloads:
+    """Large map payloads kept server-side under random tokens: the page fetches them once instead
+    of carrying megabytes in a component's props (which the page re-serialises on every update)."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._data: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def put(self, data: dict) -> str:
+        token = secrets.token_hex(16)
+        with self._lock:
+            self._data[token] = data
+            while len(self._data) > self.capacity:
+                self._data.pop(next(iter(self._data)))
+        return token
+
+    def get(self, token) -> dict:
+        with self._lock:
+            data = self._data.get(token) if isinstance(token, str) else None
+        if data is None:
+            raise ExploreError("this map has expired: press Project again")
+        return data
 
 
 # ----------------------------------------------------------------------------- off the request path

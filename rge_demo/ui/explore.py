@@ -91,9 +91,33 @@ def _point_html(point, neighbours) -> str:
             f'<table class="rge-hits"><tr><th>#</th><th>item</th><th>cosine</th></tr>{rows}</table>')
 
 
+def map_component(payloads: X.Payloads, **kwargs) -> gr.HTML:
+    """The WebGL map: its data and style travel as tokens the page exchanges once for the payloads."""
+    gr.set_static_paths([PLOTLY_JS])
+
+    def map_data(token):
+        return payloads.get(token)
+
+    def map_style(token):
+        return payloads.get(token)
+
+    return gr.HTML(None, html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
+                   head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>', elem_id="explore-map",
+                   server_functions=[map_data, map_style], style=None, selected=[], **kwargs)
+
+
+def map_update(payloads: X.Payloads, proj: X.Projection | None, colour_by: str, size_by: str) -> gr.HTML:
+    """A new map: its data and style as tokens."""
+    return gr.HTML({"token": payloads.put(X.payload(proj)), "n": len(proj.points)},
+                   style={"token": payloads.put(X.style(proj, colour_by, size_by))}, selected=[])
+
+
+def style_update(payloads: X.Payloads, proj: X.Projection, colour_by: str, size_by: str) -> gr.HTML:
+    return gr.HTML(style={"token": payloads.put(X.style(proj, colour_by, size_by))})
+
+
 def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
     """Lay out the tab; returns the page-load step that lists the session's own galleries."""
-    gr.set_static_paths([PLOTLY_JS])
     session = session if session is not None else gr.State(None)
     galleries = sorted(demo.galleries)
     with gr.Row():
@@ -107,9 +131,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     status = gr.Markdown("Choose a gallery and press **Project**.", elem_id="explore-status")
     with gr.Row():
         with gr.Column(scale=3):
-            plot = gr.HTML(None, html_template=MAP_HTML, css_template=MAP_CSS, js_on_load=MAP_JS,
-                           head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>', elem_id="explore-map",
-                           style=None, selected=[])
+            plot = map_component(demo.map_payloads)
         with gr.Column(scale=1, min_width=320):
             detail = gr.HTML("<p>The point you click: its details and nearest gallery items.</p>",
                              elem_id="explore-detail")
@@ -127,15 +149,15 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         note = f"Method: **{proj.result.method.upper()}**, {len(proj.points)} points. Click a point or draw a lasso."
         if method == "umap" and proj.result.method != "umap":
             note += f" (UMAP is {umap_state()}; PCA shown meanwhile - press Project again in a few seconds)"
-        return gr.HTML(X.payload(proj), style=X.style(proj, colour_by, size_by), selected=[]), note, proj, \
-            _grid_html([], 0), ""
+        return map_update(demo.map_payloads, proj, colour_by, size_by), note, proj, _grid_html([], 0), ""
 
     @friendly
     def on_style(proj, colour_by, size_by):
         """Colour and size by another field: the map restyles, the projection stays."""
         if proj is None:
             return gr.HTML(), "Press **Project** first."
-        return gr.HTML(style=X.style(proj, colour_by, size_by)), f"Colour by **{colour_by}**, size by **{size_by}**."
+        return style_update(demo.map_payloads, proj, colour_by, size_by), \
+            f"Colour by **{colour_by}**, size by **{size_by}**."
 
     @friendly
     def show(proj, indices, note=""):

@@ -1,5 +1,7 @@
 // The Explore map: a WebGL scatter (plotly's scattergl) inside a gr.HTML component.
-// props.value: {x, y, kind, hover, thumb, arrows, title, n}; props.style: {color, size, key, colour_by};
+// props.value and props.style are tokens ({token, n}); the map's data ({x, y, kind, hover, thumb, arrows,
+// title, n}) and style ({color, size, key, colour_by}) are fetched once through the server functions
+// map_data and map_style: megabytes in props would be re-serialised by the page on every update.
 // props.selected: point numbers to ring. A click or a lasso/box selection triggers "select" with
 // {index: [point, ...]}; Python answers with the grid and the point's details. The rings are DOM
 // elements over the plot and the arrows one SVG trace: neither redraws the 100k WebGL points.
@@ -12,6 +14,7 @@ const rings = element.querySelector(".rge-map-rings");
 const ARROWS = 3; // the trace index of the arrows (clicks and hovers on it are ignored)
 const MAX_RINGS = 500;
 let map = null;  // the value drawn
+let style = null;  // its colours and sizes
 let ringed = [];  // point numbers ringed
 let members = [[], [], []];  // point numbers per kind, in trace order
 
@@ -44,29 +47,35 @@ function drawKey(s) {
     `${escape(name)} <small>(${count})</small></span>`).join("");
 }
 
-function draw() {
-  const v = props.value, s = props.style;
-  if (!v || !v.x || !s || !s.color || typeof Plotly === "undefined") return;
+async function draw() {
+  const token = props.value && props.value.token, styleToken = props.style && props.style.token;
+  if (!token || !styleToken || typeof Plotly === "undefined") return;
+  const [v, s] = await Promise.all([server.map_data(token), server.map_style(styleToken)]);
   map = v;
+  style = s;
   const layout = {
-    title: {text: escape(v.title), font: {size: 14}, x: 0.01, xanchor: "left"}, height: 640, autosize: true, margin: {l: 10, r: 10, t: 40, b: 10},
-    dragmode: "lasso", hovermode: "closest", uirevision: v.title, template: "plotly_white",
+    title: {text: escape(v.title), font: {size: 14}, x: 0.01, xanchor: "left"}, height: 640, autosize: true,
+    // lasso by default; past 20k points pan (a click in lasso mode clears a selection over every point)
+    dragmode: v.n > 20000 ? "pan" : "lasso", hovermode: "closest", uirevision: v.title, template: "plotly_white",
     xaxis: {visible: false}, yaxis: {visible: false},
     legend: {orientation: "h", y: -0.02, x: 0.5, xanchor: "center"},
   };
-  Plotly.react(plot, traces(v, s), layout, {scrollZoom: true, displaylogo: false, responsive: true});
+  await Plotly.react(plot, traces(v, s), layout, {scrollZoom: true, displaylogo: false, responsive: true});
   drawKey(s);
   highlight(props.selected || []);
   element.dataset.points = String(v.n);  // for tests and scripts: the map is drawn
+  element.dataset.colourBy = s.colour_by;
   bind();
 }
 
-function restyle() {
-  const s = props.style;
-  if (!map || !s || !s.color) return draw();
+async function restyle() {
+  const styleToken = props.style && props.style.token;
+  if (!map || !styleToken) return draw();
+  const s = await server.map_style(styleToken);
+  style = s;
   const colours = members.map(idx => idx.map(i => s.color[i]));
   const sizes = members.map((idx, k) => idx.map(i => s.size[i] * (k === 0 ? 1 : 1.5)));
-  Plotly.restyle(plot, {"marker.color": colours, "marker.size": sizes, "marker.line.color": colours}, [0, 1, 2]);
+  await Plotly.restyle(plot, {"marker.color": colours, "marker.size": sizes, "marker.line.color": colours}, [0, 1, 2]);
   placeRings();
   drawKey(s);
   element.dataset.colourBy = s.colour_by;
