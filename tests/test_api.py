@@ -67,12 +67,12 @@ def test_evaluation_runs_are_named_for_their_tasks_and_never_overwrite(client):
     runs = []
     for _ in range(2):
         table, summary, _task_choices, run_choice = client.predict(
-            ["count"], "ind", 2, "all", "all", "all", "all", "all", api_name="/evaluate")
+            ["count"], "ind", 2, "all", "all", "all", "all", "all", "", api_name="/evaluate")
         assert len(table["data"]) == 2
         name = re.search(r"Saved as run \*\*(.+?)\*\*", summary).group(1)
         assert run_choice["value"] == name
         runs.append(name)
     assert runs[0].endswith("-count-ind-2") and runs[1] == runs[0] + "-2"
     for name in runs:  # both are still there to load
-        out = client.predict(name, "all", "all", "all", "all", "all", api_name="/load_run")
+        out = client.predict(name, "all", "all", "all", "all", "all", "", None, api_name="/load_run")
         assert len(out[0]["data"]) == 2

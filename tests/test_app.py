@@ -43,12 +43,12 @@ def test_search_endpoint(client):
 
 
 def test_project_endpoint(client):
-    fig, note, *_ = client.predict("classification", "pca", "correct", api_name="/project")
+    fig, note, *_ = client.predict("classification", "pca", "outcome", "none", None, api_name="/project")
     assert "PCA" in note and fig is not None
 
 
 def test_evaluate_endpoint(client):
-    out = client.predict(["count"], "ind", 2, "all", "all", "all", "all", "all", api_name="/evaluate")
+    out = client.predict(["count"], "ind", 2, "all", "all", "all", "all", "all", "", api_name="/evaluate")
     table = out[0]
     assert len(table["data"]) == 2
 

@@ -128,3 +128,32 @@ def test_rge_micro_answer_part_moves_the_score_more_than_a_neutral_part():
     assert answer.mean() > neutral.mean()
     assert np.mean(signed) > 0  # leaving the right answer out lowers the cosine to it
     assert np.mean(answer > neutral) > 0.5, (answer, neutral)  # in most queries, not only on average
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_failures_case_is_attributed_against_the_candidates_it_was_ranked_against(tmp_path):
+    """The Failures case view's shading: the shipped run's case, its world task's candidates, rge-micro."""
+    from rge_demo.analysis.eval_tasks import world_tasks
+    from rge_demo.app.demo import Demo
+    from rge_demo.app.failure_runs import CaseNotFound
+    from rge_demo.config import Settings
+
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model="rge-micro"))
+    runs = demo.failure_runs
+    case = next(c for c in runs.load("rge-micro") if c.task == "count" and ". " in c.rationale)
+    att = runs.attribute_case("rge-micro", case.query_id)
+    assert att.rationale == case.rationale and len(att.sentences) >= 2
+    assert att.right_label == case.target_label and att.wrong_label not in (None, case.target_label)
+
+    # by hand: the world task's candidates, embedded directly, and the same query
+    enc = demo.model().encoder
+    (task,) = world_tasks([case.task], splits=(case.split,), n=1)
+    cands = enc.direct([c.item.to_input() for c in task.candidates])
+    target = [c.id for c in task.candidates].index(case.target_id)
+    ref = A.attribute(enc, demo.make_input(case.image, case.text, case.instruction), case.rationale, cands, target)
+    assert task.candidates[ref.wrong].label == att.wrong_label
+    assert att.cos_right == pytest.approx(ref.cos_right, abs=1e-5)
+    assert [p.delta_right for p in att.clauses] == pytest.approx([p.delta_right for p in ref.clauses], abs=1e-5)
+    with pytest.raises(CaseNotFound, match="has no case 'nope'"):
+        runs.attribute_case("rge-micro", "nope")

@@ -167,3 +167,72 @@ def test_draft_tours_write_valid_tours_from_real_cases(tmp_path):
         tour_stop(helps, len(helps.stops), by_id)
     with pytest.raises(TourError, match="not in the loaded run"):
         tour_stop(helps, 0, {})
+
+
+# ------------------------------------------------------------------ the Failures grid, export, bars, links
+@pytest.fixture(scope="module")
+def mixed_cases(count_ex):
+    """Four outcomes on one count query, plus a classification case, with distinct ids."""
+    cls = world.generate("majority_shape", "ind", 1, seed=5)[0]
+    cases = [_case(count_ex, 1, 4), _case(count_ex, 3, 1), _case(count_ex, 2, 5), _case(count_ex, 1, 1),
+             _case(cls, 1, 2)]
+    for i, c in enumerate(cases):
+        c.query_id = f"q{i}"
+    return cases
+
+
+def test_search_grid_and_export_read_back_equal(mixed_cases, tmp_path):
+    cases = mixed_cases
+    assert F.search_cases(cases, "") == cases and F.search_cases(cases, None) == cases
+    assert F.search_cases(cases, "Q4") == [cases[4]]  # case-insensitive, over the id too
+    assert F.search_cases(cases, f"{cases[0].target_label} Reasoning helps") == [cases[0]]  # every word
+    assert F.search_cases(cases, "no-such-word anywhere") == []
+    grid = F.case_grid(cases)
+    assert list(grid.columns) == list(F.GRID_COLUMNS) and list(grid["case"]) == [f"q{i}" for i in range(5)]
+    assert list(grid["outcome"]) == [F.HELPS, F.HURTS, F.BOTH_WRONG, F.BOTH_RIGHT, F.HELPS]
+    assert grid["direct rank"].dtype == "int64" and list(grid["direct rank"]) == [4, 1, 5, 1, 2]
+
+    csv, parquet = F.write_export(cases[:3], tmp_path / "out", "run a/b: 3 cases")
+    assert csv.name == "run_a_b_3_cases.csv" and parquet.name == "run_a_b_3_cases.parquet"
+    want = F.export_frame(cases[:3])
+    assert list(want.columns) == list(F.EXPORT_COLUMNS) and len(want) == 3
+    for path in (csv, parquet):
+        back = F.read_export(path)
+        assert back.equals(want), path
+    assert json.loads(want["reason_topk"][0]) == cases[0].reason_topk
+    with pytest.raises(ValueError, match="export format"):
+        F.write_export(cases, tmp_path / "out", formats=("xlsx",))
+
+
+def test_p1_bars_per_task_and_meta_task_with_intervals(mixed_cases):
+    bars = F.p1_bars(mixed_cases, n_boot=500, seed=1)
+    count_direct = bars[(bars.level == "task") & (bars.group == "count") & (bars["mode"] == "direct")].iloc[0]
+    count_reason = bars[(bars.level == "task") & (bars.group == "count") & (bars["mode"] == "reasoning")].iloc[0]
+    # count: direct ranks 4, 1, 5, 1 -> 2/4; reasoning ranks 1, 3, 2, 1 -> 2/4
+    assert (count_direct.p1, count_reason.p1, count_direct.n) == (0.5, 0.5, 4)
+    assert 0 <= count_direct.low <= 0.5 <= count_direct.high <= 1 and count_direct.low < count_direct.high
+    vqa = bars[(bars.level == "meta-task") & (bars.group == "vqa")]
+    classification = bars[(bars.level == "meta-task") & (bars.group == "classification")]
+    assert list(vqa["n"]) == [4, 4] and list(classification["p1"]) == [0.0, 1.0]  # direct rank 2, reasoning 1
+    assert F.p1_bars(mixed_cases, n_boot=500, seed=1).equals(bars)  # seeded
+    fig = F.p1_figure(bars, "run x")
+    assert [t.name for t in fig.data] == ["direct", "reasoning", "direct", "reasoning"]
+    assert list(fig.data[0].error_y.array) == pytest.approx(list(
+        bars[(bars.level == "task") & (bars["mode"] == "direct")]["high"]
+        - bars[(bars.level == "task") & (bars["mode"] == "direct")]["p1"]))
+
+
+def test_case_links_round_trip_and_bad_links_are_sentences():
+    from rge_demo.app.failure_runs import LinkError, case_link, parse_case_link
+
+    link = case_link("http://host:7860/app/?__theme=dark#x", "rge micro&co", "count/ind/7")
+    assert link == "http://host:7860/app/?run=rge%20micro%26co&case=count%2Find%2F7"
+    from urllib.parse import parse_qsl, urlsplit
+
+    assert parse_case_link(dict(parse_qsl(urlsplit(link).query))) == ("rge micro&co", "count/ind/7")
+    assert case_link("", "r") == "?run=r" and parse_case_link({}) == (None, None)
+    assert parse_case_link({"run": "  "}) == (None, None)
+    with pytest.raises(LinkError, match="names case 'c' but no run"):
+        parse_case_link({"case": "c"})
+    with pytest.raises(LinkError, match="'run' parameter is not a usable name"):
+        parse_case_link({"run": "x" * 301})

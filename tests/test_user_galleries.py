@@ -1,7 +1,9 @@
 """A user's own gallery from a folder, a zip, an image folder with labels, or a local MMEB-eval subset."""
 
 import json
+import re
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -184,3 +186,57 @@ def test_the_app_layer_registers_embeds_and_compares_on_a_sessions_gallery(tmp_p
         allowed.register_gallery(alice, "/etc", "system", kind="folder")
     demo.remove_gallery(g.name, alice)
     assert g.name not in demo.gallery_names(alice)
+
+
+def test_a_sessions_gallery_is_evaluated_in_failures_and_its_run_is_the_sessions_alone(tmp_path, taught_dir):
+    import time
+
+    from rge_demo.app.demo import Demo
+    from rge_demo.app.failure_runs import CaseNotFound, RunNotFound
+    from rge_demo.app.sessions import new_key
+    from rge_demo.config import Settings
+    from rge_demo.errors import OwnershipError
+
+    src = image_folder(tmp_path / "src")
+    (src / "labels.csv").write_text("file,label,text,query\nred_square.png,red,,\ngreen-circle.png,green,,\n"
+                                    "blue_cross.png,blue,,\n,green,a green one,yes\nred_square.png,red,,yes\n")
+    zpath = tmp_path / "mine.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in src.iterdir():
+            z.write(f, f.name)
+    settings = Settings(cache_dir=tmp_path / "cache", model=str(taught_dir), max_new_tokens=4)
+    demo = Demo(settings)
+    alice, bob = new_key(), new_key()
+    g = demo.register_gallery(alice, str(zpath), "labelled", kind="zip")
+    for _ in range(600):
+        if demo.own_galleries(alice)[0]["state"] != "embedding":
+            break
+        time.sleep(0.05)
+    seen = []
+    name, cases = demo.failure_runs.evaluate_gallery(g.name, alice, progress=lambda m, d, t: seen.append((m, d, t)))
+    assert re.fullmatch(rf"{re.escape(demo.model().name)}-gallery-labelled_\w+_-2", name)  # <model>-gallery-<g>-<n>
+    assert len(cases) == 2 and {c.target_label for c in cases} == {"green", "red"}
+    assert all(1 <= c.direct_rank <= 3 and 1 <= c.reason_rank <= 3 for c in cases)
+    assert {m for m, *_ in seen} == {"direct", "reason"}
+    image_case = next(c for c in cases if c.target_label == "red")
+    assert Path(image_case.image).is_file() and "user-runs" in image_case.image  # copied into the run
+
+    runs = demo.failure_runs
+    assert name in runs.names(alice) and name not in runs.names(bob) and runs.is_own(name)
+    with pytest.raises(OwnershipError, match="another session"):
+        runs.load(name, bob)
+    with pytest.raises(OwnershipError):
+        demo.failure_runs.evaluate_gallery(g.name, bob)  # another session's gallery
+    assert runs.case(name, image_case.query_id, alice).target_label == "red"
+    with pytest.raises(CaseNotFound, match="has no case 'nope' \\(2 cases\\)"):
+        runs.case(name, "nope", alice)
+    with pytest.raises(RunNotFound, match="no saved run 'gone'"):
+        runs.load("gone", alice)
+    again, _ = runs.evaluate_gallery(g.name, alice)
+    assert again == name + "-2"  # a new run never overwrites
+
+    restarted = Demo(settings)  # an app restart finds the session's runs again, with their cases
+    assert {name, again} <= set(restarted.failure_runs.names(alice))
+    assert [c.query_id for c in restarted.failure_runs.load(name, alice)] == [c.query_id for c in cases]
+    demo.remove_gallery(g.name, alice)  # the run keeps its own copies of the query images
+    assert Path(restarted.failure_runs.case(name, image_case.query_id, alice).image).is_file()

@@ -195,7 +195,7 @@ def evaluate(encoder, tasks: Sequence[EvalTask], mode: str = "reason", batch_siz
     cand_seconds = 0.0
     for task in tasks:
         t0 = time.perf_counter()
-        matrix = _embed_candidates(encoder, task.candidates, batch_size, cache, fingerprint or "",
+        matrix = embed_candidates(encoder, task.candidates, batch_size, cache, fingerprint or "",
                                    lambda k: progress(done + k, total), shard)  # (N, D)
         cand_seconds += time.perf_counter() - t0
         done += len(task.candidates)
@@ -222,7 +222,7 @@ def evaluate(encoder, tasks: Sequence[EvalTask], mode: str = "reason", batch_siz
     return run
 
 
-def _embed_candidates(encoder, cands: Sequence[EvalCandidate], batch_size: int, cache: EmbeddingCache | None,
+def embed_candidates(encoder, cands: Sequence[EvalCandidate], batch_size: int, cache: EmbeddingCache | None,
                       fingerprint: str, progress: Callable[[int], None], shard: Shard | None = None) -> np.ndarray:
     """Direct-mode candidate matrix (N, D), unit rows; cache hits skip the model.
 

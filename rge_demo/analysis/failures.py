@@ -220,6 +220,151 @@ def cases_table(cases: Iterable[Case], max_rationale: int = 80) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+
+def query_of(case: Case) -> str:
+    """What the query asks, for a person: its text, else the world's question."""
+    return case.text or case.question or ""
+
+
+def _haystack(case: Case) -> str:
+    parts = [case.query_id, case.task, case.meta_task, case.split, case.instruction, query_of(case), case.question,
+             case.target_label, case.target_id, case.rationale, _top1(case.direct_topk), _top1(case.reason_topk),
+             outcome(case), *tag_case(case)]
+    return " ".join(p for p in parts if p).lower()
+
+
+def search_cases(cases: Iterable[Case], text: str | None) -> list[Case]:
+    """Cases whose query text, instruction, labels (right answer, both top-1s), rationale, id, task or
+    failure kinds contain every word of ``text`` (case-insensitive); all of them for an empty text."""
+    words = (text or "").lower().split()
+    cases = list(cases)
+    if not words:
+        return cases
+    return [c for c in cases if all(w in _haystack(c) for w in words)]
+
+
+GRID_COLUMNS = ("task", "meta-task", "split", "query", "right answer", "direct rank", "reasoning rank", "outcome",
+                "failure kind", "case")
+
+
+def case_grid(cases: Iterable[Case]) -> pd.DataFrame:
+    """The Failures grid: one row per case, the columns of :data:`GRID_COLUMNS` (``case`` is the query id)."""
+    rows = [(c.task, c.meta_task, c.split, query_of(c), c.target_label, c.direct_rank, c.reason_rank, outcome(c),
+             ", ".join(tag_case(c)), c.query_id) for c in cases]
+    return pd.DataFrame(rows, columns=list(GRID_COLUMNS)).astype({"direct rank": "int64", "reasoning rank": "int64"})
+
+
+# ---------------------------------------------------------------------------------------- export
+EXPORT_COLUMNS = ("query_id", "dataset", "task", "meta_task", "split", "instruction", "text", "image", "target_id",
+                  "target_label", "direct_rank", "reason_rank", "outcome", "failure_kinds", "rationale", "tokens",
+                  "forced", "seconds", "hallucinations", "direct_top1", "reason_top1", "direct_topk", "reason_topk")
+
+
+def export_frame(cases: Iterable[Case]) -> pd.DataFrame:
+    """Every case as one flat row (:data:`EXPORT_COLUMNS`): lists joined by ``"; "``, the top-k lists as
+    JSON text, so a CSV and a Parquet file of the same cases read back equal."""
+    rows = []
+    for c in cases:
+        rows.append({"query_id": c.query_id, "dataset": c.dataset, "task": c.task, "meta_task": c.meta_task,
+                     "split": c.split, "instruction": c.instruction, "text": query_of(c), "image": c.image or "",
+                     "target_id": c.target_id, "target_label": c.target_label, "direct_rank": c.direct_rank,
+                     "reason_rank": c.reason_rank, "outcome": outcome(c), "failure_kinds": "; ".join(tag_case(c)),
+                     "rationale": c.rationale, "tokens": c.tokens, "forced": c.forced, "seconds": float(c.seconds),
+                     "hallucinations": "; ".join(hallucinations(c)), "direct_top1": _top1(c.direct_topk),
+                     "reason_top1": _top1(c.reason_topk),
+                     "direct_topk": json.dumps(c.direct_topk, sort_keys=True),
+                     "reason_topk": json.dumps(c.reason_topk, sort_keys=True)})
+    frame = pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
+    return frame.astype({"direct_rank": "int64", "reason_rank": "int64", "tokens": "int64", "forced": "bool",
+                         "seconds": "float64"})
+
+
+EXPORT_FORMATS = ("csv", "parquet")
+
+
+def write_export(cases: Iterable[Case], folder: str | Path, stem: str = "cases",
+                 formats: Sequence[str] = EXPORT_FORMATS) -> list[Path]:
+    """Write :func:`export_frame` of ``cases`` as ``<folder>/<stem>.csv`` and ``.parquet`` (pyarrow); the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).strip("._") or "cases"
+    frame = export_frame(cases)
+    out = []
+    for fmt in formats:
+        path = folder / f"{stem}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(path, index=False, engine="pyarrow")
+        else:
+            raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+        out.append(path)
+    return out
+
+
+def read_export(path: str | Path) -> pd.DataFrame:
+    """An exported file read back with the column types :func:`export_frame` wrote."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path, engine="pyarrow")
+    text_cols = [c for c in EXPORT_COLUMNS if c not in ("direct_rank", "reason_rank", "tokens", "forced", "seconds")]
+    return pd.read_csv(path, keep_default_na=False, dtype={c: str for c in text_cols})
+
+
+# ---------------------------------------------------------------------------- P@1 per group, with CIs
+MODES = (("direct", "direct_rank"), ("reasoning", "reason_rank"))
+
+
+def p1_bars(cases: Sequence[Case], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """P@1 per task and per meta-task in both modes, with 95 % percentile bootstrap intervals over the
+    group's queries (:func:`rge_demo.analysis.reasoning.bootstrap_ci`, seeded): columns ``level``
+    ("task" | "meta-task"), ``group``, ``mode`` ("direct" | "reasoning"), ``p1``, ``low``, ``high``, ``n``."""
+    from .reasoning import bootstrap_ci
+
+    rows = []
+    for level, key in (("task", "task"), ("meta-task", "meta_task")):
+        groups: dict[str, list[Case]] = {}
+        for c in cases:
+            groups.setdefault(getattr(c, key) or "(none)", []).append(c)
+        for group in sorted(groups):
+            for mode, rank in MODES:
+                hits = [getattr(c, rank) == 1 for c in groups[group]]
+                mean, lo, hi = bootstrap_ci(hits, n_boot=n_boot, seed=seed)
+                rows.append({"level": level, "group": group, "mode": mode, "p1": mean, "low": lo, "high": hi,
+                             "n": len(hits)})
+    return pd.DataFrame(rows, columns=["level", "group", "mode", "p1", "low", "high", "n"])
+
+
+MODE_COLOURS = {"direct": "#64748b", "reasoning": "#4f46e5"}
+
+
+def p1_figure(bars: pd.DataFrame, title: str = ""):
+    """Grouped bars of :func:`p1_bars` (per task left, per meta-task right) with the intervals as error bars."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    tasks = bars[bars["level"] == "task"]["group"].nunique()
+    metas = bars[bars["level"] == "meta-task"]["group"].nunique()
+    fig = make_subplots(rows=1, cols=2, column_widths=[max(tasks, 1), max(metas, 1)], horizontal_spacing=0.06,
+                        subplot_titles=("P@1 per task", "P@1 per meta-task"), shared_yaxes=True)
+    for col, level in ((1, "task"), (2, "meta-task")):
+        for mode in ("direct", "reasoning"):
+            part = bars[(bars["level"] == level) & (bars["mode"] == mode)]
+            fig.add_trace(go.Bar(
+                x=list(part["group"]), y=list(part["p1"]), name=mode, legendgroup=mode, showlegend=col == 1,
+                marker_color=MODE_COLOURS[mode],
+                error_y={"type": "data", "symmetric": False, "array": list(part["high"] - part["p1"]),
+                         "arrayminus": list(part["p1"] - part["low"]), "thickness": 1.2, "width": 3},
+                customdata=list(zip(part["low"], part["high"], part["n"])),
+                hovertemplate=(f"{mode}<br>%{{x}}: P@1 %{{y:.2f}}<br>95% CI [%{{customdata[0]:.2f}}, "
+                               "%{customdata[1]:.2f}]<br>%{customdata[2]} queries<extra></extra>")), row=1, col=col)
+    fig.update_yaxes(range=[0, 1.05], title_text="P@1 (95% bootstrap CI)", row=1, col=1)
+    fig.update_layout(barmode="group", height=400, margin={"l": 60, "r": 20, "t": 90, "b": 90},
+                      legend={"orientation": "h", "y": 1.25, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+                      title={"text": title} if title else None, template="plotly_white")
+    fig.update_xaxes(tickangle=-35)
+    return fig
+
 # ------------------------------------------------------------------------------------ failure kinds
 def normalise(text: str | None) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", (text or "").lower()))

@@ -29,13 +29,13 @@ def build_blocks(demo: Demo) -> gr.Blocks:
         model_state = gr.State(None)  # per-session model choice; None means the app's default
         # per-browser key: the owner of its uploads, datasets, jobs, models and galleries
         session = train.session_state(demo)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:  # a link to a case (?run=&case=) selects Failures on page load
             with gr.Tab("Compare", id="compare"):
                 on_compare = compare.build(demo, model_state, session)
             with gr.Tab("Explore", id="explore"):
                 on_explore = explore.build(demo, model_state, session)
             with gr.Tab("Failures", id="failures"):
-                on_failures = failures.build(demo, model_state, session)
+                on_failures = failures.build(demo, model_state, session, tabs)
             with gr.Tab("Train", id="train"):
                 restore_train = train.build(demo, model_state, session)
             with gr.Tab("Models", id="models"):
