@@ -376,3 +376,27 @@ def test_one_progress_bar(capsys):
     cli_dir = REPO_ROOT / "rge_demo" / "cli"
     makers = [p.name for p in cli_dir.glob("*.py") if "tqdm" in p.read_text() and p.name != "common.py"]
     assert makers == []
+
+
+def test_eval_with_sampled_columns_and_with_a_reasoner(taught_dir, tiny_dir, tmp_path, env, capsys):
+    out = tmp_path / "run"
+    code = main(["eval", "--model", str(taught_dir), "--tasks", "count", "--split", "ind", "--queries", "3",
+                 "--max-new-tokens", "6", "--samples", "3", "--temperature", "1.5", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "Sampled rationales: 3 per query at T=1.5" in text
+    assert "| count/ind | 3 |" in text and "pass@3" in text and "centroid P@1" in text
+    table = json.loads((out / "sampling.json").read_text())
+    assert table["overall"]["n_queries"] == 3 and 0 <= table["overall"]["pass@3"] <= 1
+    assert table["overall"]["pass@3"] >= table["overall"]["sample_p1"]  # at least one of 3 vs one on average
+
+    pair = tmp_path / "pair"
+    code = main(["eval", "--model", str(taught_dir), "--reasoner", str(tiny_dir), "--tasks", "count", "--split",
+                 "ind", "--queries", "3", "--max-new-tokens", "6", "--out", str(pair)])
+    capsys.readouterr()
+    summary = json.loads((pair / "summary.json").read_text())
+    assert code == 0 and summary["model"] == f"{tiny_dir.name}+{taught_dir.name}" and summary["n"] == 3
+    for bad, expect in ((["--mode", "direct", "--reasoner", str(tiny_dir)], "--reasoner writes T-CoTs"),
+                        (["--samples", "2", "--mode", "oracle"], "--samples samples rationales"),
+                        (["--samples", "2", "--reasoner", str(tiny_dir)], "does not combine with --reasoner")):
+        assert main(["eval", "--model", str(taught_dir), "--tasks", "count", *bad]) == 2
+        assert expect in capsys.readouterr().err

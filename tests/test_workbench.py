@@ -234,3 +234,19 @@ def test_the_tab_builds_inside_blocks(tmp_path, tiny_dir):
         assert {"validate_upload", "launch_training", "training_progress", "build_dataset"} <= names
     finally:
         demo.workbench.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_an_eg_rl_job_runs_in_the_worker_with_its_reward_curve(bench):
+    folder, report = bench.sample_upload(KEY)
+    version = bench.build(KEY, folder.name, report)  # eg-rl needs no rationale on the pairs
+    job = bench.launch(KEY, version.id, "tiny", "eg-rl", 2, 2, 1e-4, 0.1, 1.0, 0.03, False, 4, 0.2, "rl")
+    assert job.config().stage == "eg-rl" and job.config().group_size == 4
+    deadline = time.time() + 600
+    while (p := bench.progress(KEY, job.id))["status"] not in ("finished", "failed") and time.time() < deadline:
+        time.sleep(0.5)
+    assert p["status"] == "finished", p["log_tail"]
+    m = p["metrics"]
+    assert m["reward"].between(0, 1.5).all() and (m["kl"] >= 0).all()
+    assert {"reward", "retrieval_reward", "kl"} <= {t.name for t in loss_figure(m).data}

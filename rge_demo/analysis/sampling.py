@@ -317,6 +317,21 @@ def sampling_table(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, flo
     return out
 
 
+def sampling_markdown(table: dict[str, dict[str, float]]) -> str:
+    """:func:`sampling_table` as a markdown table: one row per dataset, ``overall`` last; P@1-like
+    columns in %, spread as a cosine."""
+    names = [n for n in table if n != "overall"] + (["overall"] if "overall" in table else [])
+    ks = [c for c in table[names[0]] if c.startswith("pass@")] if names else []
+    cols = ["direct_p1", "reason_p1", "oracle_p1", "sample_p1", *ks, "centroid_p1", "stated_right"]
+    heads = ["direct P@1", "greedy P@1", "oracle P@1", "sample P@1", *ks, "centroid P@1", "stated answer right"]
+    lines = ["| dataset | queries | " + " | ".join(heads) + " | spread |", "|---|---:|" + "---:|" * (len(cols) + 1)]
+    for n in names:
+        row = table[n]
+        lines.append(f"| {n} | {int(row['n_queries'])} | " + " | ".join(f"{100 * row.get(c, float('nan')):.1f}"
+                                                                         for c in cols) + f" | {row['spread']:.3f} |")
+    return "\n".join(lines)
+
+
 def sampling_columns(encoder: Encoder, tasks: Sequence[EvalTask], n: int = 8, temperature: float = 1.0,
                      seed: int = 0, ks: Sequence[int] | None = None, max_new_tokens: int | None = None,
                      batch_size: int = 32) -> dict[str, dict[str, float]]:

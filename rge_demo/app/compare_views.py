@@ -7,6 +7,8 @@
   (:mod:`rge_demo.analysis.sampling`), ranked against the gallery.
 * :func:`attribution_view`: what each sentence and clause of a rationale does to the cosine with the
   right answer and with the top-1 wrong candidate (:mod:`rge_demo.analysis.attribution`).
+* :func:`tcot_view`: Embed-RL beside RGE: a Reasoner model's T-CoT, embedded by the model in use
+  (:class:`rge_demo.embedding.pair.ReasonerEmbedder`), ranked against the same gallery.
 
 Every check of a request raises :class:`~rge_demo.app.demo.UserError` (one sentence naming the value).
 """
@@ -24,7 +26,7 @@ from rge_demo.analysis.attribution import Attribution, attribute
 from rge_demo.analysis.sampling import SampleSet, sample_queries
 from rge_demo.data.items import Gallery
 
-from .demo import Demo, UserError, check_int, check_text
+from .demo import MAX_K, Demo, UserError, check_int, check_text
 
 MAX_SAMPLES = 32  # samples per request: one generate of up to 32 rows
 MAX_TEMPERATURE = 5.0
@@ -172,3 +174,40 @@ def _label(gallery: Gallery, i: int) -> str:
     label = item.label or item.text or item.id
     repeated = sum((it.label or it.text or it.id) == label for it in gallery.items) > 1
     return f"{label} ({item.id.split('/')[0]})" if repeated and "/" in item.id else label
+
+
+# ------------------------------------------------------------------------------ Embed-RL
+@dataclass
+class TCoTView:
+    """A Reasoner's T-CoT for one query and the Embedder's (the model in use) ranking after it."""
+
+    side: Any  # rge_demo.analysis.compare.Side
+    tcot: str
+    tokens: int
+    forced: bool
+    reasoner: str
+    embedder: str
+
+
+def tcot_view(demo: Demo, gallery_name: str, image, text: str, instruction: str, k, target_id, reasoner_name,
+              model_name: str | None = None, session_key: str | None = None) -> TCoTView:
+    """Embed-RL's two-model inference on one query: ``reasoner_name`` writes the T-CoT (greedy), the
+    model in use embeds query + T-CoT at ``<emb>``; ranked against the gallery like Compare's sides."""
+    import time
+
+    from rge_demo.analysis.compare import _side
+    from rge_demo.embedding.pair import ReasonerEmbedder
+
+    reasoner_name = check_text(reasoner_name, "Reasoner model", 500)
+    if not reasoner_name:
+        raise UserError("choose a Reasoner model first: it writes the T-CoT that the model in use embeds")
+    k = check_int(k, "k", 1, MAX_K)
+    gallery = demo.gallery(gallery_name, session_key)
+    target_id = Demo.check_target(gallery, target_id)
+    inp = demo.make_input(image, text, instruction)
+    embedder, reasoner = demo.model(model_name), demo.model(reasoner_name)
+    index = demo.index(gallery.name, model_name, session_key=session_key)
+    t0 = time.perf_counter()
+    out = ReasonerEmbedder(reasoner.encoder, embedder.encoder).reason([inp])[0]
+    side = _side(index, out.vector, k, target_id, time.perf_counter() - t0, out.tokens)
+    return TCoTView(side, out.rationale, out.tokens, out.forced, reasoner.name, embedder.name)

@@ -36,7 +36,8 @@ from .sessions import check_owner
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["step", "phase", "loss", "lm_loss", "contrastive_loss", "direct_loss", "lr", "seconds"]
+METRIC_COLUMNS = ["step", "phase", "loss", "lm_loss", "contrastive_loss", "direct_loss", "reward", "retrieval_reward",
+                  "kl", "lr", "seconds"]  # reward, retrieval_reward and kl: eg-rl jobs
 JOB_COLUMNS = ["id", "name", "dataset", "status", "attempts", "checkpoint", "error"]
 RESULTS_FILE = "before_after.csv"
 TRASH = ".deleting-"  # scratch being deleted is renamed to this prefix under the jobs root first

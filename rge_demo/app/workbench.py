@@ -46,7 +46,7 @@ from .sessions import browser_secret, owner_id, session_key
 
 log = logging.getLogger(__name__)
 
-LAUNCH_STAGES = ("cold-start", "rge", "baseline")  # leakage is an ablation, not a product choice
+LAUNCH_STAGES = ("cold-start", "rge", "baseline", "eg-rl")  # leakage is an ablation, not a product choice
 MAX_STEPS = 100_000
 MAX_BATCH = 1024
 MAX_NEW_TOKENS = 512
@@ -87,13 +87,15 @@ def _float(name: str, value, lo: float, hi: float, *, open_lo: bool = False) -> 
 
 
 def loss_figure(metrics: pd.DataFrame, title: str = ""):
-    """Plotly lines of loss, lm_loss and contrastive_loss against step (a phase change is a dotted line)."""
+    """Plotly lines of loss, lm_loss and contrastive_loss (eg-rl: the Embedder's reward, its retrieval
+    part and the KL to the reference) against step (a phase change is a dotted line)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     if metrics is not None and len(metrics):
         for col, colour in (("loss", "#111827"), ("lm_loss", "#2563eb"), ("contrastive_loss", "#dc2626"),
-                            ("direct_loss", "#16a34a")):
+                            ("direct_loss", "#16a34a"), ("reward", "#9333ea"), ("retrieval_reward", "#c084fc"),
+                            ("kl", "#f59e0b")):
             if col in metrics and metrics[col].fillna(0).abs().sum() > 0:  # (an unused loss stays 0: hidden)
                 fig.add_scatter(x=metrics["step"], y=metrics[col], mode="lines+markers", name=col,
                                 line={"color": colour}, marker={"size": 4})

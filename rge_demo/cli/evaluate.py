@@ -23,6 +23,12 @@ HELP = "evaluate a model (P@1, recall@5 per task) on the synthetic world or a lo
 ARGUMENTS: list[tuple[tuple, dict]] = [
     arg("--model", default=None, help="model folder, registry name (rge-micro, baseline-micro) or hub id "
                                       "(default: RGE_MODEL or rge-micro)"),
+    arg("--reasoner", default=None, help="Embed-RL: a Reasoner model (folder or registry name) writes each query's "
+                                         "T-CoT, --model embeds query + T-CoT (reason mode only)"),
+    arg("--samples", type=int, default=None, minimum=2,
+        help="also sample this many rationales per query at --temperature (reason mode): pass@k, centroid "
+             "and oracle P@1, spread, as extra columns (written to sampling.json in the run folder)"),
+    arg("--temperature", type=float, default=1.0, help="sampling temperature for --samples (default 1.0)"),
     arg("--mode", choices=["reason", "direct", "oracle"], default="reason",
         help="query embedding: reason (rationale, then <emb>), direct, or oracle rationale (world)"),
     arg("--split", choices=["ind", "ood", "all"], default="all", help="which test split(s) (default all)"),
@@ -129,13 +135,28 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     tasks = build_tasks(args)  # cheap checks before the (slow) model load
+    if args.samples and args.mode != "reason":
+        raise UsageError(f"--samples samples rationales: it needs --mode reason, not {args.mode!r}")
+    if args.samples and not 0 < args.temperature <= 5:
+        raise UsageError(f"--temperature must be in (0, 5], got {args.temperature:g}")
+    if args.samples and args.reasoner:
+        raise UsageError("--samples samples one model's rationales; it does not combine with --reasoner")
+    if args.reasoner and args.mode != "reason":
+        raise UsageError(f"--reasoner writes T-CoTs: it needs --mode reason, not {args.mode!r}")
     device = args.device or settings.device
     shard, state = distributed(device)
     if state is not None and device in ("auto", "cuda") and state.device.type == "cuda":
         device = str(state.device)  # one GPU per process
     main = state is None or state.is_main_process
     model, processor, fp, name = load_model(args.model or settings.model, device, args.dtype or settings.dtype)
-    encoder = Encoder(model, processor, max_new_tokens=args.max_new_tokens or settings.max_new_tokens)
+    budget = args.max_new_tokens or settings.max_new_tokens
+    encoder = Encoder(model, processor, max_new_tokens=budget)
+    if args.reasoner:
+        from rge_demo.embedding.pair import ReasonerEmbedder
+
+        r_model, r_processor, _, r_name = load_model(args.reasoner, device, args.dtype or settings.dtype)
+        encoder = ReasonerEmbedder(Encoder(r_model, r_processor, max_new_tokens=budget), encoder)
+        name = f"{r_name}+{name}"  # the cache keys stay the Embedder's: it embeds the candidates
     cache = None if args.no_cache else EmbeddingCache(settings.embeddings_dir)
     with Progress(f"eval {name} ({args.mode})") as progress:
         result = evaluate(encoder, tasks, mode=args.mode, batch_size=args.batch_size,
@@ -148,5 +169,15 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else settings.cache_dir / "eval" / f"{name}-{data}-{args.mode}-{stamp}"
     result.save(out)
     print(result.table())
+    if args.samples:
+        import json
+
+        from rge_demo.analysis.sampling import sampling_columns, sampling_markdown
+
+        table = sampling_columns(encoder, tasks, args.samples, args.temperature, args.seed,
+                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        (out / "sampling.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        print(f"\nSampled rationales: {args.samples} per query at T={args.temperature:g} (seed {args.seed})\n")
+        print(sampling_markdown(table))
     print(f"run folder: {out}")
     return 0

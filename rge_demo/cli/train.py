@@ -10,15 +10,18 @@ import argparse
 import logging
 import signal
 
+from rge_demo.training.config import STAGES
+
 from .common import EXIT_OK, EXIT_STOPPED, Progress, arg, command
 
 log = logging.getLogger(__name__)
 
-HELP = "train or fine-tune an RGE model (stages: cold-start, rge, baseline, leakage); rerun to resume"
+HELP = ("train or fine-tune an RGE model (stages: cold-start, rge, baseline, leakage), or an Embed-RL Reasoner by "
+        "EG-RL (eg-rl); rerun to resume")
 
 ARGUMENTS: list[tuple[tuple, dict]] = [
     arg("--config", help="JSON file with TrainConfig fields; flags below override it"),
-    arg("--stage", choices=["cold-start", "rge", "baseline", "leakage"]),
+    arg("--stage", choices=list(STAGES)),
     arg("--init", help="micro size to build ('micro', 'test') or a checkpoint folder"),
     arg("--data", help="'world' or a pairs .jsonl file"),
     arg("--output-dir", dest="output_dir"),
@@ -32,6 +35,10 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
     arg("--max-new-tokens", dest="max_new_tokens", type=int, minimum=1),
     arg("--lora", action="store_true", default=None),
     arg("--val-share", dest="val_share", type=float),
+    arg("--embedder", help="eg-rl: the frozen Embedder's checkpoint folder (default: a frozen copy of --init)"),
+    arg("--group-size", dest="group_size", type=int, minimum=2, help="eg-rl: T-CoTs sampled per query"),
+    arg("--rl-temperature", dest="rl_temperature", type=float, help="eg-rl: sampling temperature of the T-CoTs"),
+    arg("--kl-beta", dest="kl_beta", type=float, help="eg-rl: weight of the KL penalty to the Reasoner before RL"),
     arg("--seed", type=int),
     arg("--threads", type=int, minimum=0),
 ]

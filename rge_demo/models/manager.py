@@ -91,6 +91,9 @@ def default_specs() -> list[ModelSpec]:
         ModelSpec("baseline-micro", str(models / "baseline-micro"),
                   "the same micro model trained without rationales (contrastive only), same data and budget",
                   "micro"),
+        ModelSpec("embed-rl-reasoner-micro", str(models / "embed-rl-reasoner-micro"),
+                  "Embed-RL's Reasoner: rge-micro trained by EG-RL on rge-micro's retrieval reward; pick it as "
+                  "Compare's Reasoner, with rge-micro as the model in use (the Embedder)", "micro"),
         ModelSpec("MCG-NJU/RGE", "MCG-NJU/RGE",
                   "the paper's released RGE checkpoint (Qwen2.5-VL-3B, about 7.5 GB in bf16)", "hub"),
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rge_demo.errors import RGEUserError
 
-STAGES = ("cold-start", "rge", "baseline", "leakage")
+STAGES = ("cold-start", "rge", "baseline", "leakage", "eg-rl")
 
 
 class ConfigError(RGEUserError, ValueError):
@@ -19,7 +19,9 @@ class ConfigError(RGEUserError, ValueError):
 class TrainConfig:
     stage: str = "rge"
     """cold-start (LM only), rge (cold start, then joint LM + InfoNCE), baseline (InfoNCE on direct
-    embeddings only) or leakage (InfoNCE on the <emb> state after the ORACLE rationale: the ablation)."""
+    embeddings only), leakage (InfoNCE on the <emb> state after the ORACLE rationale: the ablation)
+    or eg-rl (Embed-RL's Embedder-Guided RL: the Reasoner, ``init``, trained by GRPO on a frozen
+    Embedder's retrieval reward; rge_demo.training.eg_rl)."""
     init: str = "micro"
     """Where the weights start: a micro size to build fresh ("micro", "test") or a checkpoint folder."""
     output_dir: str = "runs/train"
@@ -95,6 +97,21 @@ class TrainConfig:
     the start, at every probe and at the end (world data only): perception kept or lost."""
     val_share: float = 0.0
     """Share of a pairs file held out for validation (not used for world data)."""
+    embedder: str = ""
+    """eg-rl only: the frozen Embedder's checkpoint folder ("": a frozen copy of ``init``). It must
+    share the Reasoner's tokenizer."""
+    group_size: int = 4
+    """eg-rl only: T-CoTs sampled per query (the GRPO group); ``batch_size`` counts queries."""
+    rl_temperature: float = 1.0
+    """eg-rl only: sampling temperature of the T-CoTs."""
+    kl_beta: float = 0.04
+    """eg-rl only: weight of the KL penalty to the Reasoner before RL."""
+    clip_eps: float = 0.2
+    """eg-rl only: the surrogate's clip range."""
+    reward_temperature: float = 0.05
+    """eg-rl only: temperature of the Embedder's softmax over the batch's targets (the reward)."""
+    format_weight: float = 0.5
+    """eg-rl only: reward for a T-CoT ending in ``answer X`` with X one of the batch's answers."""
     seed: int = 0
     threads: int = 0
     """torch threads (0: leave the default)."""
@@ -109,10 +126,13 @@ class TrainConfig:
                      "probe_every", "threads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
-        for name in ("lr", "temperature"):
+        if not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ConfigError(f"group_size must be an integer >= 2 (GRPO compares a group), got {self.group_size!r}")
+        for name in ("lr", "temperature", "rl_temperature", "reward_temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("a_lm", "a_con", "direct_weight", "min_lr", "weight_decay", "grad_clip", "joint_lr", "vision_lr_scale"):
+        for name in ("a_lm", "a_con", "direct_weight", "min_lr", "weight_decay", "grad_clip", "joint_lr", "vision_lr_scale",
+                     "kl_beta", "clip_eps", "format_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.cold_start_gate <= 1:

@@ -296,6 +296,10 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str,
     con, direct, swap = zero, zero, zero
     lm_parts = (zero, torch.ones((), device=zero.device))
 
+    if phase == "eg-rl":
+        from .eg_rl import eg_rl_loss
+
+        return eg_rl_loss(ctx, pairs, step_seed)
     q_rows = ctx.rows([p.query for p in pairs], direct=False)
     if phase == "baseline":
         t, _ = ctx.targets(pairs)
@@ -501,6 +505,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
         _truncate_metrics(out / METRICS, state["step"])
     ctx = StepContext(model, processor, cfg, acc)
     ctx.peft = peft_model
+    if cfg.stage == "eg-rl":
+        ctx.reference, ctx.embedder = frozen_models(cfg, processor, acc.device)
     torch.manual_seed(cfg.seed + state["step"])
 
     def write(record: dict) -> None:
@@ -572,6 +578,26 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
             _save_model(acc.unwrap_model(model), processor, model_dir, peft_model)
     acc.wait_for_everyone()
     return TrainResult(out, model_dir, step, status, record)
+
+
+def frozen_models(cfg: TrainConfig, processor, device):
+    """eg-rl: the reference (the Reasoner before RL: ``init``, also on a resume) and the Embedder
+    (``embedder``, else a copy of ``init``), both frozen, in eval mode."""
+    from rge_demo.models import micro
+
+    if cfg.init in micro.SIZES:
+        raise ConfigError(f"eg-rl trains a Reasoner that already writes T-CoTs: init must be a checkpoint folder, "
+                          f"not the fresh micro size {cfg.init!r}")
+    reference, _ = load_model(cfg.init, device)
+    if cfg.embedder:
+        embedder, e_proc = load_model(cfg.embedder, device)
+        if e_proc.tokenizer.get_vocab() != processor.tokenizer.get_vocab():
+            raise ConfigError(f"embedder {cfg.embedder}: its tokenizer differs from the Reasoner's ({cfg.init})")
+    else:
+        embedder = copy.deepcopy(reference)
+    for m in (reference, embedder):
+        m.eval().requires_grad_(False)
+    return reference, embedder
 
 
 def _phase(stage: str, step: int, cold_start_end: int) -> str:

@@ -100,6 +100,16 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         attribution = gr.HTML(elem_id="attribution")
         with gr.Accordion("Attribution as JSON", open=False):
             attribution_json = gr.JSON(label="/attribute result")
+    with gr.Accordion("Embed-RL: a Reasoner's T-CoT, embedded by the model in use", open=False):
+        reasoners = demo.workbench.shared_model_names()
+        with gr.Row(equal_height=True):
+            reasoner = gr.Dropdown(reasoners, value=next((n for n in reasoners if "reasoner" in n), None),
+                                   allow_custom_value=True, label="Reasoner model", scale=2)
+            tcot_btn = gr.Button("Reason with the Reasoner", scale=1)
+        tcot_status = gr.Markdown(elem_id="tcot-status")
+        with gr.Row():
+            tcot_text = gr.Textbox(label="The Reasoner's T-CoT", lines=3, interactive=False, elem_id="tcot")
+            tcot_out = gr.HTML(elem_id="tcot-hits")
     last = gr.State(None)
 
     def own_gallery(gallery_name, browser_key, request):
@@ -207,6 +217,23 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     attribute_btn.click(on_attribute, [gallery, image, text, instruction, target, rationale, model_state, session],
                         [attribute_status, attribution, attribution_json], api_name="attribute",
                         concurrency_id="model", show_progress_on=attribute_status)
+
+    @gpu
+    @friendly
+    def on_tcot(gallery, image, query_text, instruction, target_id, k, reasoner, model_name, session_key=None,
+                request: gr.Request = None):
+        """Embed-RL beside RGE: the Reasoner's T-CoT, embedded by the model in use: (status, T-CoT, top-k)."""
+        view = compare_views.tcot_view(demo, gallery, image, query_text, instruction, k, target_id, reasoner,
+                                       model_name, session_of(session_key, request))
+        g = demo.gallery(gallery, session_of(session_key, request))
+        cut = " (cut off by the token budget)" if view.forced else ""
+        line = (f"Reasoner **{view.reasoner}** wrote {view.tokens} tokens{cut}; Embedder **{view.embedder}** "
+                f"embedded them; {view.side.seconds:.2f} s in all.")
+        return line, view.tcot, hits_html(view.side, g.root, target_id or None, "Embed-RL top-k")
+
+    tcot_btn.click(on_tcot, [gallery, image, text, instruction, target, k, reasoner, model_state, session],
+                   [tcot_status, tcot_text, tcot_out], api_name="tcot", concurrency_id="model",
+                   show_progress_on=tcot_status)
 
     @gpu
     @friendly

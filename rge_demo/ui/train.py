@@ -28,7 +28,8 @@ oracle rationales + InfoNCE on embeddings after self-generated rationales), in a
 Format: a `manifest.jsonl` / `.csv` with `query_text`, `query_image`, `target_text`, `target_image`,
 `rationale`, `task`, ... plus its images (one zip, or a manifest and a zip). New here? **Try the sample upload.**"""
 STAGE_HELP = ("rge: joint LM + contrastive (needs a rationale on every pair) · cold-start: LM loss only · "
-              "baseline: contrastive on direct embeddings, no rationales")
+              "baseline: contrastive on direct embeddings, no rationales · eg-rl: Embed-RL's Reasoner trained by "
+              "GRPO on a frozen copy of the base model's retrieval reward (base: a trained RGE model)")
 
 
 def _last_lines(text: str) -> str:
