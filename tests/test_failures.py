@@ -236,3 +236,22 @@ def test_case_links_round_trip_and_bad_links_are_sentences():
         parse_case_link({"case": "c"})
     with pytest.raises(LinkError, match="'run' parameter is not a usable name"):
         parse_case_link({"run": "x" * 301})
+
+
+def test_cost_points_pair_each_method_with_direct_on_the_same_queries(mixed_cases):
+    from rge_demo.analysis.cost import cost_figure, run_point, sampling_points
+
+    p = run_point("run a", mixed_cases)
+    # reasoning right on q0, q3, q4; direct right on q1, q3: gain (3 - 2) / 5
+    assert (p.gain, p.n, p.kind) == (pytest.approx(0.2), 5, "rge")
+    assert p.low <= p.gain <= p.high and p.tokens == 20 and p.seconds == pytest.approx(0.1)
+    rec = lambda centroid, direct, tokens: {"centroid": {"rank": centroid}, "direct": {"rank": direct},  # noqa: E731
+                                            "samples": [{"tokens": t} for t in tokens]}
+    one, four = sampling_points({4: [rec(1, 2, [5, 5, 5, 5]), rec(1, 1, [3, 3, 3, 3])],
+                                 1: [rec(2, 1, [7]), rec(1, 1, [9])]})
+    assert (one.name, one.gain, one.tokens) == ("sampling, N=1 (centroid)", -0.5, 8.0)
+    assert (four.gain, four.tokens, four.kind) == (0.5, 16.0, "sampling")
+    fig = cost_figure([p, one, four], highlight="run a")
+    assert [t.name for t in fig.data] == ["rge", "sampling"] and list(fig.data[0].y) == [pytest.approx(20)]
+    with pytest.raises(ValueError, match="has no cases"):
+        run_point("empty", [])

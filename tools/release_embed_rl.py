@@ -8,13 +8,15 @@ configs/eg-rl-micro.json``: GRPO on a frozen rge-micro's retrieval reward); the 
 is rge-micro itself. Before RL the pair is therefore exactly rge-micro (same T-CoT, same <emb>), so
 "Embed-RL - RGE" on the same queries is the effect of EG-RL.
 
-Writes assets/models/embed-rl-reasoner-micro/ (weights, training/, README.md) and
-assets/results-embed-rl.{json,md}. The held-out seeds are release_micro's (never used for tuning).
+Writes assets/models/embed-rl-reasoner-micro/ (weights, training/, README.md),
+assets/results-embed-rl.{json,md}, assets/runs/embed-rl-micro/ (the first seed's run pair, for the
+Failures tab) and assets/cost-sampling.json (the cost panel's sampled-rationale points). The held-out seeds are release_micro's (never used for tuning).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shutil
@@ -28,7 +30,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from release_micro import EVAL_SEEDS, _label, _rows, encoder_for  # noqa: E402
 
-from rge_demo.analysis.evaluate import evaluate, world_tasks  # noqa: E402
+from rge_demo.analysis.evaluate import _safe, evaluate, world_tasks  # noqa: E402
 from rge_demo.analysis.reasoning import fmt, p1_table, paired_gain, rationale_quality  # noqa: E402
 from rge_demo.embedding.pair import ReasonerEmbedder  # noqa: E402
 
@@ -76,6 +78,16 @@ def measure(n: int) -> dict:
             t0 = time.perf_counter()
             runs[title] = evaluate(encoder, tasks, mode=mode, model_name=title)
             log.info("seed %d %s: %.0f s", seed, title, time.perf_counter() - t0)
+        if seed == EVAL_SEEDS[0]:  # browsable in the Failures tab, beside assets/runs/rge-micro
+            for side, title in (("reason", "Embed-RL"), ("direct", "RGE direct")):
+                run = copy.deepcopy(runs[title])
+                run.info.update(seed=seed, model=f"{NAME}+rge-micro")
+                run.images = {}  # the same queries as rge-micro's run: its images serve both
+                for case in run.cases:
+                    case["image"] = f"../../rge-micro/reason/images/{_safe(case['query_id'])}.png"
+                    if not (ASSETS / "runs" / "rge-micro" / "reason" / case["image"][len("../../rge-micro/reason/"):]).is_file():
+                        raise SystemExit(f"{case['query_id']}: not in assets/runs/rge-micro (another seed or n?)")
+                run.save(ASSETS / "runs" / "embed-rl-micro" / side)
         cases = {t: r.cases for t, r in runs.items()}
         out[seed] = {
             "p1": {t: p1_table(c) for t, c in cases.items()},
@@ -87,6 +99,17 @@ def measure(n: int) -> dict:
                      for t, r in runs.items()},
         }
     return out
+
+
+def sampling_cost(n: int, ns=(1, 4, 8), temperature: float = 1.0) -> list[dict]:
+    """The cost panel's sampled-rationale points: rge-micro, N samples per query, the centroid vs direct."""
+    from rge_demo.analysis.cost import sampling_points
+    from rge_demo.analysis.sampling import evaluate_sampling
+
+    rge = encoder_for(ASSETS / "models" / "rge-micro")
+    tasks = world_tasks(None, ("ind", "ood"), n=n, seed=EVAL_SEEDS[0])
+    by_n = {k: evaluate_sampling(rge, tasks, k, temperature, seed=0) for k in ns}
+    return [p.to_dict() for p in sampling_points(by_n, name=f"rge-micro sampled at T={temperature:g}")]
 
 
 def results_markdown(results: dict, n: int, train: dict) -> str:
@@ -150,11 +173,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=str(REPO / "runs" / "eg-rl-micro"), help="the eg-rl training folder")
     parser.add_argument("--n", type=int, default=100, help="queries per task and split")
+    parser.add_argument("--sampling-n", type=int, default=25, help="queries per task and split for the sampling points")
     args = parser.parse_args()
     run = Path(args.run)
     ship(run)
     train = training_summary(run)
     results = measure(args.n)
+    cost = sampling_cost(args.sampling_n)
+    (ASSETS / "cost-sampling.json").write_text(json.dumps(cost, indent=1) + "\n")
     md = results_markdown(results, args.n, train)
     (ASSETS / "results-embed-rl.md").write_text(md)
     slim = {str(s): per for s, per in results.items()}

@@ -14,6 +14,7 @@ A case is reachable by URL: ``?run=<run>&case=<query id>`` (:func:`case_link`, :
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from rge_demo.config import ASSETS_DIR
 from rge_demo.errors import OwnershipError, RGEUserError
 
 from .sessions import owner_id
@@ -28,6 +30,7 @@ from .sessions import owner_id
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 300
+SAMPLING_POINTS = ASSETS_DIR / "cost-sampling.json"  # the cost panel's sampled-rationale points
 RUN_PARAM, CASE_PARAM = "run", "case"
 
 
@@ -148,6 +151,32 @@ class FailureRuns:
         shared = self.demo.saved_runs().get(run)
         return shared[0] if shared else self._own_runs()[run][1] / "reason"
 
+    def info(self, run: str, session_key: str | None = None) -> dict:
+        """The reasoning side's ``summary.json`` (model, tasks, gallery, seed, ...), {} when absent."""
+        path = self.folder(run, session_key) / "summary.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    # -- cost -------------------------------------------------------------------------------------------
+    def cost_points(self, session_key: str | None = None) -> list:
+        """One :class:`~rge_demo.analysis.cost.CostPoint` per run this session sees (an Embed-RL run, whose
+        model is ``<reasoner>+<embedder>``, is marked as such), plus the shipped sampling points
+        (``assets/cost-sampling.json``, written by ``tools/release_embed_rl.py``)."""
+        from rge_demo.analysis.cost import CostPoint, run_point
+
+        points = []
+        for name in self.names(session_key):
+            try:
+                cases = self.load(name, session_key)
+                model = str(self.info(name, session_key).get("model", ""))
+            except (RGEUserError, OSError, ValueError) as e:  # a damaged run is left out, not fatal
+                log.warning("cost panel: run %s left out: %s", name, e)
+                continue
+            if cases:
+                points.append(run_point(name, cases, "embed-rl" if "+" in model else "rge"))
+        if SAMPLING_POINTS.is_file():
+            points += [CostPoint(**d) for d in json.loads(SAMPLING_POINTS.read_text(encoding="utf-8"))]
+        return points
+
     # -- attribution of a case's rationale ---------------------------------------------------------------
     def attribute_case(self, run, case_id, session_key: str | None = None, model_name: str | None = None):
         """Leave-one-sentence-out and leave-one-clause-out contributions of a case's saved rationale
@@ -174,14 +203,11 @@ class FailureRuns:
 
     def _candidates(self, run: str, case, loaded, session_key) -> tuple[list[str], list[str], object]:
         """(labels, ids, unit direct-mode matrix) of what ``case`` was ranked against."""
-        import json
-
         from rge_demo.analysis.eval_tasks import EvalCandidate, EvalItem
         from rge_demo.analysis.evaluate import embed_candidates
         from rge_demo.data import world
 
-        summary = self.folder(run, session_key) / "summary.json"
-        info = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
+        info = self.info(run, session_key)
         if info.get("gallery"):
             gallery = self.demo.gallery(info["gallery"], session_key)
             index = self.demo.index(gallery.name, loaded.name, session_key=session_key)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from rge_demo.analysis.cost import cost_figure
 from rge_demo.analysis.failures import (GRID_COLUMNS, OUTCOMES, TAGS, case_grid, filter_cases, p1_bars, p1_figure,
                                         search_cases, tag_case, write_export)
 from rge_demo.app.demo import Demo, public_message, user_errors, world_task_names
@@ -119,6 +120,9 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     attribution = gr.HTML(elem_id="failures-attribution")
     with gr.Accordion("P@1 per task and meta-task, direct vs reasoning (95% bootstrap intervals)", open=True):
         bars = gr.Plot(elem_id="failures-bars", show_label=False)
+    with gr.Accordion("Cost: P@1 gain over direct vs generated tokens, every run and sampled rationales",
+                      open=False) as cost_box:
+        cost_plot = gr.Plot(elem_id="failures-cost", show_label=False)
     cases_state = gr.State([])
     shown_state = gr.State([])
 
@@ -265,6 +269,11 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                 case_html(case) if case else "", case_link(_page_base(request), name, case.query_id) if case else "",
                 case.query_id if case else "", fig, split_choices, meta_choices, opened + text, *select)
 
+    def on_cost(run_name, session_key, request: gr.Request):
+        """Every run this session sees, and the shipped sampling points, as gain vs tokens."""
+        points = demo.failure_runs.cost_points(session_of(session_key, request))
+        return cost_figure(points, highlight=run_name)
+
     @friendly
     def show_stop(tour_id, stop):
         """A tour's stop (clamped to the tour) and an empty replay line: the replay was of another stop."""
@@ -308,6 +317,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                   **private)
     export.click(on_export, [run, *filters, session], exported, api_name="export_cases", show_progress_on=summary)
     table.select(on_select, [cases_state, run], [view, link, case_id, attribution], **private)
+    cost_box.expand(on_cost, [run, session], cost_plot, **private)  # computed when opened: it reads every run
     attribute_btn.click(on_attribute, [run, case_id, model_state, session], [attribute_status, attribution],
                         api_name="attribute_case", concurrency_id="model", show_progress_on=attribute_status)
     replay_btn.click(on_replay, [tour, tour_pos, model_state], replay_out, api_name="replay_stop",
