@@ -75,6 +75,8 @@ def app(proj: X.Projection) -> gr.Blocks:
 
 
 def point_xy(page, i: int) -> list[float]:
+    """Page coordinates of map point ``i`` (plotly's axes: data -> pixels inside the plot div); the
+    browser test uses it too."""
     return page.evaluate("""i => {
         const gd = document.querySelector('#explore-map .rge-map-plot'), L = gd._fullLayout;
         const k = gd.data.findIndex(t => t.customdata && t.customdata.includes(i));

@@ -8,6 +8,8 @@ import pytest
 from apprunner import REPO
 from browser import SAVED_RUN, SHOTS, TOURS, choose, expect, tab, visible
 
+from bench.map import point_xy
+
 pytestmark = pytest.mark.slow  # the app in a subprocess and a browser
 
 
@@ -49,16 +51,6 @@ def test_compare_error_marks_only_the_status_line(page, app):
         target.fill("")
         target.press("Enter")
 
-
-def point_xy(page, i):
-    """Page coordinates of map point ``i`` (plotly's axes: data -> pixels inside the plot div)."""
-    return page.evaluate("""i => {
-        const gd = document.querySelector('#explore-map .rge-map-plot'), L = gd._fullLayout;
-        const kind = gd.data.findIndex(t => t.customdata && t.customdata.includes(i));
-        const j = gd.data[kind].customdata.indexOf(i), r = gd.getBoundingClientRect();
-        return [r.left + L.xaxis._offset + L.xaxis.d2p(gd.data[kind].x[j]),
-                r.top + L.yaxis._offset + L.yaxis.d2p(gd.data[kind].y[j])];
-    }""", i)
 
 
 def test_explore_map_click_lasso_colour_and_search(page, app):

@@ -123,6 +123,30 @@ def test_attribution_shades_the_rationale(page, app):
         page.screenshot(path=str(SHOTS / "c4-compare-attribution-closeup.png"))
 
 
+def test_embed_rl_panel_shows_a_reasoners_tcot_and_its_top_k(page, app, taught_dir):
+    with tab(page, app, "Compare", "c5-compare-embed-rl"):
+        page.get_by_text("Embed-RL: a Reasoner's T-CoT, embedded by the model in use").click()
+        box = page.get_by_label("Reasoner model", exact=True)
+        box.fill(str(taught_dir))  # the model in use as its own Reasoner: a pair that is plain RGE
+        box.press("Enter")
+        page.get_by_role("button", name="Reason with the Reasoner", exact=True).click()
+        expect(page.locator("#tcot-status")).to_contain_text(re.compile(r"Reasoner .+ wrote \d+ tokens"))
+        expect(page.locator("#tcot-hits")).to_contain_text("Embed-RL top-k")
+        expect(page.locator("#tcot textarea")).not_to_have_value("")
+        page.locator("#tcot-hits").scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "c5-compare-embed-rl-closeup.png"))
+        # a Reasoner with another tokenizer: one sentence, the badge on this panel's status line only
+        box.fill("rge-micro")
+        box.press("Enter")
+        page.get_by_role("button", name="Reason with the Reasoner", exact=True).click()
+        expect(page.get_by_text("must share one tokenizer").first).to_be_visible()
+        expect(page.locator("#tcot-status").get_by_text("Error", exact=True)).to_have_count(1)
+        expect(page.locator("#compare-status").get_by_text("Error", exact=True)).to_have_count(0)
+        for close in page.get_by_label("Close", exact=True).all():
+            if close.is_visible():
+                close.click()
+
+
 def test_sample_and_attribute_endpoints(client, app):
     from gradio_client import handle_file
 

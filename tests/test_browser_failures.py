@@ -67,6 +67,12 @@ def test_grid_search_case_link_export_and_bars(page, app):
         expect(files.get_by_text(re.compile(r"\.parquet$"))).to_be_visible()
         page.locator("#failures-case").screenshot(path=str(SHOTS / "f2-failures-case.png"))
 
+        # the cost panel: every run as P@1 gain over direct vs generated tokens
+        page.get_by_text("Cost: P@1 gain over direct vs generated tokens", exact=False).click()
+        expect(page.locator("#failures-cost .js-plotly-plot")).to_be_visible()
+        expect(page.locator("#failures-cost").get_by_text(RUN, exact=True).first).to_be_attached()
+        page.locator("#failures-cost").screenshot(path=str(SHOTS / "f4-failures-cost.png"))
+
     # the link opens the app on that case in Failures, in a fresh page
     page.goto(url)
     expect(page.get_by_role("tab", name="Failures", exact=True)).to_have_attribute("aria-selected", "true")

@@ -25,6 +25,22 @@ def image_folder(root, names=("red_square", "green-circle", "blue_cross")):
     return root
 
 
+def registered(demo, key, src, name):
+    """``src`` zipped (flat), registered for ``key`` through the app layer, and embedded (waited for)."""
+    import time
+
+    zpath = src.parent / f"{name}.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in src.iterdir():
+            z.write(f, f.name)
+    g = demo.register_gallery(key, str(zpath), name, kind="zip")
+    for _ in range(600):
+        if next(r for r in demo.own_galleries(key) if r["name"] == g.name)["state"] != "embedding":
+            break
+        time.sleep(0.05)
+    return g
+
+
 def test_plain_image_folder_is_labelled_by_file_name_and_read_in_place(tmp_path):
     src = image_folder(tmp_path / "shapes")
     g = build_gallery(src, "my shapes", tmp_path / "galleries")
@@ -152,7 +168,6 @@ def test_galleries_are_owned_by_their_session_and_survive_a_restart(tmp_path, ta
 
 
 def test_the_app_layer_registers_embeds_and_compares_on_a_sessions_gallery(tmp_path, taught_dir):
-    import time
 
     from rge_demo.app.demo import Demo, UserError
     from rge_demo.app.sessions import new_key
@@ -160,17 +175,9 @@ def test_the_app_layer_registers_embeds_and_compares_on_a_sessions_gallery(tmp_p
     from rge_demo.errors import OwnershipError
 
     src = image_folder(tmp_path / "src")
-    zpath = tmp_path / "mine.zip"
-    with zipfile.ZipFile(zpath, "w") as z:
-        for f in src.iterdir():
-            z.write(f, f.name)
     demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(taught_dir), max_new_tokens=4))
     alice, bob = new_key(), new_key()
-    g = demo.register_gallery(alice, str(zpath), "colours", kind="zip")
-    for _ in range(600):
-        if demo.own_galleries(alice)[0]["state"] != "embedding":
-            break
-        time.sleep(0.05)
+    g = registered(demo, alice, src, "colours")
     (row,) = demo.own_galleries(alice)
     assert (row["name"], row["state"], row["done"], row["items"]) == (g.name, "ready", 3, 3)
     assert g.name in demo.gallery_names(alice) and g.name not in demo.gallery_names(bob)
@@ -189,7 +196,6 @@ def test_the_app_layer_registers_embeds_and_compares_on_a_sessions_gallery(tmp_p
 
 
 def test_a_sessions_gallery_is_evaluated_in_failures_and_its_run_is_the_sessions_alone(tmp_path, taught_dir):
-    import time
 
     from rge_demo.app.demo import Demo
     from rge_demo.app.failure_runs import CaseNotFound, RunNotFound
@@ -200,18 +206,10 @@ def test_a_sessions_gallery_is_evaluated_in_failures_and_its_run_is_the_sessions
     src = image_folder(tmp_path / "src")
     (src / "labels.csv").write_text("file,label,text,query\nred_square.png,red,,\ngreen-circle.png,green,,\n"
                                     "blue_cross.png,blue,,\n,green,a green one,yes\nred_square.png,red,,yes\n")
-    zpath = tmp_path / "mine.zip"
-    with zipfile.ZipFile(zpath, "w") as z:
-        for f in src.iterdir():
-            z.write(f, f.name)
     settings = Settings(cache_dir=tmp_path / "cache", model=str(taught_dir), max_new_tokens=4)
     demo = Demo(settings)
     alice, bob = new_key(), new_key()
-    g = demo.register_gallery(alice, str(zpath), "labelled", kind="zip")
-    for _ in range(600):
-        if demo.own_galleries(alice)[0]["state"] != "embedding":
-            break
-        time.sleep(0.05)
+    g = registered(demo, alice, src, "labelled")
     seen = []
     name, cases = demo.failure_runs.evaluate_gallery(g.name, alice, progress=lambda m, d, t: seen.append((m, d, t)))
     assert re.fullmatch(rf"{re.escape(demo.model().name)}-gallery-labelled_\w+_-2", name)  # <model>-gallery-<g>-<n>

@@ -168,7 +168,6 @@ class Demo:
         self.galleries = load_galleries(galleries_dir)
         self._indexes: dict[tuple[str, str], GalleryIndex] = {}
         self._queries: dict[tuple[str, str], QueryVectors] = {}
-        self._cases: dict[str, tuple] = {}
         from rge_demo.analysis.projection import ProjectionCache
 
         self._projections = ProjectionCache(self.settings.cache_dir / "projections")
@@ -462,23 +461,13 @@ class Demo:
         return out
 
     def load_cases(self, run: str) -> list:
-        """Cases of a saved run pair, image paths made absolute."""
-        from rge_demo.analysis.failures import load_pair
-
+        """Cases of a saved run pair, image paths made absolute (re-read when its files change)."""
         runs = self.saved_runs()
         if not run:
             raise UserError("choose a saved run first")
         if not isinstance(run, str) or run not in runs:
             raise UserError(f"no saved run {run!r}; available: {sorted(runs) or 'none'}")
-        reason_dir, direct_dir = runs[run]
-        stamp = tuple((d / "cases.jsonl").stat().st_mtime_ns for d in runs[run])
-        if self._cases.get(run, (None,))[0] != stamp:
-            cases = load_pair(reason_dir, direct_dir)
-            for c in cases:
-                if c.image and not Path(c.image).is_absolute():
-                    c.image = str(reason_dir / c.image)
-            self._cases[run] = (stamp, cases)
-        return self._cases[run][1]
+        return self.failure_runs.read(run, runs[run][0].parent)
 
     def run_evaluation(self, tasks: list[str], split: str, n: int, model_name: str | None = None,
                        progress: Callable[[str, int, int], None] | None = None) -> tuple[str, list]:
@@ -524,20 +513,9 @@ class Demo:
             what = "+".join(tasks)
             if len(what) > 60:
                 what = f"{tasks[0]}+{len(tasks) - 1}-more"
-        base = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{model}-{what}-{split}-{n}").strip("._") or "run"
-        root = self.settings.cache_dir / "runs"
-        root.mkdir(parents=True, exist_ok=True)
-        taken = set(self.saved_runs())
-        for i in range(1, 10_000):
-            name = base if i == 1 else f"{base}-{i}"
-            if name in taken:
-                continue
-            try:
-                (root / name).mkdir()
-            except FileExistsError:
-                continue
-            return name, root / name
-        raise UserError(f"too many saved runs named {base!r}; delete some from {root.name}/")
+        from rge_demo.app.failure_runs import new_run_folder
+
+        return new_run_folder(self.settings.cache_dir / "runs", f"{model}-{what}-{split}-{n}", set(self.saved_runs()))
 
     # -- tours ---------------------------------------------------------------------------------
     @functools.cached_property

@@ -83,7 +83,7 @@ class FailureRuns:
         self.demo = demo
         self.root = Path(demo.settings.cache_dir) / "user-runs"
         self._lock = threading.RLock()
-        self._cases: dict[str, tuple] = {}  # own run -> (stamp, cases)
+        self._cases: dict[str, tuple] = {}  # run -> (stamp, cases)
 
     # -- listing -------------------------------------------------------------------------------
     def _own_runs(self) -> dict[str, tuple[str, Path]]:
@@ -119,9 +119,11 @@ class FailureRuns:
         owner, folder = entry
         if not session_key or owner != owner_id(session_key):
             raise OwnershipError(f"run {run!r} belongs to another session")
-        return self._read(run, folder)
+        return self.read(run, folder)
 
-    def _read(self, run: str, folder: Path) -> list:
+    def read(self, run: str, folder: Path) -> list:
+        """The cases of the run pair in ``folder`` (``reason/``, ``direct/``), image paths made absolute;
+        cached until either ``cases.jsonl`` changes."""
         from rge_demo.analysis.failures import load_pair
 
         reason, direct = folder / "reason", folder / "direct"
@@ -258,21 +260,27 @@ class FailureRuns:
 
     def _new_folder(self, model: str, gallery: str, n: int, owner: str | None) -> tuple[str, Path]:
         """A new run's name (``<model>-gallery-<gallery>-<n>``, then ``-2``, ...) and its folder, made here."""
-        base = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{model}-gallery-{gallery}-{n}").strip("._") or "run"
         root = Path(self.demo.settings.cache_dir) / "runs" if owner is None else self.root / owner
-        root.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            taken = set(self.demo.saved_runs()) | set(self._own_runs())
-            for i in range(1, 10_000):
-                name = base if i == 1 else f"{base}-{i}"
-                if name in taken:
-                    continue
-                try:
-                    (root / name).mkdir()
-                except FileExistsError:
-                    continue
-                return name, root / name
-        raise RGEUserError(f"too many saved runs named {base!r}")
+            return new_run_folder(root, f"{model}-gallery-{gallery}-{n}",
+                                  set(self.demo.saved_runs()) | set(self._own_runs()))
 
 
-__all__ = ["CaseNotFound", "FailureRuns", "LinkError", "RunNotFound", "case_link", "parse_case_link"]
+def new_run_folder(root: Path, name: str, taken: set[str]) -> tuple[str, Path]:
+    """A new run's folder under ``root``, made here: ``name`` made safe, then ``-2``, ``-3``, ... while
+    it is ``taken`` or already there (another request may make the same name at the same time)."""
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "run"
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        candidate = base if i == 1 else f"{base}-{i}"
+        if candidate in taken:
+            continue
+        try:
+            (root / candidate).mkdir()
+        except FileExistsError:
+            continue
+        return candidate, root / candidate
+    raise RGEUserError(f"too many saved runs named {base!r}; delete some from {root.name}/")
+
+
+__all__ = ["CaseNotFound", "FailureRuns", "LinkError", "RunNotFound", "case_link", "new_run_folder", "parse_case_link"]
