@@ -18,7 +18,7 @@ from rge_demo.training.drafting import draft_rationales, drafting_style
 RGE_MICRO = ASSETS_DIR / "models" / "rge-micro"
 
 
-@pytest.mark.parametrize("name", ["rge-micro", "baseline-micro"])
+@pytest.mark.parametrize("name", ["rge-micro", "baseline-micro", "embed-rl-reasoner-micro"])
 def test_shipped_models_declare_the_micro_profile(name):
     config = json.loads((ASSETS_DIR / "models" / name / "config.json").read_text())
     assert config.get("rge_profile") == "micro"
@@ -61,3 +61,24 @@ def test_rge_micro_drafts_real_rationales(rge_micro):
         body, _, answer = draft.rpartition("answer ")
         assert answer.strip() == (row.get("target_text") or row["target_id"].split("/")[-1].replace("_", " "))
         assert len(body.split()) >= 4, draft  # the model's own evidence, not just "answer X"
+
+
+def test_the_shipped_embed_rl_run_is_browsable_and_its_reasoner_pairs_with_rge_micro(rge_micro, tmp_path):
+    from rge_demo.app.demo import Demo
+    from rge_demo.config import Settings
+    from rge_demo.embedding.pair import ReasonerEmbedder
+
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model="rge-micro"))
+    cases = demo.failure_runs.load("embed-rl-micro")
+    assert len(cases) == 1200 and all(c.image and (ASSETS_DIR / "runs").joinpath(c.image).resolve().is_file()
+                                      for c in cases[:50])  # images shared with rge-micro's run
+    assert demo.failure_runs.info("embed-rl-micro")["model"] == "embed-rl-reasoner-micro+rge-micro"
+    kinds = {p.name: p.kind for p in demo.failure_runs.cost_points()}
+    assert kinds["embed-rl-micro"] == "embed-rl" and kinds["rge-micro"] == "rge"
+    assert sum(k == "sampling" for k in kinds.values()) == 3  # N = 1, 4, 8
+    model, processor = load_checkpoint(ASSETS_DIR / "models" / "embed-rl-reasoner-micro", device="cpu",
+                                       dtype="float32")
+    pair = ReasonerEmbedder(Encoder(model, processor), rge_micro)  # one tokenizer: they pair
+    case = cases[0]
+    out = pair.reason([demo.make_input(case.image, case.text, case.instruction)])[0]
+    assert out.rationale == case.rationale  # greedy: the saved run's T-CoT again

@@ -56,7 +56,8 @@ def training_summary(run: Path) -> dict:
     steps = [r for r in rows if "reward" in r]
     probes = [r for r in rows if "probe_answer_acc" in r]
     mean = lambda rs, k: round(statistics.mean(r[k] for r in rs), 3)  # noqa: E731
-    return {"steps": steps[-1]["step"], "step_seconds": round(sum(r["seconds"] for r in steps)),
+    cfg = json.loads((run / "config.json").read_text())
+    return {"rl_temperature": cfg["rl_temperature"], "format_weight": cfg["format_weight"],"steps": steps[-1]["step"], "step_seconds": round(sum(r["seconds"] for r in steps)),
             "probe_seconds": round(sum(r.get("probe_seconds", 0) for r in rows)),
             "reward_first": mean(steps[:EDGE], "reward"), "reward_last": mean(steps[-EDGE:], "reward"),
             "retrieval_first": mean(steps[:EDGE], "retrieval_reward"),
@@ -133,7 +134,8 @@ def results_markdown(results: dict, n: int, train: dict) -> str:
         for name, g in per["gain"].items():
             parts.append(f"| {seed} | {name} | {fmt(g['overall'])} | {fmt(g['split=ind'])} | {fmt(g['split=ood'])} |")
     parts += ["", "### Training (train distribution)", "",
-              f"- reward (retrieval + 0.5 x format, sampled at T = 1), mean of the first / last {EDGE} steps: "
+              f"- reward (retrieval + {train['format_weight']} x format, sampled at T = {train['rl_temperature']}), mean "
+              f"of the first / last {EDGE} steps (one task per step, so steps differ by task): "
               f"{train['reward_first']} -> {train['reward_last']} (retrieval part {train['retrieval_first']} -> "
               f"{train['retrieval_last']}); KL to the reference at the end {train['kl_last']}",
               f"- T-CoT length (sampled): {train['tcot_tokens_first']} -> {train['tcot_tokens_last']} tokens",
@@ -145,6 +147,8 @@ def results_markdown(results: dict, n: int, train: dict) -> str:
 
 def card(results_md: str) -> str:
     cfg = json.loads((ASSETS / "models" / NAME / "training" / "config.json").read_text())
+    notes_file = REPO / "configs" / "eg-rl-micro.md"
+    notes = notes_file.read_text() if notes_file.exists() else ""
     return f"""# {NAME}
 
 The Reasoner of an Embed-RL pair (arXiv 2602.13823) in rge-demo's micro world: rge-micro (a micro
@@ -159,9 +163,11 @@ Embedder embeds query + T-CoT at `<emb>` and embeds the candidates.
   (the T-CoT ends in `answer X` with X a batch answer); GRPO with clip {cfg['clip_eps']} and KL
   {cfg['kl_beta']} to rge-micro; lr {cfg['lr']} -> {cfg['min_lr']} (cosine), {cfg['steps']} steps.
 - Evaluation: `python tools/release_embed_rl.py`, on the held-out `ind` and `ood` splits of seeds
-  {list(EVAL_SEEDS)} (never used for tuning; the recipe above was not tuned at all).
+  {list(EVAL_SEEDS)} (never used for tuning; one earlier attempt was judged on the training
+  distribution only, below).
 - Before RL the pair is exactly rge-micro, so "Embed-RL - RGE reasoning" is the effect of EG-RL.
 
+{notes}
 ## Held-out results
 
 {results_md}
