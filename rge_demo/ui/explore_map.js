@@ -60,7 +60,10 @@ async function draw() {
     xaxis: {visible: false}, yaxis: {visible: false},
     legend: {orientation: "h", y: -0.02, x: 0.5, xanchor: "center"},
   };
-  await Plotly.react(plot, traces(v, s), layout, {scrollZoom: true, displaylogo: false, responsive: true});
+  // doubleClick off: two quick clicks on two points would reset the axes (a full WebGL redraw, ~2 s
+  // at 100k points) instead of selecting both in turn; the modebar's "Reset axes" still resets
+  await Plotly.react(plot, traces(v, s), layout,
+                     {scrollZoom: true, displaylogo: false, responsive: true, doubleClick: false});
   drawKey(s);
   highlight(props.selected || []);
   element.dataset.points = String(v.n);  // for tests and scripts: the map is drawn
