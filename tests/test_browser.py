@@ -177,6 +177,23 @@ def test_train_tab_sample_upload_to_curve(page, app, taught_dir):
     assert app.alive()
 
 
+def test_train_tab_eg_rl_job_draws_its_reward_curve(page, app, taught_dir):
+    """After the test above (its dataset and base model stay chosen): the Embed-RL stage, live reward."""
+    with tab(page, app, "Train", "4b-train-eg-rl"):
+        page.get_by_label("eg-rl", exact=True).check()
+        page.get_by_label("Steps", exact=True).fill("2")
+        page.get_by_label("Batch size", exact=True).fill("2")
+        page.get_by_role("button", name="Launch", exact=True).click()
+        done = page.get_by_text(re.compile(r"^(finished|failed|cancelled) · step \d+ / 2"))
+        expect(done).to_be_visible()
+        line = done.inner_text()
+        assert line.startswith("finished · step 2 / 2"), f"{line}\n{page.get_by_label('Log (last lines)').input_value()}"
+        curve = visible(page, ".js-plotly-plot").filter(has_text="retrieval_reward").first
+        expect(curve).to_be_visible()  # reward, retrieval reward and KL beside the loss
+        expect(curve.get_by_text("kl", exact=True)).to_be_visible()
+    assert app.alive()
+
+
 def test_a_gallery_zip_registered_in_the_galleries_tab_appears_in_compare(page, app, tmp_path):
     import zipfile
 
