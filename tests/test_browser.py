@@ -147,6 +147,16 @@ def test_failures_tour(page, app):
         page.get_by_text(re.compile(r"Stop 2 of \d+")).scroll_into_view_if_needed()
 
 
+def launch_and_finish(page, steps: int) -> None:
+    """Press Launch and wait for the job's status line; it must have finished all ``steps``."""
+    page.get_by_role("button", name="Launch", exact=True).click()
+    done = page.get_by_text(re.compile(rf"^(finished|failed|cancelled) · step \d+ / {steps}"))
+    expect(done).to_be_visible()
+    line = done.inner_text()
+    assert line.startswith(f"finished · step {steps} / {steps}"), \
+        f"{line}\n{page.get_by_label('Log (last lines)').input_value()}"
+
+
 def test_train_tab_sample_upload_to_curve(page, app, taught_dir):
     with tab(page, app, "Train", "4-train"):
         page.get_by_role("button", name="Try the sample upload").click()
@@ -166,12 +176,7 @@ def test_train_tab_sample_upload_to_curve(page, app, taught_dir):
         page.get_by_label("Steps", exact=True).fill("4")
         page.get_by_label("Batch size", exact=True).fill("4")
         page.get_by_label("Max new tokens (rationale budget)", exact=True).fill("8")
-        page.get_by_role("button", name="Launch", exact=True).click()
-
-        done = page.get_by_text(re.compile(r"^(finished|failed|cancelled) · step \d+ / 4"))
-        expect(done).to_be_visible()
-        line = done.inner_text()
-        assert line.startswith("finished · step 4 / 4"), f"{line}\n{page.get_by_label('Log (last lines)').input_value()}"
+        launch_and_finish(page, 4)
         expect(visible(page, ".js-plotly-plot .scatterlayer .trace").first).to_be_visible()  # the loss curve
         expect(visible(page, "table").filter(has_text="finished").first).to_be_visible()  # the Jobs table
     assert app.alive()
@@ -183,11 +188,7 @@ def test_train_tab_eg_rl_job_draws_its_reward_curve(page, app, taught_dir):
         page.get_by_label("eg-rl", exact=True).check()
         page.get_by_label("Steps", exact=True).fill("2")
         page.get_by_label("Batch size", exact=True).fill("2")
-        page.get_by_role("button", name="Launch", exact=True).click()
-        done = page.get_by_text(re.compile(r"^(finished|failed|cancelled) · step \d+ / 2"))
-        expect(done).to_be_visible()
-        line = done.inner_text()
-        assert line.startswith("finished · step 2 / 2"), f"{line}\n{page.get_by_label('Log (last lines)').input_value()}"
+        launch_and_finish(page, 2)
         curve = visible(page, ".js-plotly-plot").filter(has_text="retrieval_reward").first
         expect(curve).to_be_visible()  # reward, retrieval reward and KL beside the loss
         expect(curve.get_by_text("kl", exact=True)).to_be_visible()
