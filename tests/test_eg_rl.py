@@ -84,3 +84,21 @@ def test_eg_rl_config_is_checked():
     with pytest.raises(ConfigError, match="init must be a checkpoint folder"):
         train(TrainConfig(stage="eg-rl", init="test", output_dir="/tmp/rge-eg-rl-never", tasks=["count"],
                           train_per_task=4, steps=1, batch_size=2, probe_every=0, shape_probe=False))
+
+
+@pytest.mark.slow
+def test_the_embedder_stage_reads_a_frozen_reasoners_tcots(tmp_path, tiny_dir, taught_dir):
+    base = dict(stage="embedder", init=str(tiny_dir), tasks=["count"], train_per_task=20, steps=3, batch_size=4,
+                lr=3e-4, warmup_steps=0, max_new_tokens=6, probe_every=0, save_every=0, threads=1, shape_probe=False)
+    with_reasoner = train(TrainConfig(**base, reasoner=str(taught_dir), output_dir=str(tmp_path / "e")))
+    oracle = train(TrainConfig(**base, output_dir=str(tmp_path / "o")))  # no reasoner: oracle rationales
+    for result in (with_reasoner, oracle):
+        records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+        assert result.status == "finished" and [r["phase"] for r in records] == ["embedder"] * 3
+        assert all(r["lm_loss"] == 0 and np.isfinite(r["contrastive_loss"]) and r["contrastive_loss"] > 0
+                   for r in records)
+    first = json.loads((with_reasoner.output_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["rationale_tokens"] <= 6 and len(first["samples"]) == 2  # the Reasoner's T-CoTs were read
+    embedder, _ = load_checkpoint(with_reasoner.model_dir, device="cpu", dtype="float32")
+    start, _ = load_checkpoint(tiny_dir, device="cpu", dtype="float32")
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), embedder.parameters()))

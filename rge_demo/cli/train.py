@@ -17,7 +17,7 @@ from .common import EXIT_OK, EXIT_STOPPED, Progress, arg, command
 log = logging.getLogger(__name__)
 
 HELP = ("train or fine-tune an RGE model (stages: cold-start, rge, baseline, leakage), or an Embed-RL Reasoner by "
-        "EG-RL (eg-rl); rerun to resume")
+        "EG-RL (eg-rl) or Embedder (embedder); rerun to resume")
 
 ARGUMENTS: list[tuple[tuple, dict]] = [
     arg("--config", help="JSON file with TrainConfig fields; flags below override it"),
@@ -35,6 +35,7 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
     arg("--max-new-tokens", dest="max_new_tokens", type=int, minimum=1),
     arg("--lora", action="store_true", default=None),
     arg("--val-share", dest="val_share", type=float),
+    arg("--reasoner", help="embedder: the frozen Reasoner whose T-CoTs the Embedder reads (default: oracle rationales)"),
     arg("--embedder", help="eg-rl: the frozen Embedder's checkpoint folder (default: a frozen copy of --init)"),
     arg("--group-size", dest="group_size", type=int, minimum=2, help="eg-rl: T-CoTs sampled per query"),
     arg("--rl-temperature", dest="rl_temperature", type=float, help="eg-rl: sampling temperature of the T-CoTs"),

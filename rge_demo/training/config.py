@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rge_demo.errors import RGEUserError
 
-STAGES = ("cold-start", "rge", "baseline", "leakage", "eg-rl")
+STAGES = ("cold-start", "rge", "baseline", "leakage", "eg-rl", "embedder")
 
 
 class ConfigError(RGEUserError, ValueError):
@@ -21,7 +21,8 @@ class TrainConfig:
     """cold-start (LM only), rge (cold start, then joint LM + InfoNCE), baseline (InfoNCE on direct
     embeddings only), leakage (InfoNCE on the <emb> state after the ORACLE rationale: the ablation)
     or eg-rl (Embed-RL's Embedder-Guided RL: the Reasoner, ``init``, trained by GRPO on a frozen
-    Embedder's retrieval reward; rge_demo.training.eg_rl)."""
+    Embedder's retrieval reward; rge_demo.training.eg_rl) or embedder (Embed-RL's Embedder: InfoNCE on
+    the <emb> state after a frozen ``reasoner``'s greedy T-CoT, or after the oracle rationale)."""
     init: str = "micro"
     """Where the weights start: a micro size to build fresh ("micro", "test") or a checkpoint folder."""
     output_dir: str = "runs/train"
@@ -97,6 +98,9 @@ class TrainConfig:
     the start, at every probe and at the end (world data only): perception kept or lost."""
     val_share: float = 0.0
     """Share of a pairs file held out for validation (not used for world data)."""
+    reasoner: str = ""
+    """embedder only: the frozen Reasoner's checkpoint folder whose greedy T-CoTs the Embedder learns to
+    read ("": the pairs' oracle rationales). It must share the model's tokenizer."""
     embedder: str = ""
     """eg-rl only: the frozen Embedder's checkpoint folder ("": a frozen copy of ``init``). It must
     share the Reasoner's tokenizer."""

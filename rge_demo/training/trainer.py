@@ -201,13 +201,15 @@ class StepContext:
         return self.model.model(**batch, use_cache=False).last_hidden_state  # (B, L, D)
 
     @torch.no_grad()
-    def generate(self, rows) -> tuple[list[list[int]], list[bool]]:
-        """Greedy rationales, batched; returns ids up to ``<emb>`` and whether ``<emb>`` was emitted."""
-        was_training = self.model.training
-        self.model.eval()
+    def generate(self, rows, model=None) -> tuple[list[list[int]], list[bool]]:
+        """Greedy rationales of ``model`` (default: the one trained), batched; returns ids up to ``<emb>``
+        and whether ``<emb>`` was emitted."""
+        model = model if model is not None else self.model
+        was_training = model.training
+        model.eval()
         batch = self.batch(rows)
-        out = self.model.generate(**batch, generation_config=self.gen_config)
-        self.model.train(was_training)
+        out = model.generate(**batch, generation_config=self.gen_config)
+        model.train(was_training)
         ids, emitted = [], []
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
             if self.emb_id in row:
@@ -305,6 +307,17 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str,
         t, _ = ctx.targets(pairs)
         q = ctx.hidden(ctx.batch(ctx.direct_rows(q_rows)))[:, -1]
         con = ctx.contrastive(q, t, keys)
+    elif phase == "embedder":  # the Embedder reads a frozen Reasoner's T-CoT (or the oracle one)
+        t, _ = ctx.targets(pairs)
+        reasoner = getattr(ctx, "reasoner", None)
+        if reasoner is not None:
+            ids, _ = ctx.generate(q_rows, model=reasoner)
+            stats["samples"] = [ctx.tok.decode(r, skip_special_tokens=True) for r in ids[:2]]
+            stats["rationale_tokens"] = sum(map(len, ids)) / len(ids)
+        else:
+            ids = [ctx.tok.encode(p.rationale, add_special_tokens=False) for p in pairs]
+        q = ctx.hidden(ctx.batch(q_rows, [r + [ctx.emb_id] for r in ids]))[:, -1]
+        con = ctx.contrastive(q, t, keys)
     else:
         q_lm, q_oracle = ctx.oracle_lm(q_rows, pairs)
         t, t_lm = ctx.targets(pairs)
@@ -334,12 +347,12 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str,
             direct = ctx.contrastive(q_direct, t, keys)
 
     a_con = cfg.a_con if phase != "cold-start" else 0.0
-    a_lm = cfg.a_lm if phase != "baseline" else 0.0
+    a_lm = cfg.a_lm if phase not in ("baseline", "embedder") else 0.0
     if phase == "cold-start":
         a_lm = 1.0  # LM only: the weight is immaterial, keep the loss on its natural scale
     direct_weight = cfg.direct_weight if phase != "cold-start" else 0.0
     # The LM loss is pooled over every process's tokens: this process contributes sum_p / count_all.
-    lm_sum, lm_count = lm_parts if phase != "baseline" else (zero, torch.ones((), device=zero.device))
+    lm_sum, lm_count = lm_parts  # (zero, one) for the contrastive-only phases
     count_all = ctx.acc.reduce(lm_count.detach().float().to(zero.device), reduction="sum")
     lm_share = lm_sum / count_all.clamp(min=1)
     lm_global = ctx.acc.reduce(lm_share.detach(), reduction="sum")
@@ -507,6 +520,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
     ctx.peft = peft_model
     if cfg.stage == "eg-rl":
         ctx.reference, ctx.embedder = frozen_models(cfg, processor, acc.device)
+    ctx.reasoner = frozen_reasoner(cfg, processor, acc.device) if cfg.stage == "embedder" and cfg.reasoner else None
     torch.manual_seed(cfg.seed + state["step"])
 
     def write(record: dict) -> None:
@@ -598,6 +612,14 @@ def frozen_models(cfg: TrainConfig, processor, device):
     for m in (reference, embedder):
         m.eval().requires_grad_(False)
     return reference, embedder
+
+
+def frozen_reasoner(cfg: TrainConfig, processor, device):
+    """embedder: the frozen Reasoner (``reasoner``) whose T-CoTs the Embedder reads."""
+    reasoner, r_proc = load_model(cfg.reasoner, device)
+    if r_proc.tokenizer.get_vocab() != processor.tokenizer.get_vocab():
+        raise ConfigError(f"reasoner {cfg.reasoner}: its tokenizer differs from the Embedder's ({cfg.init})")
+    return reasoner.eval().requires_grad_(False)
 
 
 def _phase(stage: str, step: int, cold_start_end: int) -> str:
