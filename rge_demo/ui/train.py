@@ -231,6 +231,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
             key = session_of(session_key, request)
             table = bench.jobs_table(key)
             ids_now = list(table["id"])
+            picked = job_id
             if job_id not in ids_now:
                 job_id = ids_now[-1] if ids_now else None
             p = bench.progress(key, job_id) if job_id else None
@@ -241,7 +242,12 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         key_job = (job_id, p["status"], p["step"], len(_last_lines(p["log_tail"]))) if p else None
         last = last or (None, None)
         jobs_out = table if key_jobs != last[0] else gr.skip()
-        pick_out = gr.update(choices=ids_now, value=job_id) if key_jobs != last[0] else gr.skip()
+        # The picker's value is set only when its job vanished: a tick that read the picker just before a
+        # Launch returned would otherwise put the previous job back in place of the new one.
+        if job_id != picked:
+            pick_out = gr.update(choices=ids_now, value=job_id)
+        else:
+            pick_out = gr.update(choices=ids_now) if key_jobs != last[0] else gr.skip()
         if key_job == last[1]:
             detail = (gr.skip(),) * 4
         elif p is None:
