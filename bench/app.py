@@ -1,10 +1,12 @@
 """App latency, measured like a user: start-up, first rationale token, full compares alone and with 4 users.
 
     python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2] [--service]
-                        [--client browser|gradio_client]
+                        [--client browser|gradio_client] [--model-process auto|on|off]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
-streaming endpoint. In the warm app, in the same run:
+streaming endpoint. The warm app is measured once its Explore maps are warm (their background
+UMAP fits hold the GIL for up to ~2 s at a time in the first ~30 s). In the warm app, in the same
+run:
 
 * one user: ``--runs`` compares one after another (seconds to the first streamed rationale text
   and to the finished comparison, direct + reasoning top-k);
@@ -211,12 +213,17 @@ def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[flo
 def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, float]]]:
     with tempfile.TemporaryDirectory() as cache:
         for label in ("cold caches", "warm caches"):
-            app = RunningApp(model, Path(cache), max_new_tokens=args.max_new_tokens, timeout=600)
+            app = RunningApp(model, Path(cache), max_new_tokens=args.max_new_tokens, timeout=600,
+                             extra_env={"RGE_MODEL_PROCESS": args.model_process})
             print(f"start-up to serving ({label}): {app.ready_seconds:.1f} s")
             if label == "cold caches":
                 app.stop()
                 continue
             try:
+                # Measure the steady state: the Explore maps' warm-up (UMAP's JIT and one fit per sample
+                # gallery, in a background thread) holds the GIL for long stretches while it runs.
+                warm = app.wait_for_log("explore maps ready", "explore maps not precomputed")
+                print(f"start-up to Explore maps warm: {warm:.1f} s")
                 client = new_client(app.url, args.client)
                 one_compare(client, gallery, 0)  # the first request pays one-off costs
                 users = [new_client(app.url, args.client) for _ in range(args.users)]
@@ -242,13 +249,16 @@ def main() -> int:
     parser.add_argument("--service", action="store_true",
                         help="call the service layer in this process instead of the app over HTTP (no Gradio "
                              "overhead); adds an N-user block with merging off")
+    parser.add_argument("--model-process", choices=("auto", "on", "off"), default="off",
+                        help="the app's RGE_MODEL_PROCESS (default off; on: the model's calls in a child process)")
     parser.add_argument("--client", choices=("browser", "gradio_client"), default="browser",
                         help="HTTP client: Gradio's queue protocol read as the page does (default), or gradio_client")
     args = parser.parse_args()
     specs = {s.name: s.source for s in default_specs()}
     model = Path(specs.get(args.model, args.model))
     gallery = Gallery.load(SAMPLE_GALLERIES / args.gallery)
-    where = "service layer, in process" if args.service else f"app over HTTP ({args.client} client)"
+    where = ("service layer, in process" if args.service
+             else f"app over HTTP ({args.client} client, RGE_MODEL_PROCESS={args.model_process})")
     print(f"model {args.model} ({model}), gallery {args.gallery}, budget {args.max_new_tokens} tokens, {where}")
     blocks = (run_service if args.service else run_app)(args, model, gallery)
     for label, times in blocks.items():

@@ -20,6 +20,7 @@ ASSETS_DIR = REPO_ROOT / "assets"
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MODEL_PROCESS = ("off", "on", "auto")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -53,6 +54,10 @@ class Settings:
     max_upload_mb: float = 200.0  # largest file the web app accepts, in MB (RGE_MAX_UPLOAD_MB; Gradio's max_file_size)
     gallery_roots: tuple[Path, ...] = ()  # server folders a session may register galleries from (RGE_GALLERY_ROOTS)
     retention_hours: float = 24.0  # uploaded files and refused uploads are deleted after this (RGE_RETENTION_HOURS)
+    # Run the model calls of Compare and search in a process of their own (rge_demo.embedding.model_process):
+    # "on", "off", or "auto" = on unless the device is CUDA (the child holds a second copy of the weights).
+    # Off by default: on this 2-core CPU it did not measurably cut the 4-user latency (README) (RGE_MODEL_PROCESS).
+    model_process: str = "off"
     warm_maps: bool = True  # compute the sample galleries' Explore maps in the background at start (RGE_WARM_MAPS)
 
     def __post_init__(self):
@@ -76,6 +81,8 @@ class Settings:
             raise SettingsError(f"RGE_STREAM_INTERVAL must be a number of seconds in 0..10, got {self.stream_interval!r}")
         if not isinstance(self.max_upload_mb, int | float) or not self.max_upload_mb > 0:
             raise SettingsError(f"RGE_MAX_UPLOAD_MB must be a positive number of MB, got {self.max_upload_mb!r}")
+        if self.model_process not in MODEL_PROCESS:
+            raise SettingsError(f"RGE_MODEL_PROCESS must be one of {', '.join(MODEL_PROCESS)}, got {self.model_process!r}")
         if not isinstance(self.retention_hours, int | float) or not self.retention_hours > 0:
             raise SettingsError(f"RGE_RETENTION_HOURS must be a positive number of hours, got {self.retention_hours!r}")
 
@@ -109,6 +116,8 @@ class Settings:
                 kw[name] = _number(env, var)
         if "RGE_SHARE" in env:
             kw["share"] = _boolean(env, "RGE_SHARE")
+        if env.get("RGE_MODEL_PROCESS"):
+            kw["model_process"] = env["RGE_MODEL_PROCESS"].strip().lower()
         if "RGE_WARM_MAPS" in env:
             kw["warm_maps"] = _boolean(env, "RGE_WARM_MAPS")
         return cls(**kw)
@@ -117,6 +126,13 @@ class Settings:
     def resolved_device(self) -> str:
         """The concrete device: ``device`` with "auto" replaced by :func:`autodetect_device`."""
         return autodetect_device() if self.device == "auto" else self.device
+
+    @property
+    def uses_model_process(self) -> bool:
+        """Whether loaded models run Compare's and search's calls in a child process."""
+        if self.model_process == "auto":
+            return not self.resolved_device.startswith("cuda")
+        return self.model_process == "on"
 
     @property
     def embeddings_dir(self) -> Path:

@@ -11,6 +11,7 @@ from conftest import TAUGHT, colour_image, taught_inputs
 from rge_demo.config import Settings
 from rge_demo.embedding.batcher import BatchedEncoder, Request, SplitStreamer
 from rge_demo.embedding.encoder import Encoder
+from rge_demo.embedding.model_process import ChildSpec, ModelProcess, ModelProcessError
 from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.models.manager import ModelManager
 
@@ -47,9 +48,20 @@ def streamed(encoder, inp, budget=None):
     return [e.text for e in events[:-1]], events[-1].result
 
 
-@pytest.fixture()
-def batched(taught):
-    return BatchedEncoder(*taught, window=WINDOW)
+@pytest.fixture(scope="module")
+def child(taught_dir):
+    """The taught model in its own process (the app's default on CPU), shared by this module's tests."""
+    process = ModelProcess(ChildSpec(str(taught_dir), "cpu", "float32", None, 128, 1))
+    process.start()
+    yield process
+    process.close()
+
+
+@pytest.fixture(params=["in-process", "model-process"])
+def batched(taught, request):
+    """A collector that runs its calls here (under the encoder's lock) or in the model's own process."""
+    process = request.getfixturevalue("child") if request.param == "model-process" else None
+    return BatchedEncoder(*taught, window=WINDOW, process=process)
 
 
 def test_four_concurrent_requests_run_in_one_generate_and_equal_one_at_a_time(taught, batched):
@@ -175,3 +187,63 @@ def test_worker_leaves_when_the_queue_is_empty_and_the_manager_builds_a_batched_
             break
         threading.Event().wait(0.01)
     assert enc.collector._worker is None  # no thread keeps an unloaded model alive
+
+
+def test_the_model_process_serves_from_another_pid_and_a_dead_one_is_replaced(taught, child):
+    import os
+    import signal
+
+    batched = BatchedEncoder(*taught, window=WINDOW, process=child)
+    x = taught_inputs()[1]
+    ref = Encoder(*taught).reason([x])[0]
+    assert batched.reason([x])[0].rationale == ref.rationale
+    assert child.alive() and child.pid != os.getpid()
+    starts = child.starts
+    os.kill(child.pid, signal.SIGKILL)
+    child._proc.join(10)
+    got = batched.reason([x])[0]  # the next call starts a new child
+    assert child.starts == starts + 1 and child.alive()
+    assert got.rationale == ref.rationale and float(got.vector @ ref.vector) >= 0.9999
+
+
+class ExitWhenUnpickled:
+    """A row that ends the process that receives it (as a crash or an out-of-memory kill would)."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (3,)
+
+
+def test_a_child_that_dies_mid_call_fails_that_call_with_a_sentence(taught, taught_dir):
+    process = ModelProcess(ChildSpec(str(taught_dir), "cpu", "float32", None, 128, 1))
+    process.start()
+    try:
+        with pytest.raises(ModelProcessError, match=r"exited during a call \(exit code 3\)"):
+            process.direct([ExitWhenUnpickled()])
+        assert not process.alive()
+        x = taught_inputs()[0]
+        rows = Encoder(*taught).rows([x], direct=True)
+        assert float(process.direct(rows)[0] @ Encoder(*taught).direct([x])[0]) >= 0.9999  # a new child
+    finally:
+        process.close()
+
+
+def test_a_child_that_cannot_load_the_model_raises_the_load_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    process = ModelProcess(ChildSpec(str(tmp_path), "cpu", "float32", None, 128, 1))
+    with pytest.raises(Exception, match="config.json"):
+        process.start()
+    assert not process.alive()
+
+
+def test_the_manager_runs_a_model_process_when_asked_and_stops_it_on_unload(tiny_dir, tmp_path):
+    manager = ModelManager(Settings(cache_dir=tmp_path, device="cpu", model_process="on"), specs=[])
+    loaded = manager.load(str(tiny_dir))
+    enc = loaded.encoder
+    vec = enc.direct([EmbedInput("", "short")])
+    plain = ModelManager(Settings(cache_dir=tmp_path, device="cpu"), specs=[]).load(str(tiny_dir)).encoder
+    assert plain.process is None and float(vec[0] @ plain.direct([EmbedInput("", "short")])[0]) >= 0.9999
+    assert enc.process.alive()
+    manager.unload(loaded.name)
+    assert not enc.process.alive()

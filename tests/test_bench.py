@@ -57,3 +57,15 @@ def test_encode_bench_memory_compares_the_read_outs():
     assert kept["all layers (output_hidden_states)"] > 50 * kept["hook on the final norm"]
     cos = float(re.search(r"min cosine all-layers vs hook: ([\d.]+)", r.stdout).group(1))
     assert cos >= 0.9999
+
+
+@pytest.mark.slow
+def test_batch_cost_bench_prints_every_batch_size_and_the_free_length_batch():
+    r = bench("batch_cost.py", "--tokens", 6)
+    assert r.returncode == 0, r.stderr
+    ratios = [float(x) for x in re.findall(r"^equal length \(6 tokens\), batch \d+: [\d.]+ s \(([\d.]+)x batch 1\)$",
+                                            r.stdout, re.M)]
+    assert len(ratios) == 4 and ratios[0] == 1.0 and all(x > 0 for x in ratios)
+    m = re.search(r"^free length, 4 queries alone: ([\d., ]+) s; as one batch: [\d.]+ s \(rationale tokens \[([\d, ]+)\]\)$",
+                  r.stdout, re.M)
+    assert m and len(m.group(1).split(", ")) == 4 and len(m.group(2).split(", ")) == 4

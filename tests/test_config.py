@@ -29,6 +29,13 @@ def test_reads_env():
     assert s.resolved_device == "cpu"
 
 
+def test_model_process_setting():
+    assert not Settings.from_env({}).uses_model_process  # the default: off
+    assert Settings.from_env({"RGE_MODEL_PROCESS": "ON"}).uses_model_process
+    assert Settings(device="cpu", model_process="auto").uses_model_process
+    assert not Settings(device="cuda", model_process="auto").uses_model_process  # a second copy of the weights
+
+
 @pytest.mark.parametrize("var,value,message", [
     ("RGE_PORT", "abc", "RGE_PORT must be an integer, got 'abc'"),
     ("RGE_PORT", "70000", "RGE_PORT must be an integer in 1..65535"),
@@ -38,6 +45,7 @@ def test_reads_env():
     ("RGE_DEVICE", "tpu", "RGE_DEVICE must be one of"),
     ("RGE_DTYPE", "fp8", "RGE_DTYPE must be one of"),
     ("RGE_SHARE", "maybe", "RGE_SHARE must be true/false"),
+    ("RGE_MODEL_PROCESS", "sometimes", "RGE_MODEL_PROCESS must be one of off, on, auto"),
 ])
 def test_bad_values_are_named(var, value, message):
     with pytest.raises(SettingsError, match=message.replace(".", r"\.").replace("(", r"\(")):

@@ -11,8 +11,8 @@ per-step overhead.
   started by the first request and gone once the queue is empty (so it never keeps an unloaded
   model alive), gathers a batch (when: a short ``window`` for a first request; after a batch, the
   callers just served, for up to ``linger`` seconds; see :class:`Collector`), takes the waiting
-  requests of one kind in arrival order up to ``max_rows`` rows and runs them as ONE call under
-  the encoder's lock. A single request larger than ``max_rows`` runs alone, unsplit: a caller's
+  requests of one kind in arrival order up to ``max_rows`` rows and runs them as ONE call (under
+  the encoder's lock, or in the model's own process: :mod:`.model_process`). A single request larger than ``max_rows`` runs alone, unsplit: a caller's
   own batch is never reshaped, so its numbers are those of the unbatched encoder.
 * :class:`SplitStreamer` is the streamer of a merged ``generate``: it splits each step's (B,) new
   tokens by row and sends each streaming request its own rationale text, a word at a time. Text is
@@ -30,8 +30,9 @@ per-step overhead.
   queue.
 
 :class:`BatchedEncoder` is an :class:`Encoder` whose ``direct``, ``reason`` and ``stream`` go
-through a collector; the model manager builds it, so the service, the tabs and the CLI call the
-same methods as before.
+through a collector; the model manager builds it (with a :class:`~.model_process.ModelProcess`
+when ``Settings.uses_model_process``), so the service, the tabs and the CLI call the same methods
+as before.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 
 from .encoder import Encoder, Row, StreamEvent
+from .model_process import ModelProcess
 from .prompts import EmbedInput
 
 log = logging.getLogger(__name__)
@@ -283,21 +285,17 @@ class Collector:
         kind = batch[0].kind
         t0 = time.monotonic()
         try:
-            with enc.lock, torch.inference_mode():
-                self.merged_sizes.append(len(batch))
-                if kind[0] == "direct":
-                    self.calls["direct"] += 1
-                    vectors = enc._vectors(rows)  # (N, D)
-                    generated = None
-                else:
-                    budget = kind[1]
-                    targets = [r if r.stream else None for r in batch for _ in r.rows]
-                    streamer = (SplitStreamer(enc.tokenizer, enc.emb_id, budget, targets)
-                                if any(targets) else None)
-                    self.calls["generate"] += 1
-                    enc.forward_passes += 1
-                    generated = enc._generate(rows, budget, streamer=streamer)
-                    vectors = enc._finish(rows, generated)  # (N, D)
+            self.merged_sizes.append(len(batch))
+            if kind[0] == "direct":
+                self.calls["direct"] += 1
+                vectors = enc.run_direct(rows)  # (N, D)
+                generated = None
+            else:
+                budget = kind[1]
+                targets = [r if r.stream else None for r in batch for _ in r.rows]
+                streamer = SplitStreamer(enc.tokenizer, enc.emb_id, budget, targets) if any(targets) else None
+                self.calls["generate"] += 1
+                generated, vectors = enc.run_reason(rows, budget, streamer)  # per row (ids, forced, _); (N, D)
         except Exception as e:
             if len(batch) == 1:
                 batch[0].events.put(("error", e))
@@ -327,10 +325,31 @@ class BatchedEncoder(Encoder):
     """
 
     def __init__(self, model, processor, *, window: float = WINDOW_S, max_rows: int = MAX_ROWS,
-                 linger: float = LINGER_S, **kwargs):
+                 linger: float = LINGER_S, process: ModelProcess | None = None, **kwargs):
         super().__init__(model, processor, **kwargs)
         self.collector = Collector(self, window, max_rows, linger)
+        self.process = process  # where the collector's calls run (None: here, under the encoder's lock)
         self._rows_lock = threading.Lock()  # one processor call at a time (fast tokenizers dislike concurrent use)
+
+    # -- the collector's model calls -------------------------------------------------------------
+    def run_direct(self, rows: Sequence[Row]) -> np.ndarray:
+        if self.process is not None:
+            self.forward_passes += 1
+            return self.process.direct(rows)
+        return self._vectors(rows)
+
+    def run_reason(self, rows: Sequence[Row], budget: int, streamer=None):
+        self.forward_passes += 1
+        if self.process is not None:
+            return self.process.reason(rows, budget, streamer)
+        with self.lock, torch.inference_mode():
+            generated = self._generate(rows, budget, streamer=streamer)
+            return generated, self._finish(rows, generated)
+
+    def close(self) -> None:
+        """Stop the model process, if any (the model manager calls this when it unloads the model)."""
+        if self.process is not None:
+            self.process.close()
 
     def rows(self, inputs: Sequence[EmbedInput], *, direct: bool) -> list[Row]:
         with self._rows_lock:

@@ -26,6 +26,7 @@ import torch
 
 from rge_demo.config import ASSETS_DIR, Settings, get_settings
 from rge_demo.embedding.batcher import BatchedEncoder
+from rge_demo.embedding.model_process import ChildSpec, ModelProcess
 from rge_demo.embedding.encoder import Encoder
 from rge_demo.embedding.profiles import PromptProfile, profile_for
 
@@ -231,12 +232,20 @@ class ModelManager:
             fp = fingerprint(model) if add_emb_token else fingerprint(folder)
             info = summarize(model)
             profile = profile_for(model.config)  # load_checkpoint has checked it exists
+            process = None
+            # A second copy of the weights, for Compare's and search's calls; not for a model whose <emb> row
+            # was just added (resizing draws new rows at random, so the child's would differ).
+            if self.settings.uses_model_process and not add_emb_token:
+                process = ModelProcess(ChildSpec(str(folder), self.device, dtype, quantization,
+                                                 self.settings.max_new_tokens, torch.get_num_threads()))
+                process.start_in_background()
             encoder = BatchedEncoder(model, processor, max_new_tokens=self.settings.max_new_tokens,
-                                     lock=threading.RLock(), profile=profile)
+                                     lock=threading.RLock(), profile=profile, process=process)
             loaded = LoadedModel(
                 spec=spec, model=model, processor=processor, encoder=encoder,
                 fingerprint=fp, device=info["device"], dtype=info["dtype"], quantization=quantization,
-                parameters=info["parameters"], memory_bytes=info["memory_bytes"], profile=profile,
+                parameters=info["parameters"], memory_bytes=info["memory_bytes"] * (2 if process else 1),
+                profile=profile,
                 load_seconds=time.perf_counter() - t0,
             )
             self._loaded[spec.name] = loaded
@@ -297,6 +306,7 @@ class ModelManager:
         loaded = self._loaded.pop(name)
         with loaded.lock:  # wait for a running forward pass / generation to finish
             pass
+        loaded.encoder.close()  # its model process, if any
         log.info("unloaded %s (%.1f MB)", name, loaded.memory_bytes / _MB)
         del loaded
         gc.collect()

@@ -1,0 +1,67 @@
+"""Which part of a micro model's own rationale goes wrong, per task, on a TUNING seed.
+
+    python tools/probe_rationale_parts.py MODEL_DIR [--tasks relation_colour,ground,edit] [--n 60] [--seed 7]
+
+Every world rationale has the form ``<object list>. <step>. answer <X>`` (``rge_demo.data.world``).
+For each task this greedy-generates the model's rationale for ``--n`` in-domain queries and prints
+one JSON line: the share whose object list equals the oracle's (perception), whose step sentence
+equals the oracle's (the intermediate step), and whose answer does; for relation_colour also the
+share whose step names the question's anchor ("the red square is at ...": copying from the
+question). The release seeds 101/202 are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from rge_demo.data import world
+from rge_demo.embedding.encoder import Encoder
+from rge_demo.embedding.prompts import EmbedInput
+from rge_demo.models.loading import load_checkpoint
+
+RELEASE_SEEDS = (101, 202)
+
+
+def parts(rationale: str) -> tuple[str, str, str | None]:
+    """(object list, step, answer) of a ``list. step. answer X`` rationale ('' for a missing part)."""
+    body = rationale[: rationale.rfind("answer")].rstrip(". ") if "answer" in rationale else rationale
+    head, _, step = body.partition(". ")
+    return head, step, world.answer_of(rationale)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--tasks", default="relation_colour,ground,edit")
+    parser.add_argument("--n", type=int, default=60, help="in-domain queries per task (default 60)")
+    parser.add_argument("--seed", type=int, default=7, help="a tuning seed (default 7); the release seeds are refused")
+    args = parser.parse_args()
+    if args.seed in RELEASE_SEEDS:
+        parser.error(f"seed {args.seed} is a release seed: probes must not see it")
+    torch.set_num_threads(1)
+    encoder = Encoder(*load_checkpoint(args.model, device="cpu", dtype="float32"))
+    for task in args.tasks.split(","):
+        examples = world.generate(task, "ind", args.n, seed=args.seed)
+        got = encoder.reason([EmbedInput(e.query.instruction, e.query.text, e.query_image) for e in examples])
+        n, counts = len(examples), {"list": 0, "step": 0, "answer": 0, "anchor": 0}
+        for e, r in zip(examples, got):
+            oracle, mine = parts(e.rationale), parts(r.rationale)
+            for key, o, m in zip(("list", "step", "answer"), oracle, mine):
+                counts[key] += o == m
+            if task == "relation_colour":
+                anchor = re.search(r"the (\w+ \w+)\?$", e.query.text).group(1)
+                counts["anchor"] += mine[1].startswith(f"the {anchor} is at ")
+        out = {"model": str(args.model), "task": task, "seed": args.seed, "n": n,
+               **{f"{k}_right": round(v / n, 3) for k, v in counts.items() if k != "anchor" or task == "relation_colour"}}
+        print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
