@@ -37,6 +37,36 @@ def test_umap_deterministic_with_seed():
     assert P.wait_umap(0) in (True, False)  # state query never blocks
 
 
+@pytest.mark.slow
+def test_umap_fits_in_a_worker_process_that_is_replaced_when_it_dies():
+    """numba's compiled code holds the GIL: the app's process must never run it (nor import umap)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np
+from rge_demo.analysis import projection as P
+x = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+a = P.project(x, None, None, method="umap", seed=1)
+print(a.method, "umap" in sys.modules, "numba" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["umap", "False", "False"]
+
+    items, direct, reason = _vectors()
+    here = P._umap_fit(P.l2_normalize(np.concatenate([items, direct, reason])), 5)
+    np.testing.assert_array_equal(P.project(items, direct, reason, method="umap", seed=5).coords, here)
+    pool = P._umap_pool()
+    for pid in list(pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    again = P.project(items, direct, reason, method="umap", seed=5)  # a new worker, the same map
+    np.testing.assert_array_equal(again.coords, here)
+    assert P._umap_pool() is not pool
+
+
 def test_cache_hit_and_corrupt_file(tmp_path, monkeypatch):
     items, direct, reason = _vectors()
     kw = {"fingerprint": "m1", "gallery": "g", "method": "pca"}

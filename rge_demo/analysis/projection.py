@@ -5,8 +5,9 @@ so a query's direct and reasoning points are comparable and an arrow from one to
 what reasoning did to it. UMAP (umap-learn, cosine metric, seeded) is the default; PCA (numpy SVD
 of the L2-normalised, centred vectors) is the fallback and the method for tiny sets (< 5 points).
 
-The first UMAP fit in a process JIT-compiles for ~15 s: call :func:`warm_umap_in_background` at
-start-up and use PCA until :func:`umap_ready`. :class:`ProjectionCache` keeps projections on disk.
+UMAP fits run in a worker process (numba's compiled code holds the GIL). Its first fit JIT-compiles
+for ~15 s: call :func:`warm_umap_in_background` at start-up and use PCA until :func:`umap_ready`.
+:class:`ProjectionCache` keeps projections on disk.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing as mp
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,13 +104,40 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _umap_2d(x: np.ndarray, seed: int) -> np.ndarray:
+def _umap_fit(x: np.ndarray, seed: int) -> np.ndarray:
+    """One UMAP fit; runs in the UMAP worker process (:func:`_umap_2d`)."""
     import umap  # heavy (numba): only when a UMAP projection is asked for
 
     n = len(x)
     reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)), metric="cosine",
                         random_state=seed, n_jobs=1, init="spectral" if n > 20 else "random")
     return np.asarray(reducer.fit_transform(x), dtype=np.float32)
+
+
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _umap_pool(drop: ProcessPoolExecutor | None = None) -> ProcessPoolExecutor:
+    """The UMAP worker (one process, spawned at first use); ``drop``: a broken pool to replace."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool is drop:
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        return _pool
+
+
+def _umap_2d(x: np.ndarray, seed: int) -> np.ndarray:
+    """A UMAP fit in a worker process of its own. numba's compiled code holds the GIL while it runs
+    (the JIT at first use takes ~15 s, a fit seconds): in the app's process that stalled every other
+    request, Compare's included, for up to ~2 s at a time (README, Benchmarks). A worker that died
+    is replaced once."""
+    pool = _umap_pool()
+    try:
+        return pool.submit(_umap_fit, x, seed).result()
+    except BrokenProcessPool:
+        log.warning("the UMAP worker process died; starting a new one")
+        return _umap_pool(drop=pool).submit(_umap_fit, x, seed).result()
 
 
 def project(items: np.ndarray, queries_direct: np.ndarray | None, queries_reason: np.ndarray | None,
