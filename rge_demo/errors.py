@@ -27,4 +27,16 @@ class SessionKeyError(RGEUserError, ValueError):
     """A missing or malformed per-browser session key (the app makes one on the first page load)."""
 
 
-__all__ = ["OwnershipError", "RGEUserError", "SessionKeyError"]
+def picklable(e: BaseException) -> BaseException:
+    """``e`` itself when it survives pickling (to cross a pipe to another process), else a
+    ``RuntimeError`` carrying its type and message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001 - any exception that does not survive is sent as text
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+__all__ = ["OwnershipError", "RGEUserError", "SessionKeyError", "picklable"]

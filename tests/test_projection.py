@@ -44,27 +44,44 @@ def test_umap_fits_in_a_worker_process_that_is_replaced_when_it_dies():
     import signal
     import subprocess
     import sys
+    import time
+
+    from rge_demo.analysis import umap_worker
 
     code = """
 import sys, numpy as np
 from rge_demo.analysis import projection as P
 x = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
 a = P.project(x, None, None, method="umap", seed=1)
-print(a.method, "umap" in sys.modules, "numba" in sys.modules)
+print(a.method, "umap" in sys.modules, "numba" in sys.modules, P._worker.pid)
+import os; os.kill(os.getpid(), 9)  # killed, not exited: no atexit, no cleanup
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["umap", "False", "False"]
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    method, has_umap, has_numba, worker = out.stdout.split()
+    assert (method, has_umap, has_numba) == ("umap", "False", "False")
+
+    def running(pid: int) -> bool:  # a zombie (exited, not yet reaped) counts as gone
+        try:
+            return "\nState:\tZ" not in open(f"/proc/{pid}/status").read()
+        except FileNotFoundError:
+            return False
+
+    for _ in range(100):  # the worker sees its stdin close and leaves
+        if not running(int(worker)):
+            break
+        time.sleep(0.1)
+    assert not running(int(worker))
 
     items, direct, reason = _vectors()
-    here = P._umap_fit(P.l2_normalize(np.concatenate([items, direct, reason])), 5)
+    here = umap_worker.fit(P.l2_normalize(np.concatenate([items, direct, reason])), 5)
     np.testing.assert_array_equal(P.project(items, direct, reason, method="umap", seed=5).coords, here)
-    pool = P._umap_pool()
-    for pid in list(pool._processes):
-        os.kill(pid, signal.SIGKILL)
+    pid = P._worker.pid
+    assert pid is not None and pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
     again = P.project(items, direct, reason, method="umap", seed=5)  # a new worker, the same map
     np.testing.assert_array_equal(again.coords, here)
-    assert P._umap_pool() is not pool
+    assert P._worker.pid not in (None, pid)
 
 
 def test_cache_hit_and_corrupt_file(tmp_path, monkeypatch):

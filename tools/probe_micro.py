@@ -25,17 +25,22 @@ from rge_demo.models.loading import load_checkpoint
 RELEASE_SEEDS = (101, 202)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def probe_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Encoder]:
+    """A probe's command line (``model`` and a tuning ``--seed`` added to ``parser``'s own options),
+    parsed; a release seed is refused. Returns the arguments and the model's encoder (CPU, one thread)."""
     parser.add_argument("model", type=Path)
-    parser.add_argument("--n", type=int, default=30, help="queries per task and split (default 30)")
     parser.add_argument("--seed", type=int, default=7, help="a tuning seed (default 7); the release seeds are refused")
     args = parser.parse_args()
     if args.seed in RELEASE_SEEDS:
         parser.error(f"seed {args.seed} is a release seed: probes must not see it")
     torch.set_num_threads(1)
-    model, processor = load_checkpoint(args.model, device="cpu", dtype="float32")
-    encoder = Encoder(model, processor)
+    return args, Encoder(*load_checkpoint(args.model, device="cpu", dtype="float32"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=30, help="queries per task and split (default 30)")
+    args, encoder = probe_args(parser)
     tasks = world_tasks(None, ("ind", "ood"), n=args.n, seed=args.seed)
     out: dict = {"model": str(args.model), "seed": args.seed, "n": args.n}
     for mode in ("reason", "direct"):

@@ -16,16 +16,11 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 
-import torch
+from probe_micro import probe_args  # run as a script: tools/ is on the path
 
 from rge_demo.data import world
-from rge_demo.embedding.encoder import Encoder
 from rge_demo.embedding.prompts import EmbedInput
-from rge_demo.models.loading import load_checkpoint
-
-RELEASE_SEEDS = (101, 202)
 
 
 def parts(rationale: str) -> tuple[str, str, str | None]:
@@ -37,15 +32,9 @@ def parts(rationale: str) -> tuple[str, str, str | None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path)
     parser.add_argument("--tasks", default="relation_colour,ground,edit")
     parser.add_argument("--n", type=int, default=60, help="in-domain queries per task (default 60)")
-    parser.add_argument("--seed", type=int, default=7, help="a tuning seed (default 7); the release seeds are refused")
-    args = parser.parse_args()
-    if args.seed in RELEASE_SEEDS:
-        parser.error(f"seed {args.seed} is a release seed: probes must not see it")
-    torch.set_num_threads(1)
-    encoder = Encoder(*load_checkpoint(args.model, device="cpu", dtype="float32"))
+    args, encoder = probe_args(parser)
     for task in args.tasks.split(","):
         examples = world.generate(task, "ind", args.n, seed=args.seed)
         got = encoder.reason([EmbedInput(e.query.instruction, e.query.text, e.query_image) for e in examples])

@@ -16,13 +16,10 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing as mp
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +27,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from rge_demo.analysis import umap_worker
 from rge_demo.data.items import atomic_write_bytes
 from rge_demo.embedding.index import l2_normalize, top_k
 
@@ -104,40 +102,12 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _umap_fit(x: np.ndarray, seed: int) -> np.ndarray:
-    """One UMAP fit; runs in the UMAP worker process (:func:`_umap_2d`)."""
-    import umap  # heavy (numba): only when a UMAP projection is asked for
-
-    n = len(x)
-    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, n - 1)), metric="cosine",
-                        random_state=seed, n_jobs=1, init="spectral" if n > 20 else "random")
-    return np.asarray(reducer.fit_transform(x), dtype=np.float32)
-
-
-_pool: ProcessPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _umap_pool(drop: ProcessPoolExecutor | None = None) -> ProcessPoolExecutor:
-    """The UMAP worker (one process, spawned at first use); ``drop``: a broken pool to replace."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool is drop:
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        return _pool
+_worker = umap_worker.UmapWorker()
 
 
 def _umap_2d(x: np.ndarray, seed: int) -> np.ndarray:
-    """A UMAP fit in a worker process of its own. numba's compiled code holds the GIL while it runs
-    (the JIT at first use takes ~15 s, a fit seconds): in the app's process that stalled every other
-    request, Compare's included, for up to ~2 s at a time (README, Benchmarks). A worker that died
-    is replaced once."""
-    pool = _umap_pool()
-    try:
-        return pool.submit(_umap_fit, x, seed).result()
-    except BrokenProcessPool:
-        log.warning("the UMAP worker process died; starting a new one")
-        return _umap_pool(drop=pool).submit(_umap_fit, x, seed).result()
+    """A UMAP fit in the worker process (:mod:`rge_demo.analysis.umap_worker`): never in this one."""
+    return _worker.fit(x, seed)
 
 
 def project(items: np.ndarray, queries_direct: np.ndarray | None, queries_reason: np.ndarray | None,

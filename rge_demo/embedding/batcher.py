@@ -12,8 +12,9 @@ per-step overhead.
   model alive), gathers a batch (when: a short ``window`` for a first request; after a batch, the
   callers just served, for up to ``linger`` seconds; see :class:`Collector`), takes the waiting
   requests of one kind in arrival order up to ``max_rows`` rows and runs them as ONE call (under
-  the encoder's lock, or in the model's own process: :mod:`.model_process`). A single request larger than ``max_rows`` runs alone, unsplit: a caller's
-  own batch is never reshaped, so its numbers are those of the unbatched encoder.
+  the encoder's lock, or in the model's own process: :mod:`.model_process`). A single request
+  larger than ``max_rows`` runs alone, unsplit: a caller's own batch is never reshaped, so its
+  numbers are those of the unbatched encoder.
 * :class:`SplitStreamer` is the streamer of a merged ``generate``: it splits each step's (B,) new
   tokens by row and sends each streaming request its own rationale text, a word at a time. Text is
   decoded from the row's ids so far and held back while it ends in an incomplete byte-level

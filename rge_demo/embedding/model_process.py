@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import pickle
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from rge_demo.errors import picklable
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,6 @@ class _StepForwarder:
         pass
 
 
-def _picklable(e: BaseException) -> BaseException:
-    try:
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:  # noqa: BLE001 - any exception that does not survive the pipe is sent as text
-        return RuntimeError(f"{type(e).__name__}: {e}")
-
-
 def _serve(conn, spec: ChildSpec) -> None:
     """The child's loop: load, say ready, then run one call at a time until the pipe closes."""
     from rge_demo.embedding.encoder import Encoder
@@ -96,7 +89,7 @@ def _serve(conn, spec: ChildSpec) -> None:
                                            quantization=spec.quantization)
         enc = Encoder(model, processor, max_new_tokens=spec.max_new_tokens)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", _picklable(e)))
+        conn.send(("error", picklable(e)))
         return
     conn.send(("ready", None))
     while True:
@@ -115,7 +108,7 @@ def _serve(conn, spec: ChildSpec) -> None:
                     payload = ([(ids, forced, None) for ids, forced, _ in generated], vectors)
             conn.send(("done", payload))
         except Exception as e:  # noqa: BLE001 - the caller gets it
-            conn.send(("error", _picklable(e)))
+            conn.send(("error", picklable(e)))
 
 
 class ModelProcess:
