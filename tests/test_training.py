@@ -15,7 +15,7 @@ from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.models.loading import load_checkpoint
 from rge_demo.training.config import ConfigError, TrainConfig
 from rge_demo.training.data import DataError
-from rge_demo.training.trainer import latest_checkpoint, lr_at, shape_probe, train
+from rge_demo.training.trainer import latest_checkpoint, lr_at, sample_batch, shape_probe, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,6 +97,12 @@ def test_bad_config_and_data_fail_before_training(tmp_path, tiny_dir):
         TrainConfig.from_file(bad)
     with pytest.raises(ConfigError, match="unknown world task"):
         train(config(tmp_path, tiny_dir, "baseline", tasks=["count", "juggling"]))
+    with pytest.raises(ConfigError, match="task_weights must map task names to positive numbers"):
+        TrainConfig(task_weights={"count": 0})
+    with pytest.raises(ConfigError, match=r"task_weights names tasks not trained on: \['ground'\]"):
+        TrainConfig(tasks=["count"], task_weights={"ground": 2})
+    with pytest.raises(ConfigError, match=r"task_weights names task\(s\) \['juggling'\] that the data does not have"):
+        train(config(tmp_path, tiny_dir, "cold-start", tasks=[], task_weights={"juggling": 2}))
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"query_text": "q", "target_image": "missing.png", "rationale": "r"}\n')
     with pytest.raises(DataError, match="missing.png"):
@@ -236,3 +242,15 @@ def test_answer_swap_term_embeds_partners_answers_and_trains(tmp_path, tiny):
     rows = metrics(train(cfg).output_dir)
     assert all(r["swap_loss"] > 0 for r in rows)
     assert np.mean([r["swap_loss"] for r in rows[-4:]]) < np.mean([r["swap_loss"] for r in rows[:4]])
+
+
+def test_the_cold_starts_task_mix_follows_task_weights():
+    pools = {t: [f"{t}-{i}" for i in range(50)] for t in ("count", "ground", "relation_colour")}
+    weighted = TrainConfig(stage="cold-start", batch_size=32, task_weights={"relation_colour": 4})
+    drawn = [p.split("-")[0] for step in range(50) for p in sample_batch(pools, weighted, step, "cold-start")]
+    share = drawn.count("relation_colour") / len(drawn)
+    assert abs(share - 4 / 6) < 0.04 and drawn.count("count") and drawn.count("ground")  # 4 : 1 : 1
+    assert sample_batch(pools, weighted, 3, "cold-start") == sample_batch(pools, weighted, 3, "cold-start")  # resumable
+    plain = TrainConfig(stage="cold-start", batch_size=32)
+    even = [p.split("-")[0] for step in range(50) for p in sample_batch(pools, plain, step, "cold-start")]
+    assert abs(even.count("relation_colour") / len(even) - 1 / 3) < 0.04

@@ -33,6 +33,9 @@ class TrainConfig:
     """World tasks to train on (empty: all of them)."""
     train_per_task: int = 2000
     """World examples generated per task for the train split."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """The LM-only cold start's task mix: relative weight per task (empty: every task alike; a task
+    not named weighs 1). E.g. {"relation_colour": 3} gives the slowest skill three times the steps."""
     steps: int = 300
     """Optimizer steps of the main phase (for rge: the joint phase, after the cold start)."""
     cold_start_steps: int = 0
@@ -147,6 +150,11 @@ class TrainConfig:
             raise ConfigError(f"direct_share must be in [0, 0.5] (direct mode on a minority of queries), got {self.direct_share!r}")
         if not 0 <= self.val_share < 1:
             raise ConfigError(f"val_share must be in [0, 1), got {self.val_share!r}")
+        if not isinstance(self.task_weights, dict) or not all(
+                isinstance(w, int | float) and w > 0 for w in self.task_weights.values()):
+            raise ConfigError(f"task_weights must map task names to positive numbers, got {self.task_weights!r}")
+        if self.tasks and set(self.task_weights) - set(self.tasks):
+            raise ConfigError(f"task_weights names tasks not trained on: {sorted(set(self.task_weights) - set(self.tasks))}")
         if self.batch_size < 2 and self.stage != "cold-start":
             raise ConfigError("batch_size must be >= 2 for contrastive stages (in-batch negatives)")
 

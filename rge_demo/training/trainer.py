@@ -96,6 +96,9 @@ def load_data(cfg: TrainConfig) -> tuple[dict[str, list[Pair]], list[Pair]]:
             raise DataError(f"{cfg.data}: the train split is empty (val_share {cfg.val_share})")
         pools = by_task(train_pairs)
         probe = (probe or train_pairs)[: cfg.probe_size]
+    if set(cfg.task_weights) - set(pools):
+        raise ConfigError(f"task_weights names task(s) {sorted(set(cfg.task_weights) - set(pools))} "
+                          f"that the data does not have; it has {sorted(pools)}")
     needs_rationale = cfg.stage in ("cold-start", "rge", "leakage")
     for task, ps in pools.items():
         if not ps:
@@ -155,6 +158,10 @@ def sample_batch(pools: dict[str, list[Pair]], cfg: TrainConfig, step: int, phas
     rng = random.Random(cfg.seed * 1_000_003 + step)
     if cfg.one_task_per_batch and phase != "cold-start":
         pool = pools[rng.choice(sorted(pools))]
+    elif cfg.task_weights and phase == "cold-start":  # each example's task drawn by weight, then a pair of it
+        names = sorted(pools)
+        tasks = rng.choices(names, weights=[cfg.task_weights.get(t, 1.0) for t in names], k=cfg.batch_size)
+        return [pools[t][rng.randrange(len(pools[t]))] for t in tasks]
     else:
         pool = [p for ps in pools.values() for p in ps]
     return [pool[rng.randrange(len(pool))] for _ in range(cfg.batch_size)]
