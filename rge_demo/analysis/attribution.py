@@ -173,3 +173,16 @@ def attribute(encoder: Encoder, inp: EmbedInput, rationale: str, candidates: np.
     log.debug("attributed %d sentences, %d clauses in one forward of %d rows", len(sentences), len(clauses), len(texts))
     return Attribution(rationale, int(target), wrong, float(scores[0, target]),
                        None if wrong is None else float(scores[0, wrong]), sentences, clauses, len(texts), vecs)
+
+
+def attribute_labelled(encoder: Encoder, inp: EmbedInput, rationale: str, candidates: np.ndarray, target: int,
+                       labels: Sequence[str], shown: Sequence[str] | None = None) -> Attribution:
+    """:func:`attribute` against candidates with ``labels``: a candidate with the right answer's label
+    is not a rival (a mixed gallery's "three" of another task embeds the same text as the right
+    "three"); ``right_label`` / ``wrong_label`` are filled from ``shown`` (default: ``labels``)."""
+    same = [i for i, label in enumerate(labels) if i != target and label == labels[target]]
+    att = attribute(encoder, inp, rationale, candidates, target, not_rivals=same)
+    shown = labels if shown is None else shown
+    att.right_label = shown[att.right]
+    att.wrong_label = shown[att.wrong] if att.wrong is not None else None
+    return att

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rge_demo.analysis.attribution import Attribution, attribute
+from rge_demo.analysis.attribution import Attribution, attribute_labelled
 from rge_demo.analysis.sampling import SampleSet, sample_queries
 from rge_demo.data.items import Gallery
 
@@ -159,13 +159,9 @@ def attribution_view(demo: Demo, gallery_name: str, image, text: str, instructio
     inp = demo.make_input(image, text, instruction)
     loaded = demo.model(model_name)
     index = demo.index(gallery.name, model_name, session_key=session_key)
-    # a mixed gallery's "three" of another task embeds the same text as the right "three": not a rival
-    right = gallery.items[target].label or gallery.items[target].text
-    same = [i for i, it in enumerate(gallery.items) if i != target and (it.label or it.text) == right]
-    att = attribute(loaded.encoder, inp, rationale, index.matrix, target, not_rivals=same)
-    att.right_label = _label(gallery, att.right)
-    att.wrong_label = _label(gallery, att.wrong) if att.wrong is not None else None
-    return att
+    labels = [it.label or it.text for it in gallery.items]
+    return attribute_labelled(loaded.encoder, inp, rationale, index.matrix, target, labels,
+                              shown=[_label(gallery, i) for i in range(len(gallery.items))])
 
 
 def _label(gallery: Gallery, i: int) -> str:

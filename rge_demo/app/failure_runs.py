@@ -185,7 +185,7 @@ class FailureRuns:
         (:func:`rge_demo.analysis.attribution.attribute`, one batched forward) with the model in use,
         against the case's right answer and its top-1 wrong candidate, among the candidates it was
         ranked against: the world task's, or the evaluated gallery's items."""
-        from rge_demo.analysis.attribution import attribute
+        from rge_demo.analysis.attribution import attribute_labelled
 
         case = self.case(run, case_id, session_key)
         if not case.rationale.strip():
@@ -195,13 +195,8 @@ class FailureRuns:
         if case.target_id not in ids:
             raise CaseNotFound(f"case {case.query_id!r}: its right answer {case.target_id!r} is not among the "
                                f"candidates it was ranked against")
-        target = ids.index(case.target_id)
-        same = [i for i, label in enumerate(labels) if i != target and label == labels[target]]
         inp = self.demo.make_input(case.image, case.text, case.instruction)
-        att = attribute(loaded.encoder, inp, case.rationale, matrix, target, not_rivals=same)
-        att.right_label = labels[att.right]
-        att.wrong_label = labels[att.wrong] if att.wrong is not None else None
-        return att
+        return attribute_labelled(loaded.encoder, inp, case.rationale, matrix, ids.index(case.target_id), labels)
 
     def _candidates(self, run: str, case, loaded, session_key) -> tuple[list[str], list[str], object]:
         """(labels, ids, unit direct-mode matrix) of what ``case`` was ranked against."""
