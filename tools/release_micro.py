@@ -181,25 +181,17 @@ def compare_examples(model_dir: Path, per_gallery: int = 2) -> list[dict]:
     """The Compare tab's one-click examples: per sample gallery, queries where reasoning visibly helps
     (direct misses, reasoning ranks the answer first, the rationale states it and names nothing the
     scene lacks), best first; galleries without such a query give their first queries instead."""
-    from rge_demo.analysis.eval_tasks import EvalCandidate, EvalItem, EvalQuery, EvalTask
+    from rge_demo.analysis.gallery_eval import gallery_tasks
     from rge_demo.data.galleries import DEFAULT_DIR
     from rge_demo.data.items import Gallery
-
-    def gallery_task(g: Gallery) -> EvalTask:
-        cands = [EvalCandidate(it.id, it.label or it.text, EvalItem(it.meta.get("instruction", g.candidate_instruction),
-                                                                    it.text, None, g.image_path(it.image)))
-                 for it in g.items]
-        queries = [EvalQuery(q.id, EvalItem(q.instruction, q.text, None, g.image_path(q.image)), g.index_of(q.target_id),
-                             q.rationale, dict(q.meta)) for q in g.queries]
-        return EvalTask(g.name, g.meta_task or "mixed", "ind", queries, cands, "gallery")
 
     encoder = encoder_for(model_dir)
     examples = []
     for folder in sorted(p for p in DEFAULT_DIR.iterdir() if (p / "manifest.json").is_file()):
         gallery = Gallery.load(folder)
-        task = gallery_task(gallery)
-        reason = {c["query_id"]: c for c in evaluate(encoder, [task], mode="reason").cases}
-        direct = {c["query_id"]: c for c in evaluate(encoder, [task], mode="direct").cases}
+        tasks = gallery_tasks(gallery)
+        reason = {c["query_id"]: c for c in evaluate(encoder, tasks, mode="reason").cases}
+        direct = {c["query_id"]: c for c in evaluate(encoder, tasks, mode="direct").cases}
         def helps(qid):
             r, d = reason[qid], direct[qid]
             return r["correct"] and not d["correct"] and world.answer_of(r["rationale"]) == r["target_label"] \
