@@ -107,19 +107,24 @@ class FailureRuns:
     # -- reading -------------------------------------------------------------------------------
     def load(self, run, session_key: str | None = None) -> list:
         """A run's cases (image paths absolute): a shared run for anyone, an own run for its owner."""
+        own = self._own_folder(run, session_key)
+        return self.demo.load_cases(run) if own is None else self.read(run, own)
+
+    def _own_folder(self, run, session_key: str | None) -> Path | None:
+        """None for a shared run; the folder of this session's own run; refuses anything else."""
         if not run:
             raise RunNotFound("choose a saved run first")
         if not isinstance(run, str):
             raise RunNotFound(f"no saved run {run!r}")
         if run in self.demo.saved_runs():
-            return self.demo.load_cases(run)
+            return None
         entry = self._own_runs().get(run)
         if entry is None:
             raise RunNotFound(f"no saved run {run!r}; available: {', '.join(self.names(session_key)) or 'none'}")
         owner, folder = entry
         if not session_key or owner != owner_id(session_key):
             raise OwnershipError(f"run {run!r} belongs to another session")
-        return self.read(run, folder)
+        return folder
 
     def read(self, run: str, folder: Path) -> list:
         """The cases of the run pair in ``folder`` (``reason/``, ``direct/``), image paths made absolute;
@@ -149,9 +154,8 @@ class FailureRuns:
 
     def folder(self, run: str, session_key: str | None = None) -> Path:
         """The folder of a run's reasoning side (its ``summary.json`` says what was evaluated)."""
-        self.load(run, session_key)  # refuses unknown runs and other sessions' runs
-        shared = self.demo.saved_runs().get(run)
-        return shared[0] if shared else self._own_runs()[run][1] / "reason"
+        own = self._own_folder(run, session_key)  # refuses unknown runs and other sessions' runs
+        return self.demo.saved_runs()[run][0] if own is None else own / "reason"
 
     def info(self, run: str, session_key: str | None = None) -> dict:
         """The reasoning side's ``summary.json`` (model, tasks, gallery, seed, ...), {} when absent."""
