@@ -1,6 +1,7 @@
 """A user's own gallery from a folder, a zip, an image folder with labels, or a local MMEB-eval subset."""
 
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from rge_demo.analysis.failures import read_export
 from rge_demo.app.user_galleries import GalleryError, build_gallery
 from rge_demo.data.items import Gallery
 from rge_demo.embedding.gallery import build_index
@@ -232,6 +234,16 @@ def test_a_sessions_gallery_is_evaluated_in_failures_and_its_run_is_the_sessions
         runs.load("gone", alice)
     again, _ = runs.evaluate_gallery(g.name, alice)
     assert again == name + "-2"  # a new run never overwrites
+
+    # Exports go under the cache's exports/ and sweep what is older than the retention time.
+    stale = settings.cache_dir / "exports" / "export-stale"
+    stale.mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    csv, parquet = runs.export(name, cases, alice)
+    assert csv.parent.parent == settings.cache_dir / "exports" and parquet.is_file() and not stale.exists()
+    assert len(read_export(csv)) == 2
+    with pytest.raises(OwnershipError):
+        runs.export(name, cases, bob)
 
     restarted = Demo(settings)  # an app restart finds the session's runs again, with their cases
     assert {name, again} <= set(restarted.failure_runs.names(alice))

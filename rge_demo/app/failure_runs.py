@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -103,6 +106,23 @@ class FailureRuns:
 
     def is_own(self, run: str) -> bool:
         return run in self._own_runs() and run not in self.demo.saved_runs()
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, run, cases, session_key: str | None = None) -> list[Path]:
+        """``cases`` (what the filters keep) of ``run`` as a CSV and a Parquet file, in a new folder
+        under ``<cache>/exports``; folders older than the retention time (``RGE_RETENTION_HOURS``)
+        are deleted first, so exports do not pile up."""
+        from rge_demo.analysis.failures import write_export
+
+        self._own_folder(run, session_key)  # refuses unknown runs and other sessions' runs
+        root = Path(self.demo.settings.cache_dir) / "exports"
+        root.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - self.demo.settings.retention_hours * 3600
+        for old in root.iterdir():
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix="export-", dir=root))
+        return write_export(cases, folder, f"{run}-{len(cases)}-cases")
 
     # -- reading -------------------------------------------------------------------------------
     def load(self, run, session_key: str | None = None) -> list:

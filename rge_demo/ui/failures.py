@@ -4,7 +4,6 @@ filterable case grid with thumbnails, a case view reachable by URL, export, P@1 
 from __future__ import annotations
 
 import html
-import tempfile
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import gradio as gr
 
 from rge_demo.analysis.cost import cost_figure
 from rge_demo.analysis.failures import (GRID_COLUMNS, OUTCOMES, TAGS, case_grid, filter_cases, p1_bars, p1_figure,
-                                        search_cases, tag_case, write_export)
+                                        search_cases, tag_case)
 from rge_demo.app.demo import Demo, public_message, user_errors, world_task_names
 from rge_demo.app.explore import small_thumbnail
 from rge_demo.app.failure_runs import case_link, parse_case_link
@@ -204,12 +203,11 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     def on_export(run, outcome, task, meta_task, split, failure_kind, search="", session_key=None,
                   request: gr.Request = None):
         """The cases of a run that the filters and search keep, as a CSV and a Parquet file."""
-        cases = demo.failure_runs.load(run, session_of(session_key, request))
-        shown = shown_of(cases, outcome, task, meta_task, split, failure_kind, search)
+        key = session_of(session_key, request)
+        shown = shown_of(demo.failure_runs.load(run, key), outcome, task, meta_task, split, failure_kind, search)
         if not shown:
             raise gr.Error("no case matches the filters: nothing to export")
-        folder = tempfile.mkdtemp(prefix="rge-export-")
-        paths = write_export(shown, folder, f"{run}-{len(shown)}-cases")
+        paths = demo.failure_runs.export(run, shown, key)
         return gr.update(value=[str(p) for p in paths], visible=True)
 
     def on_select(cases, run, evt: gr.SelectData, request: gr.Request):
