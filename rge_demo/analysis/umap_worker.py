@@ -73,6 +73,7 @@ class UmapWorker:
                     self._proc.stdin.flush()
                     ok, value = pickle.load(self._proc.stdout)
                 except (EOFError, OSError, pickle.UnpicklingError):
+                    self._proc.kill()  # dead already, or alive with a broken stream
                     code = self._proc.wait(5)
                     self._proc = None
                     if attempt == 2:
