@@ -2,6 +2,7 @@
 
     python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2] [--service]
                         [--client browser|gradio_client] [--model-process auto|on|off] [--start-up SECONDS]
+                        [--batching continuous|merged]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
 streaming endpoint. ``--start-up S`` first times one user's compares for S seconds after the warm
@@ -22,8 +23,10 @@ user, which is the client's cost, not the app's.
 
 The two blocks alternate ``--repeats`` times, so that both see the same load on a shared machine.
 ``--service`` runs the same blocks through the service layer in this process (no HTTP, no Gradio),
-plus a block of N users with merging off (the collector's ``max_rows`` set to 1: requests take
-turns on the model, as they did before it), and counts generate calls per block.
+plus two more N-user blocks: merged (requests waiting together run as one ``generate`` call, the
+collector before continuous batching) and merging off (the collector's ``max_rows`` set to 1:
+requests take turns on the model), and counts model calls per block. ``--batching`` sets the app's
+``RGE_BATCHING`` (continuous by default: a request joins the running decode at its next step).
 
 Prints p50 / p95 seconds per compare for both, and the 4-user p95 over the single-user median.
 """
@@ -192,11 +195,14 @@ def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[flo
         collector = demo.model().encoder.collector
         service_compare(demo, gallery, 0)
         service_users(demo, gallery, args.users, 1)
-        blocks: dict[str, list] = {"1 user": [], f"{args.users} users": [], f"{args.users} users, merging off": []}
-        calls = {label: [0, 0] for label in blocks}  # [generate calls, reasoning requests]
+        n = args.users
+        blocks: dict[str, list] = {"1 user": [], f"{n} users": [], f"{n} users, merged": [], f"{n} users, merging off": []}
+        calls = {label: [0, 0] for label in blocks}  # [generate calls or decode loops, reasoning requests]
+        continuous = collector.continuous
         for _ in range(args.repeats):
             for label in blocks:
                 collector.max_rows = 1 if "off" in label else MAX_ROWS
+                collector.continuous = continuous and "merg" not in label
                 before = collector.calls["generate"], collector.requests["reason"]
                 if label == "1 user":
                     blocks[label] += [service_compare(demo, gallery, i) for i in range(1, args.runs + 1)]
@@ -204,9 +210,10 @@ def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[flo
                     blocks[label] += service_users(demo, gallery, args.users, args.runs)
                 calls[label][0] += collector.calls["generate"] - before[0]
                 calls[label][1] += collector.requests["reason"] - before[1]
-        collector.max_rows = MAX_ROWS
+        collector.max_rows, collector.continuous = MAX_ROWS, continuous
     for label, (gen, req) in calls.items():
-        print(f"{label}: {req} reasoning requests in {gen} generate calls")
+        what = "decode loops" if continuous and "merg" not in label else "generate calls"
+        print(f"{label}: {req} reasoning requests in {gen} {what}")
     return blocks
 
 
@@ -214,7 +221,7 @@ def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, 
     with tempfile.TemporaryDirectory() as cache:
         for label in ("cold caches", "warm caches"):
             app = RunningApp(model, Path(cache), max_new_tokens=args.max_new_tokens, timeout=600,
-                             extra_env={"RGE_MODEL_PROCESS": args.model_process})
+                             extra_env={"RGE_MODEL_PROCESS": args.model_process, "RGE_BATCHING": args.batching})
             print(f"start-up to serving ({label}): {app.ready_seconds:.1f} s")
             if label == "cold caches":
                 app.stop()
@@ -260,6 +267,8 @@ def main() -> int:
                              "(while the Explore maps warm up); default 0: none")
     parser.add_argument("--model-process", choices=("auto", "on", "off"), default="off",
                         help="the app's RGE_MODEL_PROCESS (default off; on: the model's calls in a child process)")
+    parser.add_argument("--batching", choices=("continuous", "merged"), default="continuous",
+                        help="the app's RGE_BATCHING (default continuous: requests join the running decode)")
     parser.add_argument("--client", choices=("browser", "gradio_client"), default="browser",
                         help="HTTP client: Gradio's queue protocol read as the page does (default), or gradio_client")
     args = parser.parse_args()
@@ -267,7 +276,8 @@ def main() -> int:
     model = Path(specs.get(args.model, args.model))
     gallery = Gallery.load(SAMPLE_GALLERIES / args.gallery)
     where = ("service layer, in process" if args.service
-             else f"app over HTTP ({args.client} client, RGE_MODEL_PROCESS={args.model_process})")
+             else f"app over HTTP ({args.client} client, RGE_MODEL_PROCESS={args.model_process}, "
+                  f"RGE_BATCHING={args.batching})")
     print(f"model {args.model} ({model}), gallery {args.gallery}, budget {args.max_new_tokens} tokens, {where}")
     blocks = (run_service if args.service else run_app)(args, model, gallery)
     for label, times in blocks.items():

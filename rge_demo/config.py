@@ -21,6 +21,7 @@ ASSETS_DIR = REPO_ROOT / "assets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODEL_PROCESS = ("off", "on", "auto")
+BATCHING = ("continuous", "merged")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -58,6 +59,10 @@ class Settings:
     # "on", "off", or "auto" = on unless the device is CUDA (the child holds a second copy of the weights).
     # Off by default: on this 2-core CPU it did not measurably cut the 4-user latency (README) (RGE_MODEL_PROCESS).
     model_process: str = "off"
+    # How concurrent reasoning requests share the model: "continuous" (a request joins the running decode at
+    # its next step: rge_demo.embedding.decode) or "merged" (requests waiting together run as one generate
+    # call). Continuous needs the model in this process; with RGE_MODEL_PROCESS on, calls are merged (RGE_BATCHING).
+    batching: str = "continuous"
     warm_maps: bool = True  # compute the sample galleries' Explore maps in the background at start (RGE_WARM_MAPS)
 
     def __post_init__(self):
@@ -83,6 +88,8 @@ class Settings:
             raise SettingsError(f"RGE_MAX_UPLOAD_MB must be a positive number of MB, got {self.max_upload_mb!r}")
         if self.model_process not in MODEL_PROCESS:
             raise SettingsError(f"RGE_MODEL_PROCESS must be one of {', '.join(MODEL_PROCESS)}, got {self.model_process!r}")
+        if self.batching not in BATCHING:
+            raise SettingsError(f"RGE_BATCHING must be one of {', '.join(BATCHING)}, got {self.batching!r}")
         if not isinstance(self.retention_hours, int | float) or not self.retention_hours > 0:
             raise SettingsError(f"RGE_RETENTION_HOURS must be a positive number of hours, got {self.retention_hours!r}")
 
@@ -118,6 +125,8 @@ class Settings:
             kw["share"] = _boolean(env, "RGE_SHARE")
         if env.get("RGE_MODEL_PROCESS"):
             kw["model_process"] = env["RGE_MODEL_PROCESS"].strip().lower()
+        if env.get("RGE_BATCHING"):
+            kw["batching"] = env["RGE_BATCHING"].strip().lower()
         if "RGE_WARM_MAPS" in env:
             kw["warm_maps"] = _boolean(env, "RGE_WARM_MAPS")
         return cls(**kw)

@@ -57,11 +57,12 @@ def child(taught_dir):
     process.close()
 
 
-@pytest.fixture(params=["in-process", "model-process"])
+@pytest.fixture(params=["continuous", "merged", "model-process"])
 def batched(taught, request):
-    """A collector that runs its calls here (under the encoder's lock) or in the model's own process."""
+    """A collector that runs its calls here (reasoning by continuous batching, or merged into one
+    generate call) or in the model's own process (merged)."""
     process = request.getfixturevalue("child") if request.param == "model-process" else None
-    return BatchedEncoder(*taught, window=WINDOW, process=process)
+    return BatchedEncoder(*taught, window=WINDOW, process=process, continuous=request.param == "continuous")
 
 
 def test_four_concurrent_requests_run_in_one_generate_and_equal_one_at_a_time(taught, batched):
@@ -97,7 +98,7 @@ def test_users_out_of_step_fall_into_step(taught):
     """Two pairs of Compare-like users (direct, then reasoning, three times), the second pair starting while
     the first generates. Served oldest-first they would stay two half-full batches apart (6 generate calls);
     waiting for the callers just served merges all four from the second cycle on."""
-    batched = BatchedEncoder(*taught, window=0.05, linger=1.0)  # linger=0 gives 6 calls of 2
+    batched = BatchedEncoder(*taught, window=0.05, linger=1.0, continuous=False)  # linger=0 gives 6 calls of 2
     inputs = four_inputs()
 
     def user(x, late):
@@ -116,13 +117,47 @@ def test_users_out_of_step_fall_into_step(taught):
     assert batched.collector.calls["generate"] <= 4 and 4 in batched.collector.merged_sizes
 
 
-def test_different_budgets_run_separately_with_their_own_budget(taught, batched):
+def test_a_late_request_joins_the_running_decode(taught):
+    batched = BatchedEncoder(*taught, window=0.0)
+    plain = Encoder(*taught)
+    long, short = taught_inputs()[2], taught_inputs()[0]
+    first = batched.collector.submit(Request(("reason", 128), batched.rows([long], direct=False), stream=True))
+    assert next(first.messages())[0] == "text"  # the decode runs ...
+    second = batched.reason([short])[0]  # ... and the second request joins it
+    rest = list(first.messages())
+    (ids, forced, _), vector = rest[-1][1][0][0], rest[-1][1][1][0]
+    assert batched.collector.calls["generate"] == 1 and batched.collector.merged_sizes == [2]
+    ref = plain.reason([long])[0]
+    assert batched.tokenizer.decode(ids) == ref.rationale == TAUGHT["long"] and not forced
+    assert float(vector @ ref.vector) >= 0.9999 and ref.rationale.endswith("".join(v for k, v in rest if k == "text"))
+    alone = plain.reason([short])[0]
+    assert second.rationale == alone.rationale == TAUGHT["short"] and float(second.vector @ alone.vector) >= 0.9999
+
+
+def test_a_bad_request_joining_a_running_decode_fails_alone(taught):
+    batched = BatchedEncoder(*taught, window=0.0)
+    long = taught_inputs()[2]
+    first = batched.collector.submit(Request(("reason", 128), batched.rows([long], direct=False), stream=True))
+    assert next(first.messages())[0] == "text"
+    bad_row = batched.rows([taught_inputs()[0]], direct=False)[0]
+    bad_row = dataclasses.replace(bad_row, pixel_values=bad_row.pixel_values[:-4])  # fewer patches than image tokens
+    with pytest.raises((ValueError, IndexError)):
+        batched.collector.submit(Request(("reason", 128), [bad_row])).wait()
+    events = list(first.messages())
+    assert ("reset", None) in events  # the decode failed when the bad row joined: the first request ran again alone
+    after_reset = events[events.index(("reset", None)) + 1:]
+    ids, forced, _ = events[-1][1][0][0]
+    assert batched.tokenizer.decode(ids) == TAUGHT["long"] == "".join(v for k, v in after_reset if k == "text")
+
+
+def test_different_budgets_run_with_their_own_budget(taught, batched):
     plain = Encoder(*taught)
     inputs = four_inputs()
     budgets = [3, 100, 3, 100]
     results, errors = at_once([lambda x=x, b=b: batched.reason([x], max_new_tokens=b)[0]
                                for x, b in zip(inputs, budgets)])
-    assert errors == [None] * 4 and batched.collector.calls["generate"] == 2
+    # merged: one generate call per budget; continuous: one decode whose rows have their own budget
+    assert errors == [None] * 4 and batched.collector.calls["generate"] == (1 if batched.collector.continuous else 2)
     for x, b, got in zip(inputs, budgets, results):
         ref = plain.reason([x], max_new_tokens=b)[0]
         assert got.forced is ref.forced is (b == 3) and got.rationale == ref.rationale and got.tokens == ref.tokens
@@ -180,7 +215,9 @@ def test_split_streamer_sends_words_holds_partial_characters_and_ends_at_emb(tin
 def test_worker_leaves_when_the_queue_is_empty_and_the_manager_builds_a_batched_encoder(tiny_dir, tmp_path):
     manager = ModelManager(Settings(cache_dir=tmp_path, device="cpu"), specs=[])
     enc = manager.load(str(tiny_dir)).encoder
-    assert isinstance(enc, BatchedEncoder)
+    assert isinstance(enc, BatchedEncoder) and enc.collector.continuous  # the default: RGE_BATCHING=continuous
+    merged = ModelManager(Settings(cache_dir=tmp_path, device="cpu", batching="merged"), specs=[])
+    assert not merged.load(str(tiny_dir)).encoder.collector.continuous
     enc.reason([EmbedInput("", "short")], max_new_tokens=2)
     for _ in range(1000):  # the worker stays IDLE_S (2 s) after its last batch
         if enc.collector._worker is None:

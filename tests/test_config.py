@@ -36,6 +36,11 @@ def test_model_process_setting():
     assert not Settings(device="cuda", model_process="auto").uses_model_process  # a second copy of the weights
 
 
+def test_batching_setting():
+    assert Settings.from_env({}).batching == "continuous"
+    assert Settings.from_env({"RGE_BATCHING": " Merged "}).batching == "merged"
+
+
 @pytest.mark.parametrize("var,value,message", [
     ("RGE_PORT", "abc", "RGE_PORT must be an integer, got 'abc'"),
     ("RGE_PORT", "70000", "RGE_PORT must be an integer in 1..65535"),
@@ -46,6 +51,7 @@ def test_model_process_setting():
     ("RGE_DTYPE", "fp8", "RGE_DTYPE must be one of"),
     ("RGE_SHARE", "maybe", "RGE_SHARE must be true/false"),
     ("RGE_MODEL_PROCESS", "sometimes", "RGE_MODEL_PROCESS must be one of off, on, auto"),
+    ("RGE_BATCHING", "static", "RGE_BATCHING must be one of continuous, merged"),
 ])
 def test_bad_values_are_named(var, value, message):
     with pytest.raises(SettingsError, match=message.replace(".", r"\.").replace("(", r"\(")):

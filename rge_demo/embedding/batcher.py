@@ -15,12 +15,18 @@ per-step overhead.
   the encoder's lock, or in the model's own process: :mod:`.model_process`). A single request
   larger than ``max_rows`` runs alone, unsplit: a caller's own batch is never reshaped, so its
   numbers are those of the unbatched encoder.
+* Continuous batching (``continuous``, the app's default with the model in its own process off):
+  reasoning requests run in a :class:`~.decode.DecodeBatch` instead of one ``generate``. Requests
+  that arrive while it runs join at the next step (up to ``max_rows`` rows in flight, whatever
+  their budget), direct requests waiting meanwhile run between two steps, and each request is
+  answered as soon as its own rows are done: nobody waits for a longer rationale, nor for a batch
+  that began before they came.
 * :class:`SplitStreamer` is the streamer of a merged ``generate``: it splits each step's (B,) new
   tokens by row and sends each streaming request its own rationale text, a word at a time. Text is
   decoded from the row's ids so far and held back while it ends in an incomplete byte-level
   character (U+FFFD); a row's text ends at its ``<emb>``, or at its budget (the one extra step
   ``generate`` runs past the budget is not text).
-* Budgets: requests with different budgets are batched separately (the budget is part of the
+* Budgets (merged calls): requests with different budgets are batched separately (the budget is part of the
   kind). Generating to the largest budget and trimming would make short-budget rows wait for the
   longest one, and would change what a forced row embeds under the ``last_token`` rule (its
   state is read at its own budget's last step); in the app every request has the model's budget,
@@ -49,6 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .decode import DecodeBatch, Seq, supports
 from .encoder import Encoder, Row, StreamEvent
 from .model_process import ModelProcess
 from .prompts import EmbedInput
@@ -134,6 +141,14 @@ class RowText:
         self.closed = True
         return self._new(whole=True)
 
+    def feed(self, token: int, emb_id: int, budget: int) -> str:
+        """The text a generated token adds: the text ends at ``<emb>`` or at the budget."""
+        if self.closed:
+            return ""
+        if token == emb_id or len(self.ids) >= budget:
+            return self.close()
+        return self.add(token)
+
 
 class SplitStreamer:
     """The streamer of a merged ``generate``: each step's tokens (B,) go to their rows' requests as text.
@@ -152,13 +167,7 @@ class SplitStreamer:
             self.prompt_seen = True
             return
         for row, target, token in zip(self.rows, self.targets, value.reshape(-1).tolist(), strict=True):
-            if row is None or row.closed:
-                continue
-            if token == self.emb_id or len(row.ids) >= self.budget:  # the text ends at <emb> or at the budget
-                piece = row.close()
-            else:
-                piece = row.add(token)
-            if piece:
+            if row is not None and (piece := row.feed(token, self.emb_id, self.budget)):
                 target.events.put(("text", piece))
 
     def end(self) -> None:
@@ -188,11 +197,12 @@ class Collector:
     """
 
     def __init__(self, encoder: Encoder, window: float = WINDOW_S, max_rows: int = MAX_ROWS,
-                 linger: float = LINGER_S, idle: float = IDLE_S):
+                 linger: float = LINGER_S, idle: float = IDLE_S, continuous: bool = False):
         if window < 0 or linger < 0 or max_rows < 1:
             raise ValueError(f"collector: window and linger must be >= 0 and max_rows >= 1, "
                              f"got {window}, {linger}, {max_rows}")
         self.encoder, self.window, self.max_rows, self.linger, self.idle = encoder, window, max_rows, linger, idle
+        self.continuous = continuous  # reasoning requests by continuous batching (_decode) instead of one generate
         self.calls: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.merged_sizes: list[int] = []
@@ -280,10 +290,12 @@ class Collector:
                 self._expect = max(in_play, self._expect or 0) if self._met else in_play
                 self._batch_end = time.monotonic()
 
-    def _run(self, batch: list[Request]) -> None:
+    def _run(self, batch: list[Request], continuous: bool | None = None) -> None:
         enc = self.encoder
         rows = [row for r in batch for row in r.rows]
         kind = batch[0].kind
+        if kind[0] == "reason" and (self.continuous if continuous is None else continuous):
+            return self._decode(batch)
         t0 = time.monotonic()
         try:
             self.merged_sizes.append(len(batch))
@@ -306,7 +318,7 @@ class Collector:
             for r in batch:
                 if r.stream:
                     r.events.put(("reset", None))
-                self._run([r])
+                self._run([r], continuous=False)
             return
         log.debug("%s: %d requests, %d rows in one call, %.3f s (the oldest had waited %.3f s)", kind, len(batch),
                   len(rows), time.monotonic() - t0, t0 - min(r.arrived for r in batch))
@@ -317,6 +329,92 @@ class Collector:
             r.events.put(("done", payload))
             start = end
 
+    # -- continuous batching -----------------------------------------------------------------------
+    def _decode(self, batch: list[Request]) -> None:
+        """Reasoning requests in one :class:`~.decode.DecodeBatch`: requests that arrive while it runs
+        join between steps (as many rows as ``max_rows`` leaves room for, whatever their budget),
+        waiting direct requests run between steps, and each request is answered as soon as its
+        rows are done. When a step fails, every request still in flight runs again alone."""
+        enc = self.encoder
+        loop = DecodeBatch(enc)
+        seqs: dict[Request, list[Seq]] = {}  # requests in flight -> their rows
+        texts: dict[Request, RowText] = {}  # streaming requests -> their text
+
+        def admit(requests: list[Request]) -> None:
+            new = []
+            for r in requests:
+                if r.stream:
+                    texts[r] = RowText(enc.tokenizer)
+                seqs[r] = [Seq(row, r.kind[1], on_token=self._sender(r, texts.get(r))) for row in r.rows]
+                new += seqs[r]
+            with enc.lock, torch.inference_mode():
+                loop.admit(new)
+
+        self.calls["generate"] += 1
+        served = len(batch)
+        try:
+            admit(batch)
+            while len(loop):
+                with enc.lock, torch.inference_mode():
+                    loop.step()
+                for r in [r for r, rows in seqs.items() if all(s.done for s in rows)]:
+                    self._answer(r, seqs[r], texts.get(r))
+                    del seqs[r]  # answered: a later failure no longer concerns it
+                joiners, direct = self._joiners(self.max_rows - len(loop))
+                if direct:
+                    self._run(direct)
+                if joiners:
+                    served += len(joiners)
+                    admit(joiners)
+        except Exception as e:
+            log.warning("continuous batching of %d requests failed (%s: %s); running them one at a time",
+                        len(seqs), type(e).__name__, e)
+            for r in seqs:
+                if r.stream:
+                    r.events.put(("reset", None))
+                self._run([r], continuous=False)
+        self.merged_sizes.append(served)
+
+    def _sender(self, request: Request, text: RowText | None):
+        """A row's ``on_token``: a streaming request's text, a word at a time (None: nobody watches)."""
+        if text is None:
+            return None
+        emb_id, budget = self.encoder.emb_id, request.kind[1]
+
+        def send(token: int) -> None:
+            if piece := text.feed(token, emb_id, budget):
+                request.events.put(("text", piece))
+
+        return send
+
+    def _answer(self, request: Request, rows: list[Seq], text: RowText | None) -> None:
+        enc = self.encoder
+        if text is not None and not text.closed and (piece := text.close()):
+            request.events.put(("text", piece))  # a forced row: the rest of its text
+        generated = [(s.rationale(enc.emb_id, enc.pad_id), s.forced, s.state) for s in rows]
+        with torch.inference_mode():
+            vectors = enc._finish(request.rows, generated)
+        request.events.put(("done", (generated, vectors)))
+
+    def _joiners(self, room: int) -> tuple[list[Request], list[Request]]:
+        """Waiting requests for a running decode: (reasoning requests that fit in ``room`` rows, in
+        arrival order; waiting direct requests, up to ``max_rows`` rows)."""
+        with self._cond:
+            joiners, direct, direct_rows, full = [], [], 0, False
+            for r in self._pending:
+                if r.kind[0] == "reason" and not full:
+                    full = len(r.rows) > room  # no overtaking: later requests wait behind one that does not fit
+                    if not full:
+                        joiners.append(r)
+                        room -= len(r.rows)
+                elif r.kind[0] == "direct" and (not direct or direct_rows + len(r.rows) <= self.max_rows):
+                    direct.append(r)
+                    direct_rows += len(r.rows)
+            for r in joiners + direct:
+                self._pending.remove(r)
+                self._skipped.pop(id(r), None)
+            return joiners, direct
+
 
 class BatchedEncoder(Encoder):
     """An :class:`Encoder` whose ``direct``, ``reason`` and ``stream`` requests are merged across threads.
@@ -326,10 +424,12 @@ class BatchedEncoder(Encoder):
     """
 
     def __init__(self, model, processor, *, window: float = WINDOW_S, max_rows: int = MAX_ROWS,
-                 linger: float = LINGER_S, process: ModelProcess | None = None, **kwargs):
+                 linger: float = LINGER_S, process: ModelProcess | None = None, continuous: bool = True, **kwargs):
         super().__init__(model, processor, **kwargs)
-        self.collector = Collector(self, window, max_rows, linger)
         self.process = process  # where the collector's calls run (None: here, under the encoder's lock)
+        # Continuous batching runs the decode loop here: not with a model process, nor on sliding-window models.
+        self.collector = Collector(self, window, max_rows, linger,
+                                   continuous=continuous and process is None and supports(model))
         self._rows_lock = threading.Lock()  # one processor call at a time (fast tokenizers dislike concurrent use)
 
     # -- the collector's model calls -------------------------------------------------------------

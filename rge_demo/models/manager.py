@@ -240,7 +240,8 @@ class ModelManager:
                                                  self.settings.max_new_tokens, torch.get_num_threads()))
                 process.start_in_background()
             encoder = BatchedEncoder(model, processor, max_new_tokens=self.settings.max_new_tokens,
-                                     lock=threading.RLock(), profile=profile, process=process)
+                                     lock=threading.RLock(), profile=profile, process=process,
+                                     continuous=self.settings.batching == "continuous")
             loaded = LoadedModel(
                 spec=spec, model=model, processor=processor, encoder=encoder,
                 fingerprint=fp, device=info["device"], dtype=info["dtype"], quantization=quantization,
