@@ -26,7 +26,8 @@ The two blocks alternate ``--repeats`` times, so that both see the same load on 
 plus two more N-user blocks: merged (requests waiting together run as one ``generate`` call, the
 collector before continuous batching) and merging off (the collector's ``max_rows`` set to 1:
 requests take turns on the model), and counts model calls per block. ``--batching`` sets the app's
-``RGE_BATCHING`` (continuous by default: a request joins the running decode at its next step).
+``RGE_BATCHING`` (merged by default; continuous: a request joins the running decode at its next
+step). The service blocks run both, whatever the setting.
 
 Prints p50 / p95 seconds per compare for both, and the 4-user p95 over the single-user median.
 """
@@ -196,13 +197,14 @@ def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[flo
         service_compare(demo, gallery, 0)
         service_users(demo, gallery, args.users, 1)
         n = args.users
-        blocks: dict[str, list] = {"1 user": [], f"{n} users": [], f"{n} users, merged": [], f"{n} users, merging off": []}
+        blocks: dict[str, list] = {"1 user": [], f"{n} users, continuous": [], f"{n} users, merged": [],
+                                   f"{n} users, merging off": []}
         calls = {label: [0, 0] for label in blocks}  # [generate calls or decode loops, reasoning requests]
-        continuous = collector.continuous
+        default = collector.continuous  # RGE_BATCHING's choice, for the 1-user block
         for _ in range(args.repeats):
             for label in blocks:
                 collector.max_rows = 1 if "off" in label else MAX_ROWS
-                collector.continuous = continuous and "merg" not in label
+                collector.continuous = "continuous" in label or (default and label == "1 user")
                 before = collector.calls["generate"], collector.requests["reason"]
                 if label == "1 user":
                     blocks[label] += [service_compare(demo, gallery, i) for i in range(1, args.runs + 1)]
@@ -210,9 +212,9 @@ def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[flo
                     blocks[label] += service_users(demo, gallery, args.users, args.runs)
                 calls[label][0] += collector.calls["generate"] - before[0]
                 calls[label][1] += collector.requests["reason"] - before[1]
-        collector.max_rows, collector.continuous = MAX_ROWS, continuous
+        collector.max_rows, collector.continuous = MAX_ROWS, default
     for label, (gen, req) in calls.items():
-        what = "decode loops" if continuous and "merg" not in label else "generate calls"
+        what = "decode loops" if "continuous" in label or (default and label == "1 user") else "generate calls"
         print(f"{label}: {req} reasoning requests in {gen} {what}")
     return blocks
 
@@ -267,8 +269,8 @@ def main() -> int:
                              "(while the Explore maps warm up); default 0: none")
     parser.add_argument("--model-process", choices=("auto", "on", "off"), default="off",
                         help="the app's RGE_MODEL_PROCESS (default off; on: the model's calls in a child process)")
-    parser.add_argument("--batching", choices=("continuous", "merged"), default="continuous",
-                        help="the app's RGE_BATCHING (default continuous: requests join the running decode)")
+    parser.add_argument("--batching", choices=("merged", "continuous"), default="merged",
+                        help="the app's RGE_BATCHING (default merged; continuous: requests join the running decode)")
     parser.add_argument("--client", choices=("browser", "gradio_client"), default="browser",
                         help="HTTP client: Gradio's queue protocol read as the page does (default), or gradio_client")
     args = parser.parse_args()

@@ -21,7 +21,7 @@ ASSETS_DIR = REPO_ROOT / "assets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODEL_PROCESS = ("off", "on", "auto")
-BATCHING = ("continuous", "merged")
+BATCHING = ("merged", "continuous")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -59,10 +59,12 @@ class Settings:
     # "on", "off", or "auto" = on unless the device is CUDA (the child holds a second copy of the weights).
     # Off by default: on this 2-core CPU it did not measurably cut the 4-user latency (README) (RGE_MODEL_PROCESS).
     model_process: str = "off"
-    # How concurrent reasoning requests share the model: "continuous" (a request joins the running decode at
-    # its next step: rge_demo.embedding.decode) or "merged" (requests waiting together run as one generate
-    # call). Continuous needs the model in this process; with RGE_MODEL_PROCESS on, calls are merged (RGE_BATCHING).
-    batching: str = "continuous"
+    # How concurrent reasoning requests share the model: "merged" (requests waiting together run as one
+    # generate call) or "continuous" (a request joins the running decode at its next step:
+    # rge_demo.embedding.decode). Merged by default: on this 2-core CPU continuous measured slower, as each
+    # joining request costs a prefill forward of its own (README, Benchmarks); not yet measured on a GPU.
+    # Continuous needs the model in this process; with RGE_MODEL_PROCESS on, calls are merged (RGE_BATCHING).
+    batching: str = "merged"
     warm_maps: bool = True  # compute the sample galleries' Explore maps in the background at start (RGE_WARM_MAPS)
 
     def __post_init__(self):

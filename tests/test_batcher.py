@@ -215,9 +215,9 @@ def test_split_streamer_sends_words_holds_partial_characters_and_ends_at_emb(tin
 def test_worker_leaves_when_the_queue_is_empty_and_the_manager_builds_a_batched_encoder(tiny_dir, tmp_path):
     manager = ModelManager(Settings(cache_dir=tmp_path, device="cpu"), specs=[])
     enc = manager.load(str(tiny_dir)).encoder
-    assert isinstance(enc, BatchedEncoder) and enc.collector.continuous  # the default: RGE_BATCHING=continuous
-    merged = ModelManager(Settings(cache_dir=tmp_path, device="cpu", batching="merged"), specs=[])
-    assert not merged.load(str(tiny_dir)).encoder.collector.continuous
+    assert isinstance(enc, BatchedEncoder) and not enc.collector.continuous  # the default: RGE_BATCHING=merged
+    continuous = ModelManager(Settings(cache_dir=tmp_path, device="cpu", batching="continuous"), specs=[])
+    assert continuous.load(str(tiny_dir)).encoder.collector.continuous
     enc.reason([EmbedInput("", "short")], max_new_tokens=2)
     for _ in range(1000):  # the worker stays IDLE_S (2 s) after its last batch
         if enc.collector._worker is None:

@@ -37,8 +37,8 @@ def test_model_process_setting():
 
 
 def test_batching_setting():
-    assert Settings.from_env({}).batching == "continuous"
-    assert Settings.from_env({"RGE_BATCHING": " Merged "}).batching == "merged"
+    assert Settings.from_env({}).batching == "merged"
+    assert Settings.from_env({"RGE_BATCHING": " Continuous "}).batching == "continuous"
 
 
 @pytest.mark.parametrize("var,value,message", [
@@ -51,7 +51,7 @@ def test_batching_setting():
     ("RGE_DTYPE", "fp8", "RGE_DTYPE must be one of"),
     ("RGE_SHARE", "maybe", "RGE_SHARE must be true/false"),
     ("RGE_MODEL_PROCESS", "sometimes", "RGE_MODEL_PROCESS must be one of off, on, auto"),
-    ("RGE_BATCHING", "static", "RGE_BATCHING must be one of continuous, merged"),
+    ("RGE_BATCHING", "static", "RGE_BATCHING must be one of merged, continuous"),
 ])
 def test_bad_values_are_named(var, value, message):
     with pytest.raises(SettingsError, match=message.replace(".", r"\.").replace("(", r"\(")):

@@ -15,7 +15,7 @@ per-step overhead.
   the encoder's lock, or in the model's own process: :mod:`.model_process`). A single request
   larger than ``max_rows`` runs alone, unsplit: a caller's own batch is never reshaped, so its
   numbers are those of the unbatched encoder.
-* Continuous batching (``continuous``, the app's default with the model in its own process off):
+* Continuous batching (``continuous``; the app's ``RGE_BATCHING=continuous``, model process off):
   reasoning requests run in a :class:`~.decode.DecodeBatch` instead of one ``generate``. Requests
   that arrive while it runs join at the next step (up to ``max_rows`` rows in flight, whatever
   their budget), direct requests waiting meanwhile run between two steps, and each request is
