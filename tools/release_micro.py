@@ -1,12 +1,13 @@
 """Ship the trained micro models: copy them into assets/, evaluate on two held-out seeds, write saved
 runs, tours, cards and the results tables.
 
-    python tools/release_micro.py [--runs runs] [--n 100]
+    python tools/release_micro.py [--n 100]
 
-Reads the training folders made by ``python -m rge_demo train --config configs/<name>.json``
-(runs/rge-micro, runs/baseline-micro, runs/leakage-micro) and writes:
+Reads the training runs named in ``configs/lineage.json`` (each model's stages, in order, each one
+``python -m rge_demo train --config <config>``) and writes:
 
-* assets/models/<name>/: weights, tokenizer, processor, training/ (metrics and config), README.md card;
+* assets/models/<name>/: weights, tokenizer, processor, training/NN-<config>/ (each stage's config
+  and metrics), README.md card;
 * assets/runs/rge-micro/{reason,direct}/: the saved evaluation of the first seed (the Failures tab);
 * assets/tours/*.json: guided tours drafted from those cases;
 * assets/results.json and assets/results.md: P@1 with 95 % bootstrap intervals per task, meta-task,
@@ -49,15 +50,34 @@ COLUMNS = [("RGE reasoning", "rge-micro", "reason"), ("RGE direct", "rge-micro",
 TARGETS = {"stated_answer_acc": 0.85, "hallucination_rate": 0.10, "swap_follows": 0.80, "gain": 0.05}
 
 
-def training_summary(run_dir: Path) -> dict:
+LINEAGE = REPO / "configs" / "lineage.json"
+
+
+def lineage(name: str) -> list[dict]:
+    """The stages that trained ``name``, in order: ``{"config", "run"}`` paths (configs/lineage.json)."""
+    return json.loads(LINEAGE.read_text())[name]
+
+
+def stage_summary(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "seconds" in r]
     probes = [r for r in rows if "probe_worst_task_acc" in r]
-    shapes = [(r["step"], r["shape_probe"]) for r in rows if "shape_probe" in r]
-    return {"steps": steps[-1]["step"], "step_seconds": round(sum(r["seconds"] for r in steps)),
+    seconds = [r["seconds"] for r in steps]
+    median = sorted(seconds)[len(seconds) // 2]
+    # A step over 50x the median is a run that was paused (SIGSTOP, to benchmark on quiet cores): not counted.
+    paused = [x for x in seconds if x > 50 * median]
+    return {"steps": steps[-1]["step"], "step_seconds": round(sum(seconds) - sum(paused)),
+            "paused_steps": len(paused), "paused_seconds": round(sum(paused)), "median_step_seconds": round(median, 2),
             "probe_seconds": round(sum(r.get("probe_seconds", 0) for r in rows)),
             "cold_start_end": next((r["step"] - 1 for r in steps if r["phase"] == "joint"), None),
-            "last_probe": probes[-1] if probes else None, "shape_probe": shapes}
+            "last_probe": probes[-1] if probes else None,
+            "shape_probe": [(r["step"], r["shape_probe"]) for r in rows if "shape_probe" in r]}
+
+
+def training_summary(name: str) -> list[dict]:
+    """One summary per stage of ``name``'s lineage, with its config."""
+    return [{**stage_summary(REPO / st["run"]), **st, "stage": json.loads((REPO / st["config"]).read_text())["stage"]}
+            for st in lineage(name)]
 
 
 def declare_profile(model_dir: Path, profile: str = "micro") -> None:
@@ -71,13 +91,22 @@ def declare_profile(model_dir: Path, profile: str = "micro") -> None:
         log.info("%s: declared prompt profile %r", path, profile)
 
 
-def ship(name: str, runs: Path) -> Path:
-    src, dest = runs / name / "model", ASSETS / "models" / name
+def model_dir(name: str) -> Path:
+    """The model the last stage of ``name``'s lineage wrote."""
+    return REPO / lineage(name)[-1]["run"] / "model"
+
+
+def ship(name: str) -> Path:
+    """Copy the model into assets/models/NAME, with every stage's config and metrics under
+    ``training/NN-<config name>/``."""
+    dest = ASSETS / "models" / name
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(src, dest)
-    (dest / "training").mkdir()
-    for f in ("metrics.jsonl", "config.json"):
-        shutil.copy2(runs / name / f, dest / "training" / f)
+    shutil.copytree(model_dir(name), dest)
+    for i, st in enumerate(lineage(name), 1):
+        folder = dest / "training" / f"{i:02d}-{Path(st['config']).stem}"
+        folder.mkdir(parents=True)
+        shutil.copy2(REPO / st["config"], folder / "config.json")
+        shutil.copy2(REPO / st["run"] / "metrics.jsonl", folder / "metrics.jsonl")
     return dest
 
 
@@ -215,29 +244,41 @@ def results_markdown(results: dict, n: int) -> str:
     return "\n".join(parts) + "\n"
 
 
-def card(name: str, results_md: str, train: dict) -> str:
-    cfg = json.loads((ASSETS / "models" / name / "training" / "config.json").read_text())
+def card(name: str, results_md: str, stages: list[dict]) -> str:
+    last = json.loads((REPO / stages[-1]["config"]).read_text())
     notes_file = REPO / "configs" / f"{name}.md"
     notes = notes_file.read_text() if notes_file.exists() else ""
-    stage = {"rge": "a cold start (LM loss on oracle rationales) followed by joint RGE training "
-                    "(LM + InfoNCE on embeddings from self-generated rationales)",
-             "baseline": "contrastive training only (InfoNCE on direct embeddings, no rationales)"}[cfg["stage"]]
-    shapes = ", ".join(f"{v:.2f} at step {s}" for s, v in train["shape_probe"])
+    what = {"rge": "cold start (LM loss on oracle rationales), then joint RGE training (LM + InfoNCE on embeddings "
+                   "from self-generated rationales)",
+            "cold-start": "LM loss on oracle rationales only", "leakage": "the joint phase with oracle rationales "
+            "in the InfoNCE pass (the leakage ablation)",
+            "baseline": "contrastive training only (InfoNCE on direct embeddings, no rationales)"}
+    rows = [f"| {i} | `python -m rge_demo train --config {st['config']}` | {what[st['stage']]} | {st['steps']} | "
+            f"{st['step_seconds'] / 60:.1f} min (median {st['median_step_seconds']} s/step"
+            + (f"; {st['paused_steps']} paused step(s), {st['paused_seconds'] / 60:.0f} min, not counted" if st["paused_steps"] else "")
+            + ") |"
+            for i, st in enumerate(stages, 1)]
+    total = sum(st["step_seconds"] for st in stages) / 60
+    shapes = ", ".join(f"{v:.2f} at step {s}" for s, v in stages[-1]["shape_probe"])
     return f"""# {name}
 
 A micro Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, 2.9 M parameters, fp32 safetensors) trained
-by rge-demo on its synthetic world with {stage}. Prompt profile: `micro` (`rge_profile` in config.json).
+by rge-demo on its synthetic world. Prompt profile: `micro` (`rge_profile` in config.json).
 
-- Data: the world's train split ({cfg['train_per_task']} examples per task, {len(world.TASKS)} tasks, batches of
-  {cfg['batch_size']}); evaluated on the held-out `ind` and `ood` splits generated with seeds
+- Data: the world's train split ({last['train_per_task']} examples per task, {len(world.TASKS)} tasks, batches of
+  {last['batch_size']}); evaluated on the held-out `ind` and `ood` splits generated with seeds
   {list(EVAL_SEEDS)}, which were never used for tuning.
-- Command: `python -m rge_demo train --config configs/{name}.json` (seed {cfg['seed']}, one thread);
-  then `python tools/release_micro.py` evaluates it and writes this card.
-- Training: {train['steps']} steps; {train['step_seconds']} s of step time plus {train['probe_seconds']} s of
-  probes{'' if train['cold_start_end'] is None else f"; cold start until step {train['cold_start_end']}"}.
-- Vision tower frozen (`vision_lr_scale` 0, the merger trains); linear shape probe on the visual tokens:
-  {shapes or 'not measured'}.
-- Config: `training/config.json`; per-step metrics and probes: `training/metrics.jsonl`.
+- Training: {len(stages)} stage(s), each starting from the previous one's model (`configs/lineage.json`;
+  one thread each; `python tools/release_micro.py` then evaluates the last one and writes this card).
+  {total:.0f} min of step time in all, probes not counted:
+
+| stage | command | what | steps | step time |
+|---|---|---|---:|---:|
+{chr(10).join(rows)}
+
+- Vision tower frozen in every stage (`vision_lr_scale` 0, the merger trains); linear shape probe on
+  the visual tokens in the last stage: {shapes or 'not measured'}.
+- Configs and per-step metrics (probes included): `training/NN-<config>/`.
 
 {notes}
 ## Held-out results
@@ -249,21 +290,18 @@ by rge-demo on its synthetic world with {stage}. Prompt profile: `micro` (`rge_p
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=str(REPO / "runs"), help="training output folders")
     parser.add_argument("--n", type=int, default=100, help="queries per task and split")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs = Path(args.runs)
     for _, name, _ in COLUMNS:
-        declare_profile(runs / name / "model")
+        declare_profile(model_dir(name))
     for name in SHIPPED:
-        ship(name, runs)
-    model_dirs = {name: ASSETS / "models" / name if name in SHIPPED else runs / name / "model"
-                  for _, name, _ in COLUMNS}
+        ship(name)
+    model_dirs = {name: ASSETS / "models" / name if name in SHIPPED else model_dir(name) for _, name, _ in COLUMNS}
     results = measure(model_dirs, args.n)
     first = results[EVAL_SEEDS[0]]["cases"]
-    shutil.rmtree(ASSETS / "runs", ignore_errors=True)
+    shutil.rmtree(ASSETS / "runs" / "rge-micro", ignore_errors=True)  # runs/probes and runs/embed-rl-micro stay
     first["RGE reasoning"].save(ASSETS / "runs" / "rge-micro" / "reason")
     first["RGE direct"].save(ASSETS / "runs" / "rge-micro" / "direct")
     shutil.rmtree(ASSETS / "runs" / "rge-micro" / "direct" / "images", ignore_errors=True)  # Failures reads reason/images
@@ -273,7 +311,7 @@ def main() -> int:
         {str(seed): {k: v for k, v in per.items() if k != "cases"} for seed, per in results.items()},
         indent=1, sort_keys=True) + "\n")
     for name in SHIPPED:
-        (ASSETS / "models" / name / "README.md").write_text(card(name, md, training_summary(runs / name)))
+        (ASSETS / "models" / name / "README.md").write_text(card(name, md, training_summary(name)))
     examples = compare_examples(ASSETS / "models" / "rge-micro")
     (ASSETS / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
     cases = load_pair(ASSETS / "runs" / "rge-micro" / "reason", ASSETS / "runs" / "rge-micro" / "direct")
