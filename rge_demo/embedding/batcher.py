@@ -188,6 +188,8 @@ class Collector:
     it, whichever is later; an expectation not met by then is lowered to what came. An idle worker
     keeps its expectation ``idle`` seconds, then leaves. Without this, two groups of users that got out of step (one
     generating while the other waits for its direct vector) stay out of step, each batch part full.
+    With ``continuous`` set, a reasoning request at the head of the queue only waits ``window``:
+    those who come later join its decode.
 
     What to run: the kind with the most waiting rows (ties: the oldest request's kind), in arrival
     order up to ``max_rows`` rows; a request passed over twice goes first.
@@ -229,6 +231,10 @@ class Collector:
     def _ready(self, now: float) -> tuple[bool, float]:
         """(run a batch now?, how long to wait otherwise); call with the condition held."""
         rows = sum(len(r.rows) for r in self._pending)
+        if self.continuous and self._pending and self._pending[0].kind[0] == "reason":
+            # Nothing to wait for: whoever comes later joins the decode at its next step.
+            left = self._pending[0].arrived + self.window - now
+            return left <= 0, left
         if self._expect is not None:  # after a batch: wait for the callers in play
             self._met = rows >= min(self._expect, self.max_rows)
             if not self._pending:
