@@ -118,7 +118,7 @@ def test_users_out_of_step_fall_into_step(taught):
 
 
 def test_a_late_request_joins_the_running_decode(taught):
-    batched = BatchedEncoder(*taught, window=0.0)
+    batched = BatchedEncoder(*taught, window=0.0, continuous=True)
     plain = Encoder(*taught)
     long, short = taught_inputs()[2], taught_inputs()[0]
     first = batched.collector.submit(Request(("reason", 128), batched.rows([long], direct=False), stream=True))
@@ -135,7 +135,7 @@ def test_a_late_request_joins_the_running_decode(taught):
 
 
 def test_a_bad_request_joining_a_running_decode_fails_alone(taught):
-    batched = BatchedEncoder(*taught, window=0.0)
+    batched = BatchedEncoder(*taught, window=0.0, continuous=True)
     long = taught_inputs()[2]
     first = batched.collector.submit(Request(("reason", 128), batched.rows([long], direct=False), stream=True))
     assert next(first.messages())[0] == "text"

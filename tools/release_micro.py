@@ -61,16 +61,13 @@ def lineage(name: str) -> list[dict]:
 def stage_summary(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "seconds" in r]
-    probes = [r for r in rows if "probe_worst_task_acc" in r]
     seconds = [r["seconds"] for r in steps]
     median = sorted(seconds)[len(seconds) // 2]
     # A step over 50x the median is a run that was paused (SIGSTOP, to benchmark on quiet cores): not counted.
     paused = [x for x in seconds if x > 50 * median]
     return {"steps": steps[-1]["step"], "step_seconds": round(sum(seconds) - sum(paused)),
             "paused_steps": len(paused), "paused_seconds": round(sum(paused)), "median_step_seconds": round(median, 2),
-            "probe_seconds": round(sum(r.get("probe_seconds", 0) for r in rows)),
             "cold_start_end": next((r["step"] - 1 for r in steps if r["phase"] == "joint"), None),
-            "last_probe": probes[-1] if probes else None,
             "shape_probe": [(r["step"], r["shape_probe"]) for r in rows if "shape_probe" in r]}
 
 
@@ -252,8 +249,10 @@ def card(name: str, results_md: str, stages: list[dict]) -> str:
                    "from self-generated rationales)",
             "cold-start": "LM loss on oracle rationales only", "leakage": "the joint phase with oracle rationales "
             "in the InfoNCE pass (the leakage ablation)",
-            "baseline": "contrastive training only (InfoNCE on direct embeddings, no rationales)"}
-    rows = [f"| {i} | `python -m rge_demo train --config {st['config']}` | {what[st['stage']]} | {st['steps']} | "
+            "baseline": "contrastive training only (InfoNCE on direct embeddings, no rationales)",
+            "joint": "joint RGE training only (LM + InfoNCE on embeddings from self-generated rationales)"}
+    rows = [f"| {i} | `python -m rge_demo train --config {st['config']}` | "
+            f"{what['joint' if st['stage'] == 'rge' and st['cold_start_end'] == 0 else st['stage']]} | {st['steps']} | "
             f"{st['step_seconds'] / 60:.1f} min (median {st['median_step_seconds']} s/step"
             + (f"; {st['paused_steps']} paused step(s), {st['paused_seconds'] / 60:.0f} min, not counted" if st["paused_steps"] else "")
             + ") |"

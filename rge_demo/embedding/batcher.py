@@ -321,10 +321,7 @@ class Collector:
                 return
             log.warning("a merged call of %d requests failed (%s: %s); running them one at a time",
                         len(batch), type(e).__name__, e)
-            for r in batch:
-                if r.stream:
-                    r.events.put(("reset", None))
-                self._run([r], continuous=False)
+            self._alone(batch)
             return
         log.debug("%s: %d requests, %d rows in one call, %.3f s (the oldest had waited %.3f s)", kind, len(batch),
                   len(rows), time.monotonic() - t0, t0 - min(r.arrived for r in batch))
@@ -375,11 +372,15 @@ class Collector:
         except Exception as e:
             log.warning("continuous batching of %d requests failed (%s: %s); running them one at a time",
                         len(seqs), type(e).__name__, e)
-            for r in seqs:
-                if r.stream:
-                    r.events.put(("reset", None))
-                self._run([r], continuous=False)
+            self._alone(list(seqs))
         self.merged_sizes.append(served)
+
+    def _alone(self, requests: list[Request]) -> None:
+        """After a failed shared call: each request again by itself (a streaming one drops its text first)."""
+        for r in requests:
+            if r.stream:
+                r.events.put(("reset", None))
+            self._run([r], continuous=False)
 
     def _sender(self, request: Request, text: RowText | None):
         """A row's ``on_token``: a streaming request's text, a word at a time (None: nobody watches)."""
@@ -430,7 +431,7 @@ class BatchedEncoder(Encoder):
     """
 
     def __init__(self, model, processor, *, window: float = WINDOW_S, max_rows: int = MAX_ROWS,
-                 linger: float = LINGER_S, process: ModelProcess | None = None, continuous: bool = True, **kwargs):
+                 linger: float = LINGER_S, process: ModelProcess | None = None, continuous: bool = False, **kwargs):
         super().__init__(model, processor, **kwargs)
         self.process = process  # where the collector's calls run (None: here, under the encoder's lock)
         # Continuous batching runs the decode loop here: not with a model process, nor on sliding-window models.
