@@ -7,7 +7,11 @@ For each task this greedy-generates the model's rationale for ``--n`` in-domain 
 one JSON line: the share whose object list equals the oracle's (perception), whose step sentence
 equals the oracle's (the intermediate step), and whose answer does; for relation_colour also the
 share whose step names the question's anchor ("the red square is at ...": copying from the
-question). The release seeds 101/202 are refused.
+question) and the share that gives the anchor's true cell ("... is at top left": finding the anchor
+in the object list); where the oracle's step names the cell beside the anchor ("right of it is the
+top blue square", the form probed on 2026-12-07, configs/rge-micro.md), also the share of those with
+the right anchor cell that name the right cell beside it (the cell arithmetic). The release seeds
+101/202 are refused.
 """
 
 from __future__ import annotations
@@ -21,6 +25,18 @@ from probe_micro import probe_args  # run as a script: tools/ is on the path
 
 from rge_demo.data import world
 from rge_demo.embedding.prompts import EmbedInput
+
+
+RELATION_STEP = re.compile(r"the (\w+ \w+) is at ([a-z ]+?), (?:above|below|left of|right of) it is the ([a-z ]+)")
+
+
+def relation_cells(rationale: str) -> tuple[str | None, str | None]:
+    """(anchor cell, cell beside it) named by a relation_colour step (None where it names none)."""
+    m = RELATION_STEP.search(rationale)
+    if not m:
+        return None, None
+    beside = m.group(3).split()[:-2]  # "<cell> <colour> <shape>": the cell
+    return m.group(2), " ".join(beside) or None
 
 
 def parts(rationale: str) -> tuple[str, str, str | None]:
@@ -38,7 +54,8 @@ def main() -> int:
     for task in args.tasks.split(","):
         examples = world.generate(task, "ind", args.n, seed=args.seed)
         got = encoder.reason([EmbedInput(e.query.instruction, e.query.text, e.query_image) for e in examples])
-        n, counts = len(examples), {"list": 0, "step": 0, "answer": 0, "anchor": 0}
+        n, names_beside = len(examples), False
+        counts = {"list": 0, "step": 0, "answer": 0, "anchor": 0, "anchor_cell": 0, "beside_given_anchor_cell": 0}
         for e, r in zip(examples, got):
             oracle, mine = parts(e.rationale), parts(r.rationale)
             for key, o, m in zip(("list", "step", "answer"), oracle, mine):
@@ -46,8 +63,17 @@ def main() -> int:
             if task == "relation_colour":
                 anchor = re.search(r"the (\w+ \w+)\?$", e.query.text).group(1)
                 counts["anchor"] += mine[1].startswith(f"the {anchor} is at ")
+                (true_at, true_beside), (at, beside) = relation_cells(e.rationale), relation_cells(r.rationale)
+                counts["anchor_cell"] += at == true_at
+                names_beside = names_beside or true_beside is not None
+                counts["beside_given_anchor_cell"] += at == true_at and beside == true_beside
+        shares = {k: counts[k] / n for k in ("list", "step", "answer")}
+        if task == "relation_colour":
+            shares |= {k: counts[k] / n for k in ("anchor", "anchor_cell")}
+            if names_beside:
+                shares["beside_given_anchor_cell"] = counts["beside_given_anchor_cell"] / max(1, counts["anchor_cell"])
         out = {"model": str(args.model), "task": task, "seed": args.seed, "n": n,
-               **{f"{k}_right": round(v / n, 3) for k, v in counts.items() if k != "anchor" or task == "relation_colour"}}
+               **{f"{k}_right": round(v, 3) for k, v in shares.items()}}
         print(json.dumps(out), flush=True)
     return 0
 
