@@ -80,6 +80,19 @@ def test_bad_inputs_have_clear_errors(demo, tmp_path):
         next(demo.compare("vqa-count", None, "text", "", 3, target_id="ground/red_circle"))
 
 
+def test_a_pick_left_from_another_gallery_is_dropped_and_any_other_wrong_id_still_refused(demo):
+    """A Compare click that reaches the server before a gallery switch cleared the page's right-answer pick
+    carries an item of the previous gallery: that pick is dropped; an id of no gallery still gets its error."""
+    count, classes = demo.gallery("vqa-count"), demo.gallery("classification")
+    leftover, own = classes.items[0].id, count.items[1].id
+    assert leftover not in {it.id for it in count.items}
+    assert demo.target_for(count, leftover) is None
+    assert demo.target_for(count, own) == own and demo.target_for(count, None) is None
+    assert demo.target_for(count, "no-such-item") == "no-such-item"
+    with pytest.raises(UserError, match="'no-such-item' is not in gallery"):
+        demo.check_target(count, demo.target_for(count, "no-such-item"))
+
+
 def test_search_both_modes(demo):
     g, q, image = first_query(demo)
     direct = demo.search("vqa-count", image, q.text, q.instruction, 4)

@@ -252,6 +252,17 @@ class Demo:
         """The sample galleries, then the session's own."""
         return self.access.names(session_key)
 
+    def target_for(self, gallery: Gallery, target_id: str | None, session_key: str | None = None) -> str | None:
+        """A page's right-answer pick for ``gallery``: None when it is an item of another of the session's
+        galleries (a pick left over from the gallery the page showed before: a Compare click can reach the
+        server before the gallery switch has cleared it); otherwise unchanged, for :meth:`check_target`."""
+        if not target_id or any(it.id == target_id for it in gallery.items):
+            return target_id
+        for name in self.gallery_names(session_key):
+            if name != gallery.name and any(it.id == target_id for it in self.gallery(name, session_key).items):
+                return None
+        return target_id
+
     def index(self, gallery_name: str, model_name: str | None = None,
               progress: Callable[[int, int], None] | None = None, session_key: str | None = None) -> GalleryIndex:
         gallery = self.gallery(gallery_name, session_key)

@@ -151,6 +151,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         The reasoning column starts with the rationale's note (hallucination flag, empty or cut-off)."""
         key = session_of(session_key, request)
         g = demo.gallery(gallery, key)
+        target_id = demo.target_for(g, target_id, key)
         facts = None
         for c in demo.compare(gallery, image, query_text, instruction, k, target_id, model_name, session_key=key):
             if facts is None:
