@@ -256,10 +256,10 @@ class Demo:
         """A page's right-answer pick for ``gallery``: None when it is an item of another of the session's
         galleries (a pick left over from the gallery the page showed before: a Compare click can reach the
         server before the gallery switch has cleared it); otherwise unchanged, for :meth:`check_target`."""
-        if not target_id or any(it.id == target_id for it in gallery.items):
+        if not target_id or target_id in gallery:
             return target_id
         for name in self.gallery_names(session_key):
-            if name != gallery.name and any(it.id == target_id for it in self.gallery(name, session_key).items):
+            if name != gallery.name and target_id in self.gallery(name, session_key):
                 return None
         return target_id
 
@@ -394,7 +394,7 @@ class Demo:
     def check_target(gallery: Gallery, target_id) -> str | None:
         """The "right answer" of a query: None, or the id of an item of ``gallery``."""
         target_id = check_text(target_id, "right answer", 500) or None
-        if target_id is not None and target_id not in {it.id for it in gallery.items}:
+        if target_id is not None and target_id not in gallery:
             raise UserError(f"the right answer {target_id!r} is not in gallery {gallery.name!r}")
         return target_id
 

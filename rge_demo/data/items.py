@@ -92,6 +92,10 @@ class Gallery:
     def index_of(self, item_id: str) -> int:
         return self._by_id[item_id]
 
+    def __contains__(self, item_id: object) -> bool:
+        """Whether an item of this gallery has the id ``item_id``."""
+        return item_id in self._by_id
+
     def image_path(self, rel: str | None) -> Path | None:
         return None if rel is None else self.root / rel
 

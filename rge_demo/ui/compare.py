@@ -123,7 +123,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         g = own_gallery(gallery_name, browser_key, request)
         if g is None:
             return gr.update(), gr.update()
-        keep = target_id if target_id in {it.id for it in g.items} else None
+        keep = target_id if target_id in g else None
         return (gr.update(choices=_query_choices(g), value=None), gr.update(choices=_target_choices(g), value=keep))
 
     def on_pick(gallery_name, query_id, browser_key, request: gr.Request):
