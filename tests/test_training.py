@@ -254,3 +254,23 @@ def test_the_cold_starts_task_mix_follows_task_weights():
     plain = TrainConfig(stage="cold-start", batch_size=32)
     even = [p.split("-")[0] for step in range(50) for p in sample_batch(pools, plain, step, "cold-start")]
     assert abs(even.count("relation_colour") / len(even) - 1 / 3) < 0.04
+
+
+def test_the_lm_loss_reads_the_head_at_supervised_positions_only():
+    """token_ce runs the head on the supervised positions: the same sum and count as the
+    cross-entropy over every position's logits (written out here), and gradients reach the head."""
+    from rge_demo.training.losses import token_ce
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16)
+    head = torch.nn.Linear(16, 11, bias=False)
+    labels = torch.full((3, 7), -100)
+    labels[0, 4:], labels[1, 6:], labels[2, 2:5] = torch.tensor([1, 2, 3]), torch.tensor([4]), torch.tensor([5, 6, 7])
+    total, count = token_ce(hidden, labels, head)
+    logits = head(hidden)
+    expected = sum(-torch.log_softmax(logits[b, l - 1], -1)[labels[b, l]]
+                   for b in range(3) for l in range(1, 7) if labels[b, l] != -100)
+    assert count.item() == 7
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert head.weight.grad.abs().sum() > 0

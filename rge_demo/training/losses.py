@@ -9,7 +9,8 @@ DISTINCT targets of the batch, so two queries with the same answer are not each 
 ``y`` maps each query to its target's column.
 
 The LM loss is token-level cross-entropy over every supervised token, pooled over the query side
-(rationale tokens + ``<emb>``) and the target side (the single ``<emb>``), and over all processes.
+(rationale tokens + ``<emb>``) and the target side (the single ``<emb>``; not in the LM-only cold
+start, where the targets are not embedded), and over all processes.
 This is our reading of the paper's Eq. 8: the sides' summed token losses (:func:`token_ce`) are
 divided by their total token count, so each supervised token weighs the same.
 """
@@ -33,16 +34,17 @@ def info_nce(q: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, temperature
     return F.cross_entropy(logits, labels)
 
 
-def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_ce(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy and the number of supervised tokens.
 
-    ``logits`` (B, L, V) predict position ``l + 1`` from position ``l``; ``labels`` (B, L) hold
-    -100 where nothing is supervised.
+    ``hidden`` (B, L, D) predicts position ``l + 1`` from position ``l`` through ``head``; ``labels``
+    (B, L) hold -100 where nothing is supervised. The head runs on the supervised positions only
+    (a rationale is a third of a query's positions): the same sum as over all of them, less work.
     """
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    target = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(shifted, target, ignore_index=-100, reduction="sum")
-    return total, (target != -100).sum()
+    target = labels[:, 1:]
+    supervised = target != -100
+    logits = head(hidden[:, :-1][supervised])  # (N, V)
+    return F.cross_entropy(logits.float(), target[supervised], reduction="sum"), supervised.sum()
 
 
 def rge_loss(lm: torch.Tensor, contrastive: torch.Tensor, a_lm: float = 0.1, a_con: float = 1.0) -> dict[str, torch.Tensor]:

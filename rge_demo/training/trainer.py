@@ -235,7 +235,7 @@ class StepContext:
         for i, s in enumerate(suffixes):
             labels[i, -len(s):] = torch.tensor(s, device=labels.device)
         h = self.hidden(batch)
-        return token_ce(self.model.lm_head(h), labels), h[:, -1]
+        return token_ce(h, labels, self.model.lm_head), h[:, -1]
 
     def answer_swaps(self, q_rows, pairs, step_seed: int) -> tuple[torch.Tensor | None, list[str]]:
         """``<emb>`` states after oracle rationales with a partner's answer written in, and the
@@ -327,8 +327,11 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str,
         con = ctx.contrastive(q, t, keys)
     else:
         q_lm, q_oracle = ctx.oracle_lm(q_rows, pairs)
-        t, t_lm = ctx.targets(pairs)
-        lm_parts = (q_lm[0] + t_lm[0], q_lm[1] + t_lm[1])
+        if phase == "cold-start":  # LM only: the targets' forward would add just their one-token <emb> term
+            lm_parts = q_lm
+        else:
+            t, t_lm = ctx.targets(pairs)
+            lm_parts = (q_lm[0] + t_lm[0], q_lm[1] + t_lm[1])
         # The first ``n_direct`` queries of the (randomly drawn) batch are embedded in direct mode.
         n_direct = round(cfg.direct_share * len(pairs)) if phase in ("joint", "leakage") else 0
         if phase == "joint":
