@@ -268,8 +268,8 @@ def test_the_lm_loss_reads_the_head_at_supervised_positions_only():
     labels[0, 4:], labels[1, 6:], labels[2, 2:5] = torch.tensor([1, 2, 3]), torch.tensor([4]), torch.tensor([5, 6, 7])
     total, count = token_ce(hidden, labels, head)
     logits = head(hidden)
-    expected = sum(-torch.log_softmax(logits[b, l - 1], -1)[labels[b, l]]
-                   for b in range(3) for l in range(1, 7) if labels[b, l] != -100)
+    expected = sum(-torch.log_softmax(logits[b, i - 1], -1)[labels[b, i]]
+                   for b in range(3) for i in range(1, 7) if labels[b, i] != -100)
     assert count.item() == 7
     torch.testing.assert_close(total, expected)
     total.backward()
