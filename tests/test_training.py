@@ -64,9 +64,14 @@ def test_resume_continues_the_step_count(tmp_path, tiny_dir):
     first = train(cfg, should_stop=should_stop)
     assert first.status == "cancelled" and first.steps == 5
     assert latest_checkpoint(Path(cfg.output_dir)).name == "step-000005"
+    first_wall = metrics(cfg.output_dir)[-1]["wall_seconds"]
     second = train(cfg)
     assert second.status == "finished" and second.steps == 8
-    assert [r["step"] for r in metrics(cfg.output_dir)] == list(range(1, 9))
+    records = metrics(cfg.output_dir)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    # The run's wall clock carries over the resume: it goes on from where the first process stopped.
+    walls = [r["wall_seconds"] for r in records]
+    assert walls == sorted(walls) and walls[5] > first_wall > 0
 
 
 @pytest.mark.slow  # distributed: three processes, ~45 s of CPU

@@ -58,6 +58,21 @@ def lineage(name: str) -> list[dict]:
     return json.loads(LINEAGE.read_text())[name]
 
 
+def wall_seconds(run_dir: Path, rows: list[dict]) -> float | None:
+    """The run's wall clock, start to end (model build, probes and checkpoints included): the trainer's
+    ``wall_seconds``, else ``/usr/bin/time -v``'s "Elapsed (wall clock)" line in ``run_dir/time.txt``
+    (runs from before the trainer recorded it); None when neither is there."""
+    walls = [r["wall_seconds"] for r in rows if "wall_seconds" in r]
+    if walls:
+        return walls[-1]
+    timed = run_dir / "time.txt"
+    line = next((x for x in timed.read_text().splitlines() if "Elapsed (wall clock)" in x), "") if timed.exists() else ""
+    if not line:
+        return None
+    parts = [float(x) for x in line.rsplit(" ", 1)[-1].split(":")]  # h:mm:ss or m:ss.ss
+    return sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
+
+
 def stage_summary(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "seconds" in r]
@@ -66,6 +81,7 @@ def stage_summary(run_dir: Path) -> dict:
     # A step over 50x the median is a run that was paused (SIGSTOP, to benchmark on quiet cores): not counted.
     paused = [x for x in seconds if x > 50 * median]
     return {"steps": steps[-1]["step"], "step_seconds": round(sum(seconds) - sum(paused)),
+            "wall_seconds": wall_seconds(run_dir, rows),
             "paused_steps": len(paused), "paused_seconds": round(sum(paused)), "median_step_seconds": round(median, 2),
             "cold_start_end": next((r["step"] - 1 for r in steps if r["phase"] == "joint"), None),
             "shape_probe": [(r["step"], r["shape_probe"]) for r in rows if "shape_probe" in r]}
@@ -104,6 +120,8 @@ def ship(name: str) -> Path:
         folder.mkdir(parents=True)
         shutil.copy2(REPO / st["config"], folder / "config.json")
         shutil.copy2(REPO / st["run"] / "metrics.jsonl", folder / "metrics.jsonl")
+        if (REPO / st["run"] / "time.txt").exists():
+            shutil.copy2(REPO / st["run"] / "time.txt", folder / "time.txt")
     return dest
 
 
@@ -255,9 +273,11 @@ def card(name: str, results_md: str, stages: list[dict]) -> str:
             f"{what['joint' if st['stage'] == 'rge' and st['cold_start_end'] == 0 else st['stage']]} | {st['steps']} | "
             f"{st['step_seconds'] / 60:.1f} min (median {st['median_step_seconds']} s/step"
             + (f"; {st['paused_steps']} paused step(s), {st['paused_seconds'] / 60:.0f} min, not counted" if st["paused_steps"] else "")
-            + ") |"
+            + ") | " + (f"{st['wall_seconds'] / 60:.1f} min" if st["wall_seconds"] is not None else "not recorded") + " |"
             for i, st in enumerate(stages, 1)]
     total = sum(st["step_seconds"] for st in stages) / 60
+    walls = [st["wall_seconds"] for st in stages]
+    wall = f"{sum(walls) / 60:.0f} min wall" if None not in walls else "wall not recorded for every stage"
     shapes = ", ".join(f"{v:.2f} at step {s}" for s, v in stages[-1]["shape_probe"])
     return f"""# {name}
 
@@ -267,12 +287,12 @@ by rge-demo on its synthetic world. Prompt profile: `micro` (`rge_profile` in co
 - Data: the world's train split ({last['train_per_task']} examples per task, {len(world.TASKS)} tasks, batches of
   {last['batch_size']}); evaluated on the held-out `ind` and `ood` splits generated with seeds
   {list(EVAL_SEEDS)}, which were never used for tuning.
-- Training: {len(stages)} stage(s), each starting from the previous one's model (`configs/lineage.json`;
-  one thread each; `python tools/release_micro.py` then evaluates the last one and writes this card).
-  {total:.0f} min of step time in all, probes not counted:
+- Training: {"one command" if len(stages) == 1 else f"{len(stages)} stages, each starting from the previous one's model"}
+  (`configs/lineage.json`; one thread; `python tools/release_micro.py` then evaluates the model and
+  writes this card). {wall} (model build, probes and checkpoints included), {total:.0f} min of it in steps:
 
-| stage | command | what | steps | step time |
-|---|---|---|---:|---:|
+| stage | command | what | steps | step time | wall |
+|---|---|---|---:|---:|---:|
 {chr(10).join(rows)}
 
 - Vision tower frozen in every stage (`vision_lr_scale` 0, the merger trains); linear shape probe on

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,8 +384,6 @@ class Demo:
         direct = getattr(previous, "direct", None)
         if (direct is None or len(direct.hits) != min(k, len(index.items))
                 or any(h.item.id not in ids for h in direct.hits)):
-            import time
-
             t0 = time.perf_counter()
             direct = _side(index, encoder.direct([inp])[0], k, target_id, time.perf_counter() - t0)
         return reembed(encoder, index, inp, rationale, Comparison(direct=direct, done=True), k, target_id,

@@ -490,6 +490,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
     """
     on_step = on_step or (lambda record: None)
     should_stop = should_stop or (lambda: False)
+    started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -517,7 +518,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
     groups = param_groups(model, cfg)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    state = {"step": 0, "cold_start_end": cfg.cold_start_steps if cfg.stage == "rge" else 0}
+    state = {"step": 0, "cold_start_end": cfg.cold_start_steps if cfg.stage == "rge" else 0, "wall_seconds": 0.0}
     if resume:
         state.update(json.loads((resume / "trainer_state.json").read_text()))
         optimizer.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=True)["optimizer"])
@@ -533,7 +534,12 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
     ctx.reasoner = frozen_reasoner(cfg, processor, acc.device) if cfg.stage == "embedder" and cfg.reasoner else None
     torch.manual_seed(cfg.seed + state["step"])
 
+    def wall() -> float:
+        """Wall seconds of the run so far (model loading, probes and checkpoints included; over resumes)."""
+        return state["wall_seconds"] + time.perf_counter() - started
+
     def write(record: dict) -> None:
+        record["wall_seconds"] = round(wall(), 1)
         if acc.is_main_process:
             with open(out / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -591,12 +597,12 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
             # The end of the cold start is kept: the leakage ablation starts from the same point.
             _save_model(acc.unwrap_model(model), processor, out / COLD_START, peft_model)
         if cfg.save_every and step % cfg.save_every == 0 and step < total and acc.is_main_process:
-            save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"]})
+            save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"], "wall_seconds": wall()})
 
     model_dir = None
     if acc.is_main_process:
         if step > state["step"] or status == "cancelled":
-            save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"]})
+            save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"], "wall_seconds": wall()})
         if status == "finished":
             model_dir = out / FINAL
             _save_model(acc.unwrap_model(model), processor, model_dir, peft_model)
