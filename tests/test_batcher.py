@@ -94,6 +94,35 @@ def test_concurrent_direct_requests_share_one_forward(taught, batched):
         assert got.shape == (1, 64) and float(got[0] @ plain.direct([x])[0]) >= 0.9999
 
 
+def test_compares_direct_and_stream_meet_in_one_direct_and_one_generate_call(taught, batched):
+    """Compare's passes through direct_and_stream: four users' direct vectors in one forward, their
+    rationales in one generate call, queued before any caller reads its stream; the same vectors and
+    rationales as the plain encoder's."""
+    plain = Encoder(*taught)
+    inputs = four_inputs()
+
+    def compare(x):
+        vector, events = batched.direct_and_stream(x)
+        return vector, list(events)[-1].result
+
+    results, errors = at_once([lambda x=x: compare(x) for x in inputs])
+    assert errors == [None] * 4
+    assert batched.collector.calls["direct"] == 1 and batched.collector.calls["generate"] == 1
+    for x, (vector, got) in zip(inputs, results):
+        ref = plain.reason([x])[0]
+        assert got.rationale == ref.rationale and float(got.vector @ ref.vector) >= 0.9999
+        assert float(vector @ plain.direct([x])[0]) >= 0.9999
+    # One caller: the rationale is queued as the call returns, before its stream is read.
+    before = batched.collector.requests["reason"]
+    vector, events = batched.direct_and_stream(inputs[1])
+    assert batched.collector.requests["reason"] == before + 1
+    assert list(events)[-1].result.rationale == TAUGHT[inputs[1].text]
+    # The plain encoder's own direct_and_stream: the same two passes, one after the other.
+    vector, events = plain.direct_and_stream(inputs[0])
+    assert float(vector @ plain.direct([inputs[0]])[0]) >= 0.9999
+    assert list(events)[-1].result.rationale == TAUGHT[inputs[0].text]
+
+
 def test_users_out_of_step_fall_into_step(taught):
     """Two pairs of Compare-like users (direct, then reasoning, three times), the second pair starting while
     the first generates. Served oldest-first they would stay two half-full batches apart (6 generate calls);

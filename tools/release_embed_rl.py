@@ -57,7 +57,7 @@ def training_summary(run: Path) -> dict:
     probes = [r for r in rows if "probe_answer_acc" in r]
     mean = lambda rs, k: round(statistics.mean(r[k] for r in rs), 3)  # noqa: E731
     cfg = json.loads((run / "config.json").read_text())
-    return {"rl_temperature": cfg["rl_temperature"], "format_weight": cfg["format_weight"],"steps": steps[-1]["step"], "step_seconds": round(sum(r["seconds"] for r in steps)),
+    return {"rl_temperature": cfg["rl_temperature"], "format_weight": cfg["format_weight"], "steps": steps[-1]["step"], "step_seconds": round(sum(r["seconds"] for r in steps)),
             "probe_seconds": round(sum(r.get("probe_seconds", 0) for r in rows)),
             "reward_first": mean(steps[:EDGE], "reward"), "reward_last": mean(steps[-EDGE:], "reward"),
             "retrieval_first": mean(steps[:EDGE], "retrieval_reward"),
@@ -147,6 +147,10 @@ def results_markdown(results: dict, n: int, train: dict) -> str:
 
 def card(results_md: str) -> str:
     cfg = json.loads((ASSETS / "models" / NAME / "training" / "config.json").read_text())
+    # Started from the release's rge-micro run (the model shipped as assets/models/rge-micro) or from the shipped copy.
+    shipped = cfg["init"] == "assets/models/rge-micro"
+    init_flag = "" if shipped else f" --init {cfg['init']}"
+    origin = "" if shipped else "from the run that `tools/release_micro.py` shipped as rge-micro, "
     notes_file = REPO / "configs" / "eg-rl-micro.md"
     notes = notes_file.read_text() if notes_file.exists() else ""
     return f"""# {NAME}
@@ -156,7 +160,7 @@ Qwen2.5-VL, 2.9 M parameters) trained by Embedder-Guided RL. Use it with **rge-m
 Embedder**: the Reasoner writes the T-CoT (evidence, the intermediate result, `answer X`), the
 Embedder embeds query + T-CoT at `<emb>` and embeds the candidates.
 
-- Training: `python -m rge_demo train --config configs/eg-rl-micro.json` (stage `eg-rl`, seed
+- Training: `python -m rge_demo train --config configs/eg-rl-micro.json{init_flag}` (stage `eg-rl`, {origin}seed
   {cfg['seed']}, one thread): per step {cfg['batch_size']} world queries of one task, {cfg['group_size']} T-CoTs
   each sampled at T = {cfg['rl_temperature']}; reward = the frozen rge-micro's softmax probability
   (temperature {cfg['reward_temperature']}) of the right target among the batch's targets + {cfg['format_weight']} x

@@ -1,7 +1,7 @@
 """Ship the trained micro models: copy them into assets/, evaluate on two held-out seeds, write saved
 runs, tours, cards and the results tables.
 
-    python tools/release_micro.py [--n 100]
+    python tools/release_micro.py [--n 100] [--cards-only]
 
 Reads the training runs named in ``configs/lineage.json`` (each model's stages, in order, each one
 ``python -m rge_demo train --config <config>``) and writes:
@@ -278,7 +278,10 @@ def card(name: str, results_md: str, stages: list[dict]) -> str:
     total = sum(st["step_seconds"] for st in stages) / 60
     walls = [st["wall_seconds"] for st in stages]
     wall = f"{sum(walls) / 60:.0f} min wall" if None not in walls else "wall not recorded for every stage"
-    shapes = ", ".join(f"{v:.2f} at step {s}" for s, v in stages[-1]["shape_probe"])
+    probes = stages[-1]["shape_probe"]
+    shapes = ", ".join(f"{v:.2f} at step {s}" for s, v in (probes if len(probes) <= 4 else [probes[0], probes[-1]]))
+    if len(probes) > 4:
+        shapes += f" (lowest {min(v for _, v in probes):.2f}; every probe in the metrics)"
     return f"""# {name}
 
 A micro Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, 2.9 M parameters, fp32 safetensors) trained
@@ -287,16 +290,16 @@ by rge-demo on its synthetic world. Prompt profile: `micro` (`rge_profile` in co
 - Data: the world's train split ({last['train_per_task']} examples per task, {len(world.TASKS)} tasks, batches of
   {last['batch_size']}); evaluated on the held-out `ind` and `ood` splits generated with seeds
   {list(EVAL_SEEDS)}, which were never used for tuning.
-- Training: {"one command" if len(stages) == 1 else f"{len(stages)} stages, each starting from the previous one's model"}
+- Training: {"one command from a fresh model" if len(stages) == 1 else f"{len(stages)} stages, each starting from the previous one's model"}
   (`configs/lineage.json`; one thread; `python tools/release_micro.py` then evaluates the model and
-  writes this card). {wall} (model build, probes and checkpoints included), {total:.0f} min of it in steps:
+  writes this card): {wall} (model build, probes and checkpoints included), {total:.0f} min of it in steps:
 
 | stage | command | what | steps | step time | wall |
 |---|---|---|---:|---:|---:|
 {chr(10).join(rows)}
 
-- Vision tower frozen in every stage (`vision_lr_scale` 0, the merger trains); linear shape probe on
-  the visual tokens in the last stage: {shapes or 'not measured'}.
+- Vision tower frozen (`vision_lr_scale` 0, the merger trains); linear shape probe on the visual
+  tokens{" in the last stage" if len(stages) > 1 else ""}: {shapes or 'not measured'}.
 - Configs and per-step metrics (probes included): `training/NN-<config>/`.
 
 {notes}
@@ -311,8 +314,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="queries per task and split")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cards-only", action="store_true",
+                        help="rewrite the model cards from the committed assets/results.md (configs/*.md edited), no evaluation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cards_only:
+        md = (ASSETS / "results.md").read_text()
+        for name in SHIPPED:
+            (ASSETS / "models" / name / "README.md").write_text(card(name, md, training_summary(name)))
+        return 0
     for _, name, _ in COLUMNS:
         declare_profile(model_dir(name))
     for name in SHIPPED:

@@ -187,10 +187,11 @@ def compare_stream(encoder, index: GalleryIndex, inp: EmbedInput, k: int = 5, ta
         raise ValueError(f"the right candidate {target_id!r} is not in gallery {index.gallery.name!r}")
     state = Comparison(model=model, **_about(encoder, max_new_tokens))
     t0 = time.perf_counter()
-    state.direct = _side(index, encoder.direct([inp])[0], k, target_id, time.perf_counter() - t0)
+    vector, events = encoder.direct_and_stream(inp, max_new_tokens)
+    state.direct = _side(index, vector, k, target_id, time.perf_counter() - t0)
     yield state
     shown = time.perf_counter()
-    for event in encoder.stream(inp, max_new_tokens=max_new_tokens):
+    for event in events:
         state.rationale = event.text
         if event.result is not None:
             r = event.result

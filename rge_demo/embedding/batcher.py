@@ -470,10 +470,24 @@ class BatchedEncoder(Encoder):
         return self.collector.submit(Request(("reason", budget), rows)).wait()
 
     def stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> Iterator[StreamEvent]:
-        budget = max_new_tokens or self.max_new_tokens
         t0 = time.perf_counter()
+        request = self._submit_stream(self.rows([inp], direct=False), max_new_tokens)
+        yield from self._events(request, t0)
+
+    def direct_and_stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> tuple[np.ndarray, Iterator[StreamEvent]]:
+        """The direct request goes to the collector first; the reasoning prompt is processed while it
+        runs, and the rationale request is queued the moment the direct vector is back (before the
+        caller has shown it), so callers merged in one direct batch meet again in one generate call."""
+        pending = self.collector.submit(Request(("direct",), self.rows([inp], direct=True)))
         rows = self.rows([inp], direct=False)
-        request = self.collector.submit(Request(("reason", budget), rows, stream=True))
+        vector = pending.wait()[0]
+        t0 = time.perf_counter()
+        return vector, self._events(self._submit_stream(rows, max_new_tokens), t0)
+
+    def _submit_stream(self, rows: list[Row], max_new_tokens: int | None) -> Request:
+        return self.collector.submit(Request(("reason", max_new_tokens or self.max_new_tokens), rows, stream=True))
+
+    def _events(self, request: Request, t0: float) -> Iterator[StreamEvent]:
         text = ""
         for kind, value in request.messages():
             if kind == "text":
@@ -484,5 +498,5 @@ class BatchedEncoder(Encoder):
             elif kind == "done":
                 generated, vectors = value
         (ids, forced, _), vec = generated[0], vectors[0]
-        result = self._result(rows[0], ids, forced, vec, time.perf_counter() - t0)
+        result = self._result(request.rows[0], ids, forced, vec, time.perf_counter() - t0)
         yield StreamEvent(text=result.rationale, result=result)

@@ -366,6 +366,14 @@ class Encoder:
         suffixes = [self.tokenizer.encode(r, add_special_tokens=False) + [self.emb_id] for r in rationales]
         return self._vectors(rows, suffixes)
 
+    def direct_and_stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> tuple[np.ndarray, Iterator[StreamEvent]]:
+        """Compare's two passes on one query: its direct vector (D,), then :meth:`stream`'s events.
+
+        One call, so that an encoder may overlap them: :class:`~.batcher.BatchedEncoder` prepares the
+        reasoning prompt while the direct pass runs and queues the rationale as soon as it ends.
+        """
+        return self.direct([inp])[0], self.stream(inp, max_new_tokens)
+
     def stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> Iterator[StreamEvent]:
         """Yield the rationale as it grows, then a final event whose ``result`` holds the vector."""
         budget = max_new_tokens or self.max_new_tokens
