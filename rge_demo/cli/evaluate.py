@@ -124,6 +124,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            # Every rank past its last collective before any tears gloo down: one rank closing its
+            # pairs while the other still reads them aborted the reader at exit (1 run in 4).
+            dist.barrier()
             dist.destroy_process_group()
 
 
