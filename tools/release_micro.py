@@ -87,10 +87,20 @@ def stage_summary(run_dir: Path) -> dict:
             "shape_probe": [(r["step"], r["shape_probe"]) for r in rows if "shape_probe" in r]}
 
 
+def shipped_stage(name: str, i: int, config: str) -> Path:
+    """Where :func:`ship` keeps stage ``i`` (1-based) of ``name``: its config and metrics."""
+    return ASSETS / "models" / name / "training" / f"{i:02d}-{Path(config).stem}"
+
+
 def training_summary(name: str) -> list[dict]:
-    """One summary per stage of ``name``'s lineage, with its config."""
-    return [{**stage_summary(REPO / st["run"]), **st, "stage": json.loads((REPO / st["config"]).read_text())["stage"]}
-            for st in lineage(name)]
+    """One summary per stage of ``name``'s lineage, with its config; a run no longer under runs/ (a fresh
+    clone) is read from the shipped copy of its metrics."""
+    out = []
+    for i, st in enumerate(lineage(name), 1):
+        run = REPO / st["run"]
+        source = run if (run / "metrics.jsonl").exists() else shipped_stage(name, i, st["config"])
+        out.append({**stage_summary(source), **st, "stage": json.loads((REPO / st["config"]).read_text())["stage"]})
+    return out
 
 
 def declare_profile(model_dir: Path, profile: str = "micro") -> None:
@@ -116,7 +126,7 @@ def ship(name: str) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(model_dir(name), dest)
     for i, st in enumerate(lineage(name), 1):
-        folder = dest / "training" / f"{i:02d}-{Path(st['config']).stem}"
+        folder = shipped_stage(name, i, st["config"])
         folder.mkdir(parents=True)
         shutil.copy2(REPO / st["config"], folder / "config.json")
         shutil.copy2(REPO / st["run"] / "metrics.jsonl", folder / "metrics.jsonl")
