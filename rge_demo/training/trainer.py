@@ -538,6 +538,9 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
         """Wall seconds of the run so far (model loading, probes and checkpoints included; over resumes)."""
         return state["wall_seconds"] + time.perf_counter() - started
 
+    def checkpoint() -> None:  # what a resume needs besides the step: the gate's decision and the clock
+        save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"], "wall_seconds": wall()})
+
     def write(record: dict) -> None:
         record["wall_seconds"] = round(wall(), 1)
         if acc.is_main_process:
@@ -597,12 +600,12 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
             # The end of the cold start is kept: the leakage ablation starts from the same point.
             _save_model(acc.unwrap_model(model), processor, out / COLD_START, peft_model)
         if cfg.save_every and step % cfg.save_every == 0 and step < total and acc.is_main_process:
-            save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"], "wall_seconds": wall()})
+            checkpoint()
 
     model_dir = None
     if acc.is_main_process:
         if step > state["step"] or status == "cancelled":
-            save_checkpoint(ctx, optimizer, step, out, {"cold_start_end": state["cold_start_end"], "wall_seconds": wall()})
+            checkpoint()
         if status == "finished":
             model_dir = out / FINAL
             _save_model(acc.unwrap_model(model), processor, model_dir, peft_model)
