@@ -94,33 +94,33 @@ def test_concurrent_direct_requests_share_one_forward(taught, batched):
         assert got.shape == (1, 64) and float(got[0] @ plain.direct([x])[0]) >= 0.9999
 
 
-def test_compares_direct_and_stream_meet_in_one_direct_and_one_generate_call(taught, batched):
-    """Compare's passes through direct_and_stream: four users' direct vectors in one forward, their
-    rationales in one generate call, queued before any caller reads its stream; the same vectors and
-    rationales as the plain encoder's."""
+def test_compares_through_direct_and_stream_meet_in_one_call(taught, batched):
+    """Compare's passes through direct_and_stream. Merged (here or in the model process): four users'
+    compares are one call, the direct forward and the generate sharing the prompts' cache.
+    Continuous: their direct vectors in one forward, their rationales in one decode, queued before
+    any caller reads its stream. Either way the plain encoder's vectors and rationales."""
     plain = Encoder(*taught)
     inputs = four_inputs()
 
     def compare(x):
         vector, events = batched.direct_and_stream(x)
-        return vector, list(events)[-1].result
+        events = list(events)
+        return vector, [e.text for e in events[:-1]], events[-1].result
 
     results, errors = at_once([lambda x=x: compare(x) for x in inputs])
     assert errors == [None] * 4
-    assert batched.collector.calls["direct"] == 1 and batched.collector.calls["generate"] == 1
-    for x, (vector, got) in zip(inputs, results):
+    shared = not batched.collector.continuous
+    assert dict(batched.collector.calls) == ({"compare": 1} if shared else {"direct": 1, "generate": 1})
+    for x, (vector, texts, got) in zip(inputs, results):
         ref = plain.reason([x])[0]
-        assert got.rationale == ref.rationale and float(got.vector @ ref.vector) >= 0.9999
+        assert got.rationale == ref.rationale and got.prompt == ref.prompt and float(got.vector @ ref.vector) >= 0.9999
+        assert texts and texts[-1] == ref.rationale
         assert float(vector @ plain.direct([x])[0]) >= 0.9999
-    # One caller: the rationale is queued as the call returns, before its stream is read.
-    before = batched.collector.requests["reason"]
+    # One caller: the rationale is under way when the call returns, before its stream is read.
+    before = sum(batched.collector.requests.values())
     vector, events = batched.direct_and_stream(inputs[1])
-    assert batched.collector.requests["reason"] == before + 1
+    assert sum(batched.collector.requests.values()) == before + (1 if shared else 2)
     assert list(events)[-1].result.rationale == TAUGHT[inputs[1].text]
-    # The plain encoder's own direct_and_stream: the same two passes, one after the other.
-    vector, events = plain.direct_and_stream(inputs[0])
-    assert float(vector @ plain.direct([inputs[0]])[0]) >= 0.9999
-    assert list(events)[-1].result.rationale == TAUGHT[inputs[0].text]
 
 
 def test_users_out_of_step_fall_into_step(taught):
@@ -214,6 +214,30 @@ def test_an_error_reaches_only_its_caller(taught, batched):
     assert first.rationale == good[0].rationale and texts[-1] == first.rationale
     assert results[1].rationale == good[1].rationale
     assert float(first.vector @ good[0].vector) >= 0.9999
+
+
+def test_a_failing_compare_call_reaches_only_its_caller(taught, batched):
+    """A merged compare call with a broken row: it fails, each request runs again alone, and only
+    the broken one's caller sees the error; the others get the plain encoder's results."""
+    if batched.collector.continuous:
+        pytest.skip("with continuous batching a compare is a direct and a reasoning request (tested above)")
+    plain = Encoder(*taught)
+    inputs = four_inputs()
+    bad_row = batched.rows([inputs[0]], direct=False)[0]
+    bad_row = dataclasses.replace(bad_row, pixel_values=bad_row.pixel_values[:-4])  # fewer patches than image tokens
+
+    def compare(x):
+        vector, events = batched.direct_and_stream(x)
+        return vector, list(events)[-1].result
+
+    bad = Request(("compare", batched.max_new_tokens), [bad_row], stream=True)
+    results, errors = at_once([lambda: compare(inputs[1]), lambda: compare(inputs[2]),
+                               lambda: batched.collector.submit(bad).wait()])
+    assert errors[:2] == [None, None] and errors[2] is not None
+    assert batched.collector.calls["compare"] == 4  # the merged call failed, then each request ran alone
+    for x, (vector, got) in zip(inputs[1:3], results):
+        assert got.rationale == TAUGHT[x.text] and float(got.vector @ plain.reason([x])[0].vector) >= 0.9999
+        assert float(vector @ plain.direct([x])[0]) >= 0.9999
 
 
 def test_split_streamer_sends_words_holds_partial_characters_and_ends_at_emb(tiny):

@@ -186,3 +186,39 @@ def test_force_budget_runs_every_row_to_the_budget(tiny):
         again = unit(emb_states(enc.model, collate(rows, enc.pad_id, [ids + [enc.emb_id] for ids, _, _ in generated])))
     assert [len(ids) for ids, _, _ in generated] == [5, 5, 5]
     assert (vectors * again).sum(1).min() >= 0.999  # the in-generate state is <emb>'s after those tokens
+
+
+@pytest.mark.parametrize("rule", ["append_emb", "last_token"])
+def test_compare_shares_the_prompt_and_equals_the_two_passes(taught_encoder, rule):
+    """_compare: one forward over prompt + <emb>, then generate from its cache (cut back by two
+    tokens): the direct vectors, rationales and reasoning vectors of the two separate passes, on a
+    padded batch with a text-only row and a row that runs out of budget, under either budget rule."""
+    enc = with_rule(taught_encoder, rule)
+    inputs = taught_inputs()
+    budget = sorted(r.tokens for r in enc.reason(inputs))[1] + 1  # the long row is forced
+    inputs.insert(1, EmbedInput("Represent the given answer.", "a caption with no image", None))
+    rows = enc.rows(inputs, direct=False)
+    assert [r.ids + [enc.emb_id] for r in rows] == [r.ids for r in enc.rows(inputs, direct=True)]
+    seen = []
+    direct, generated, vectors = enc._compare(rows, budget, on_direct=seen.append)
+    assert len(seen) == 1 and seen[0] is direct
+    assert (direct * enc.direct(inputs)).sum(1).min() >= 0.9999
+    refs = enc.reason(inputs, max_new_tokens=budget)
+    assert [f for _, f, _ in generated] == [r.forced for r in refs] and generated[-1][1]
+    assert [enc.tokenizer.decode(ids, skip_special_tokens=True) for ids, _, _ in generated] == [r.rationale for r in refs]
+    assert min(float(v @ r.vector) for v, r in zip(vectors, refs)) >= 0.9999
+
+
+def test_direct_and_stream_gives_the_direct_vector_first_and_errors_to_the_caller(taught_encoder, monkeypatch):
+    x = taught_inputs()[1]
+    vector, events = taught_encoder.direct_and_stream(x)
+    assert float(vector @ taught_encoder.direct([x])[0]) >= 0.9999
+    events = list(events)
+    assert events[-1].result.rationale == TAUGHT[x.text] == events[-2].text
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("forward broke")
+
+    monkeypatch.setattr(taught_encoder.model.model, "forward", broken)
+    with pytest.raises(RuntimeError, match="forward broke"):
+        taught_encoder.direct_and_stream(x)  # raised here, not left waiting for a vector

@@ -7,7 +7,8 @@ the four rows in about the time of one (a decode step is memory-bound), and a CP
 per-step overhead.
 
 * :class:`Collector` keeps the queue. A :class:`Request` is a list of processed rows plus its kind:
-  ``("direct",)`` (one forward) or ``("reason", budget)`` (generate, then embed). A worker thread,
+  ``("direct",)`` (one forward), ``("reason", budget)`` (generate, then embed) or ``("compare",
+  budget)`` (Compare's both passes sharing the prompt's KV cache: :meth:`Encoder._compare`). A worker thread,
   started by the first request and gone once the queue is empty (so it never keeps an unloaded
   model alive), gathers a batch (when: a short ``window`` for a first request; after a batch, the
   callers just served, for up to ``linger`` seconds; see :class:`Collector`), takes the waiting
@@ -72,14 +73,15 @@ IDLE_S = 2.0  # an idle worker keeps its expectation this long, then leaves
 class Request:
     """Rows to run and the channel their results come back on.
 
-    ``events`` carries ``("text", piece)`` while a streaming request's rationale grows,
+    ``events`` carries ``("direct", vectors)`` first for a compare request, ``("text", piece)`` while
+    a streaming request's rationale grows,
     ``("reset", None)`` when its text must be dropped (the merged call failed and it runs again
     alone), then ``("done", payload)`` or ``("error", exception)``. The payload is the (n, D)
-    vectors for a direct request, ``(generated, vectors)`` for a reasoning one, ``generated``
+    vectors for a direct request, ``(generated, vectors)`` for a reasoning or compare one, ``generated``
     being ``Encoder._generate``'s per-row (rationale ids, forced, state).
     """
 
-    kind: tuple  # ("direct",) or ("reason", budget)
+    kind: tuple  # ("direct",), ("reason", budget) or ("compare", budget)
     rows: list[Row]
     stream: bool = False
     arrived: float = field(default_factory=time.monotonic)
@@ -313,8 +315,11 @@ class Collector:
                 budget = kind[1]
                 targets = [r if r.stream else None for r in batch for _ in r.rows]
                 streamer = SplitStreamer(enc.tokenizer, enc.emb_id, budget, targets) if any(targets) else None
-                self.calls["generate"] += 1
-                generated, vectors = enc.run_reason(rows, budget, streamer)  # per row (ids, forced, _); (N, D)
+                self.calls[{"reason": "generate"}.get(kind[0], kind[0])] += 1
+                if kind[0] == "compare":
+                    generated, vectors = enc.run_compare(rows, budget, streamer, lambda d: self._send_direct(batch, d))
+                else:
+                    generated, vectors = enc.run_reason(rows, budget, streamer)  # per row (ids, forced, _); (N, D)
         except Exception as e:
             if len(batch) == 1:
                 batch[0].events.put(("error", e))
@@ -331,6 +336,14 @@ class Collector:
             payload = vectors[start:end] if generated is None else (generated[start:end], vectors[start:end])
             r.events.put(("done", payload))
             start = end
+
+    @staticmethod
+    def _send_direct(batch: list[Request], vectors: np.ndarray) -> None:
+        """A compare call's direct vectors, each request its rows', before the rationale is generated."""
+        start = 0
+        for r in batch:
+            r.events.put(("direct", vectors[start:start + len(r.rows)]))
+            start += len(r.rows)
 
     # -- continuous batching -----------------------------------------------------------------------
     def _decode(self, batch: list[Request]) -> None:
@@ -454,6 +467,13 @@ class BatchedEncoder(Encoder):
             generated = self._generate(rows, budget, streamer=streamer)
             return generated, self._finish(rows, generated)
 
+    def run_compare(self, rows: Sequence[Row], budget: int, streamer, on_direct):
+        if self.process is not None:
+            self.forward_passes += 1
+            return self.process.compare(rows, budget, streamer, on_direct)
+        _, generated, vectors = self._compare(rows, budget, streamer, on_direct)  # counts its forward pass
+        return generated, vectors
+
     def close(self) -> None:
         """Stop the model process, if any (the model manager calls this when it unloads the model)."""
         if self.process is not None:
@@ -475,14 +495,24 @@ class BatchedEncoder(Encoder):
         yield from self._events(request, t0)
 
     def direct_and_stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> tuple[np.ndarray, Iterator[StreamEvent]]:
-        """The direct request goes to the collector first; the reasoning prompt is processed while it
-        runs, and the rationale request is queued the moment the direct vector is back (before the
-        caller has shown it), so callers merged in one direct batch meet again in one generate call."""
+        """One compare request (both passes in one call, sharing the prompt: :meth:`Encoder._compare`);
+        this returns when its direct vector is sent, the rationale follows in the events.
+
+        With continuous batching the rationale runs in the decode loop, so the passes are two
+        requests: the direct one first, the reasoning prompt processed while it runs and the
+        rationale queued the moment the vector is back, so callers merged in one direct batch meet
+        again in one decode."""
+        budget = max_new_tokens or self.max_new_tokens
+        if not self.collector.continuous:
+            request = self.collector.submit(Request(("compare", budget), self.rows([inp], direct=False), stream=True))
+            t0 = time.perf_counter()
+            vector = next(value for kind, value in request.messages() if kind == "direct")[0]
+            return vector, self._events(request, t0)
         pending = self.collector.submit(Request(("direct",), self.rows([inp], direct=True)))
         rows = self.rows([inp], direct=False)
         vector = pending.wait()[0]
         t0 = time.perf_counter()
-        return vector, self._events(self._submit_stream(rows, max_new_tokens), t0)
+        return vector, self._events(self._submit_stream(rows, budget), t0)
 
     def _submit_stream(self, rows: list[Row], max_new_tokens: int | None) -> Request:
         return self.collector.submit(Request(("reason", max_new_tokens or self.max_new_tokens), rows, stream=True))

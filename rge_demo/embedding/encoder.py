@@ -8,6 +8,12 @@
   hook on the text model's final norm that keeps one position per row: (B, D) memory, where
   ``output_hidden_states`` would keep every layer at every prompt position.
 
+Compare asks for both (:meth:`Encoder.direct_and_stream`). The direct prompt is the reasoning prompt
+plus ``<emb>``, so :meth:`Encoder._compare` runs the direct forward with a KV cache, drops the
+``<emb>`` (and the prompt's last token) from it and lets ``generate`` continue from there: the
+reasoning pass's prefill (prompt, image tokens and all) is then one token instead of the whole
+prompt again.
+
 When the budget runs out, the profile's ``budget_rule`` decides: "append_emb" appends ``<emb>``
 and runs one forward over ``prompt + rationale + <emb>`` (the path training takes); "last_token"
 embeds the final-layer state of the last generated token (MCG-NJU/RGE ``encode_and_generate``:
@@ -21,6 +27,7 @@ see identical token ids and positions; the trainer uses the same :func:`collate`
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import (
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -285,21 +293,29 @@ class Encoder:
             suppress_tokens=self.suppress or None, use_cache=True,
         )
 
-    def _generate(self, rows: Sequence[Row], budget: int, streamer=None) -> list[tuple[list[int], bool, torch.Tensor | None]]:
+    def _generate(self, rows: Sequence[Row], budget: int, streamer=None,
+                  cache: DynamicCache | None = None) -> list[tuple[list[int], bool, torch.Tensor | None]]:
         """Per row: (rationale ids, forced, embedding state (D,) or None).
 
         The state is ``<emb>``'s when the row emitted it within the budget; for a forced row it is
         the last generated token's under the "last_token" rule and None under "append_emb" (then
-        :meth:`_finish` re-forwards with ``<emb>`` appended).
+        :meth:`_finish` re-forwards with ``<emb>`` appended). ``cache``: the KV cache of the same
+        batch's prompts but their last token (:meth:`_compare`), which ``generate`` continues from.
         """
         batch = self._collate(rows)
         prompt_len = batch["input_ids"].shape[1]
+        if cache is not None:
+            # The positions generate gives a prompt it prefills itself (text and M-RoPE; passed in,
+            # they skip its path for a filled cache), then no pixels: the image tokens are cached.
+            batch["position_ids"] = self.model._prepare_position_ids_for_generation(
+                batch["input_ids"], {k: v for k, v in batch.items() if k != "input_ids"})
+            batch = {k: v for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw")}
         processors = LogitsProcessorList([EmbAtBudget(self.emb_id, prompt_len, budget)] if self.force_budget else [])
         capture = EmbCapture(final_norm(self.model), self.emb_id, prompt_len, budget,
                              last_token=self.budget_rule == "last_token")
         with capture:
             sequences = self.model.generate(**batch, generation_config=self._generation_config(budget),
-                                            streamer=streamer, logits_processor=processors,
+                                            past_key_values=cache, streamer=streamer, logits_processor=processors,
                                             stopping_criteria=StoppingCriteriaList([capture]))
         self.last_capture = capture
         results = []
@@ -326,6 +342,28 @@ class Encoder:
         end = "" if forced and self.budget_rule == "last_token" else EMB_TOKEN
         return ReasonResult(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), seconds, vector, forced,
                             row.prompt + self.tokenizer.decode(ids) + end)
+
+    def _compare(self, rows: Sequence[Row], budget: int, streamer=None, on_direct=None):
+        """Both passes of a batch of reasoning rows, sharing the prompt: (direct (B, D), generated, vectors).
+
+        One forward over ``prompt + <emb>`` gives the direct vectors (handed to ``on_direct`` at
+        once) and the prompts' KV cache; cut back to the prompt less its last token, it is where
+        ``generate`` starts, so the reasoning pass re-reads one token per row, not the prompt. The
+        forward also sets the batch's M-RoPE offsets (``model.model.rope_deltas``) that ``generate``'s
+        decode steps read: the same rows, under the same lock.
+        """
+        with self.lock, torch.inference_mode():
+            self.forward_passes += 1
+            cache = DynamicCache(config=self.model.config)
+            out = self.model.model(**self._collate(rows, [[self.emb_id]] * len(rows)),
+                                   past_key_values=cache, use_cache=True)
+            direct = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1).cpu().numpy()
+            del out
+            if on_direct is not None:
+                on_direct(direct)
+            cache.crop(-2)  # drop <emb> and the prompt's last token: generate feeds that token in
+            generated = self._generate(rows, budget, streamer, cache=cache)
+            return direct, generated, self._finish(rows, generated)
 
     # -- one batch; a subclass may route these elsewhere (the request collector does) --------------
     def _embed_direct(self, rows: Sequence[Row]) -> np.ndarray:
@@ -369,32 +407,50 @@ class Encoder:
     def direct_and_stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> tuple[np.ndarray, Iterator[StreamEvent]]:
         """Compare's two passes on one query: its direct vector (D,), then :meth:`stream`'s events.
 
-        One call, so that an encoder may overlap them: :class:`~.batcher.BatchedEncoder` prepares the
-        reasoning prompt while the direct pass runs and queues the rationale as soon as it ends.
+        One call, so that the passes share the prompt (:meth:`_compare`): the generate thread starts
+        with the direct forward and this returns as soon as its vector is there.
         """
-        return self.direct([inp])[0], self.stream(inp, max_new_tokens)
+        direct: queue.SimpleQueue = queue.SimpleQueue()
+        events = self._stream(self.rows([inp], direct=False), max_new_tokens, on_direct=direct)
+        vector = direct.get()
+        if isinstance(vector, BaseException):
+            raise vector
+        return vector[0], events
 
     def stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> Iterator[StreamEvent]:
         """Yield the rationale as it grows, then a final event whose ``result`` holds the vector."""
+        yield from self._stream(self.rows([inp], direct=False), max_new_tokens)
+
+    def _stream(self, rows: list[Row], max_new_tokens: int | None,
+                on_direct: queue.SimpleQueue | None = None) -> Iterator[StreamEvent]:
+        """Start the row's generate in a thread and return its events; with ``on_direct``, the thread
+        runs :meth:`_compare` and puts the direct vectors (or the error) there first."""
         budget = max_new_tokens or self.max_new_tokens
         streamer = RationaleStreamer(self.tokenizer, self.emb_id, timeout=600)
-        rows = self.rows([inp], direct=False)
         box: dict = {}
 
         def run():
             # The lock is taken in this thread: a generator may be resumed from other threads.
             try:
-                with self.lock, torch.inference_mode():
-                    self.forward_passes += 1
-                    box["generated"] = self._generate(rows, budget, streamer)
-                    box["vectors"] = self._finish(rows, box["generated"])
+                if on_direct is None:
+                    with self.lock, torch.inference_mode():
+                        self.forward_passes += 1
+                        box["generated"] = self._generate(rows, budget, streamer)
+                        box["vectors"] = self._finish(rows, box["generated"])
+                else:
+                    _, box["generated"], box["vectors"] = self._compare(rows, budget, streamer, on_direct.put)
             except BaseException as e:  # surfaced to the caller below
                 box["error"] = e
                 streamer.end()
+                if on_direct is not None:
+                    on_direct.put(e)  # unblocks a caller still waiting for the direct vector
 
         t0 = time.perf_counter()
         thread = threading.Thread(target=run, name="rge-generate", daemon=True)
         thread.start()
+        return self._follow(rows[0], streamer, thread, box, t0)
+
+    def _follow(self, row: Row, streamer, thread: threading.Thread, box: dict, t0: float) -> Iterator[StreamEvent]:
         try:
             text = ""
             for piece in streamer:
@@ -406,5 +462,5 @@ class Encoder:
         if "error" in box:
             raise box["error"]
         (ids, forced, _), vec = box["generated"][0], box["vectors"][0]
-        result = self._result(rows[0], ids, forced, vec, time.perf_counter() - t0)
+        result = self._result(row, ids, forced, vec, time.perf_counter() - t0)
         yield StreamEvent(text=result.rationale, result=result)
