@@ -69,3 +69,13 @@ def test_batch_cost_bench_prints_every_batch_size_and_the_free_length_batch():
     m = re.search(r"^free length, 4 queries alone: ([\d., ]+) s; as one batch: [\d.]+ s \(rationale tokens \[([\d, ]+)\]\)$",
                   r.stdout, re.M)
     assert m and len(m.group(1).split(", ")) == 4 and len(m.group(2).split(", ")) == 4
+
+
+@pytest.mark.slow
+def test_compare_prefix_bench_times_both_paths_and_they_agree():
+    r = bench("compare_prefix.py", "--tokens", 4, "--image-side", 56, "--repeats", 1)
+    assert r.returncode == 0, r.stderr
+    rows = re.findall(r"^  ([14]) quer(?:y|ies): two passes [\d.]+ s, shared [\d.]+ s \(two passes / shared = ([\d.]+)x; "
+                      r"prompt \d+ tokens; min cosine ([\d.]+)\)$", r.stdout, re.M)
+    assert [b for b, _, _ in rows] == ["1", "4", "1", "4"]  # both models, 1 and 4 queries
+    assert all(float(x) > 0 and float(cos) >= 0.9999 for _, x, cos in rows)
