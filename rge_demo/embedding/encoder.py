@@ -348,9 +348,8 @@ class Encoder:
 
         One forward over ``prompt + <emb>`` gives the direct vectors (handed to ``on_direct`` at
         once) and the prompts' KV cache; cut back to the prompt less its last token, it is where
-        ``generate`` starts, so the reasoning pass re-reads one token per row, not the prompt. The
-        forward also sets the batch's M-RoPE offsets (``model.model.rope_deltas``) that ``generate``'s
-        decode steps read: the same rows, under the same lock.
+        ``generate`` starts, so the reasoning pass re-reads one token per row, not the prompt
+        (with the positions it would give the whole prompt: :meth:`_generate`).
         """
         with self.lock, torch.inference_mode():
             self.forward_passes += 1
