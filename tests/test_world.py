@@ -76,13 +76,18 @@ def test_majority_relation_chart_edit_ground_truth(data):
         counts = sorted((shapes.count(s), s) for s in set(shapes))
         assert len(counts) == 1 or counts[-1][0] > counts[-2][0]  # the majority is unique
         assert ex.target.text == counts[-1][1]
+    beside = {("top left", "right of"): "top", ("centre", "above"): "top", ("centre", "below"): "bottom",
+              ("bottom right", "left of"): "bottom", ("right", "left of"): "centre", ("top", "below"): "centre"}
     for ex in data["relation_colour", "train"]:
         ask = ex.query.meta["ask"]
-        anchor = [o for o in ex.scene.objects if [o.colour, o.shape] == ask["anchor"]]
-        assert len(anchor) == 1
-        dr, dc = world.RELATIONS[ask["relation"]]
-        other = [o for o in ex.scene.objects if o.cell == anchor[0].cell + 3 * dr + dc]
+        assert ex.query.text == f"What colour is the shape {ask['relation']} the {ask['cell']} object?"
+        assert any(o.cell_name == ask["cell"] for o in ex.scene.objects)  # the anchor cell holds a shape
+        if (ask["cell"], ask["relation"]) in beside:
+            assert ask["beside"] == beside[ask["cell"], ask["relation"]]
+        other = [o for o in ex.scene.objects if o.cell_name == ask["beside"]]
         assert other[0].colour == ex.target.text
+        assert ex.rationale.endswith(f"the {ask['beside']} object is the {other[0].colour} {other[0].shape}. "
+                                     f"answer {ex.target.text}")
     for ex in data["chart_diff", "train"]:
         h = {b.colour: b.height for b in ex.scene.bars}
         a, b = ex.query.meta["ask"]["colours"]
@@ -106,8 +111,8 @@ def _held_out(task: str, ex) -> bool:
         return (ask["shape"], ex.target.text) in {("circle", "zero"), ("circle", "four"), ("square", "three"),
                                                   ("triangle", "two"), ("cross", "one"), ("cross", "five")}
     if task == "relation_colour":
-        return (ask["relation"], ask["anchor"][1]) in {("above", "circle"), ("right of", "square"),
-                                                       ("left of", "triangle"), ("below", "cross")}
+        return (ask["relation"], ex.target.text) in {("above", "red"), ("above", "purple"), ("below", "yellow"),
+                                                     ("left of", "blue"), ("right of", "green")}
     if task == "chart_diff":
         return frozenset(ask["colours"]) in world.HELD_OUT_BAR_PAIRS
     cell = world.CELLS.index(ask["cell"])

@@ -7,12 +7,12 @@ For each task this greedy-generates the model's rationale for ``--n`` in-domain 
 one JSON line: the share whose object list equals the oracle's (perception), whose step sentence
 equals the oracle's (the intermediate step), whose list and step both do among those with a right
 list (``step_given_list``), and whose answer does; for relation_colour the same per relation
-(``by_relation``), the share whose step names the question's anchor ("the red square is at ...":
-copying from the question) and the share that gives the anchor's true cell ("... is at top left":
-finding the anchor in the object list); where the oracle's step names the cell beside the anchor
-("right of it is the top blue square", the form probed on 2026-12-07, configs/rge-micro.md), also
-the share of those with the right anchor cell that name the right cell beside it (the cell
-arithmetic). The release seeds 101/202 are refused.
+(``by_relation``), and its step's three hops: the share that names the question's cell
+(``anchor_cell``: copied from the question), of those the share that names the right cell beside
+it (``beside_given_anchor_cell``: the 9 x 4 cell table), and of those the share that names the
+object there right (``object_given_beside_cell``: the look-up in its own list, as ground does).
+The relation form probed before 2026-12-07's third session (an anchor named by colour and shape)
+is in configs/rge-micro.md, its figures in assets/runs/probes/. The release seeds 101/202 are refused.
 """
 
 from __future__ import annotations
@@ -29,16 +29,14 @@ from rge_demo.data import world
 from rge_demo.embedding.prompts import EmbedInput
 
 
-RELATION_STEP = re.compile(r"the (\w+ \w+) is at ([a-z ]+?), (?:above|below|left of|right of) it is the ([a-z ]+)")
+RELATION_STEP = re.compile(r"(?:above|below|left of|right of) the ([a-z ]+?) cell is the ([a-z ]+?) cell, "
+                           r"the ([a-z ]+?) object is the (\w+ \w+)")
 
 
-def relation_cells(rationale: str) -> tuple[str | None, str | None]:
-    """(anchor cell, cell beside it) named by a relation_colour step (None where it names none)."""
+def relation_hops(rationale: str) -> tuple[str, str, str] | None:
+    """(anchor cell, cell beside it, object named there) of a relation_colour step (None: no such step)."""
     m = RELATION_STEP.search(rationale)
-    if not m:
-        return None, None
-    beside = m.group(3).split()[:-2]  # "<cell> <colour> <shape>": the cell
-    return m.group(2), " ".join(beside) or None
+    return (m.group(1), m.group(2), m.group(4)) if m else None
 
 
 def parts(rationale: str) -> tuple[str, str, str | None]:
@@ -56,9 +54,8 @@ def main() -> int:
     for task in args.tasks.split(","):
         examples = world.generate(task, "ind", args.n, seed=args.seed)
         got = encoder.reason([EmbedInput(e.query.instruction, e.query.text, e.query_image) for e in examples])
-        n, names_beside = len(examples), False
-        counts = {"list": 0, "step": 0, "answer": 0, "anchor": 0, "anchor_cell": 0, "beside_given_anchor_cell": 0,
-                  "step_given_list": 0}
+        n = len(examples)
+        counts = Counter()
         by_relation: dict[str, Counter] = {}
         for e, r in zip(examples, got):
             oracle, mine = parts(e.rationale), parts(r.rationale)
@@ -70,18 +67,16 @@ def main() -> int:
                 c = by_relation.setdefault(rel, Counter())
                 c.update(n=1, list=oracle[0] == mine[0], step_given_list=oracle[:2] == mine[:2],
                          answer=oracle[2] == mine[2])
-                anchor = re.search(r"the (\w+ \w+)\?$", e.query.text).group(1)
-                counts["anchor"] += mine[1].startswith(f"the {anchor} is at ")
-                (true_at, true_beside), (at, beside) = relation_cells(e.rationale), relation_cells(r.rationale)
-                counts["anchor_cell"] += at == true_at
-                names_beside = names_beside or true_beside is not None
-                counts["beside_given_anchor_cell"] += at == true_at and beside == true_beside
+                (at, beside, obj), hops = relation_hops(e.rationale), relation_hops(r.rationale) or (None,) * 3
+                counts["anchor_cell"] += hops[0] == at
+                counts["beside_cell"] += hops[0] == at and hops[1] == beside
+                counts["object_given_beside_cell"] += hops[0] == at and hops[1] == beside and hops[2] == obj
         shares = {k: counts[k] / n for k in ("list", "step", "answer")}
         shares["step_given_list"] = counts["step_given_list"] / max(1, counts["list"])
         if task == "relation_colour":
-            shares |= {k: counts[k] / n for k in ("anchor", "anchor_cell")}
-            if names_beside:
-                shares["beside_given_anchor_cell"] = counts["beside_given_anchor_cell"] / max(1, counts["anchor_cell"])
+            shares["anchor_cell"] = counts["anchor_cell"] / n
+            shares["beside_given_anchor_cell"] = counts["beside_cell"] / max(1, counts["anchor_cell"])
+            shares["object_given_beside_cell"] = counts["object_given_beside_cell"] / max(1, counts["beside_cell"])
         out = {"model": str(args.model), "task": task, "seed": args.seed, "n": n,
                **{f"{k}_right": round(v, 3) for k, v in shares.items()}}
         if by_relation:  # per relation: n, and the list / step given the list / answer right

@@ -394,9 +394,6 @@ def asked_terms(case: Case) -> list[set[str]]:
     ask = case.ask or {}
     if "shape" in ask:
         return [_shape_terms(ask["shape"])]
-    if "anchor" in ask:
-        colour, shape = ask["anchor"]
-        return [{colour}, _shape_terms(shape)]
     if "colours" in ask:
         return [{c} for c in ask["colours"]]
     if "cell" in ask:

@@ -170,8 +170,8 @@ def _what_it_did(c: F.Case) -> str:
     ask = c.ask or {}
     if c.task == "count" and "shape" in ask:
         return f"counted the {world.PLURALS[ask['shape']]}"
-    if c.task == "relation_colour" and "anchor" in ask:
-        return f"found the {' '.join(ask['anchor'])} and looked {ask.get('relation', 'next to')} it"
+    if c.task == "relation_colour" and "cell" in ask:
+        return f"found the cell {ask.get('relation', 'next to')} the {ask['cell']} one and looked up its object"
     if c.task == "ground" and "cell" in ask:
         return f"looked up the {ask['cell']} object"
     if c.task == "edit" and "cell" in ask:
@@ -195,16 +195,10 @@ def _truth(c: F.Case) -> str | None:
         a, b = ask["colours"]
         if a in h and b in h:
             return f"the {a} bar is {h[a]} high and the {b} bar {h[b]}, a difference of {h[a] - h[b]}"
-    if c.task == "relation_colour" and "anchor" in ask and "relation" in ask and objs:
-        at = {cell: (col, s) for col, s, cell in objs}
-        anchor = tuple(ask["anchor"])
-        cell = next((cl for cl, o in at.items() if o == anchor), None)
-        if cell is not None:
-            dr, dc = world.RELATIONS[ask["relation"]]
-            k = world.CELLS.index(cell) + 3 * dr + dc
-            if 0 <= k < 9 and world.CELLS[k] in at:
-                return (f"the {' '.join(anchor)} is at {cell}, and {ask['relation']} it is a "
-                        f"{' '.join(at[world.CELLS[k]])}")
+    if c.task == "relation_colour" and {"cell", "beside", "relation"} <= ask.keys() and objs:
+        obj = next((f"{col} {s}" for col, s, cell in objs if cell == ask["beside"]), None)
+        if obj:
+            return f"{ask['relation']} the {ask['cell']} cell is the {ask['beside']} cell, which holds a {obj}"
     if c.task in ("ground", "edit") and "cell" in ask:
         obj = next((f"{col} {s}" for col, s, cell in objs if cell == ask["cell"]), None)
         if obj and c.task == "edit":

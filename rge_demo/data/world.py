@@ -11,7 +11,7 @@ of the image alone.
 
 Splits: ``train``, ``ind`` (same distribution, disjoint scenes) and ``ood`` (held-out
 compositions of things that all occur in training: an asked shape with a count, a relation with an
-anchor shape, a pair of bar colours, a cell with an edit colour or a shape; the rule per task is in
+answer colour, a pair of bar colours, a cell with an edit colour or a shape; the rule per task is in
 its sampler's docstring and in ``TaskSpec.ood_rule``). Every answer of an ood query is also a
 training answer, and every candidate of a task can be the answer in every split.
 Train and test scenes are disjoint by construction: a hash of the scene puts it in the test bucket
@@ -267,23 +267,22 @@ def _count(rng: random.Random, split: str) -> Draft | None:
 
 
 def _relation_colour(rng: random.Random, split: str) -> Draft | None:
-    """2-6 shapes; the colour of the shape next to an anchor whose (colour, shape) is unique in the
-    scene. OOD: held-out (relation, anchor shape) pairs - above a circle, right of a square, left of
-    a triangle, below a cross."""
+    """2-6 shapes; the colour of the shape next to the one in a named cell: the cell beside it, then
+    what is there. OOD: held-out (relation, answer colour) pairs (relation index + colour index
+    divisible by 4); every colour is an answer in training, with the other relations."""
     rel = rng.choice(RELATION_NAMES)
     dr, dc = RELATIONS[rel]
-    anchor = (rng.choice(COLOUR_NAMES), rng.choice(SHAPES))
-    if not _fits(split, (RELATION_NAMES.index(rel) + SHAPES.index(anchor[1])) % 4 == 0):
+    neighbour = (rng.choice(COLOUR_NAMES), rng.choice(SHAPES))
+    if not _fits(split, (RELATION_NAMES.index(rel) + COLOUR_NAMES.index(neighbour[0])) % 4 == 0):
         return None
     anchor_cell = rng.choice([c for c in range(9) if 0 <= c // 3 + dr < 3 and 0 <= c % 3 + dc < 3])
     other_cell = anchor_cell + 3 * dr + dc
-    neighbour = rng.choice([(c, s) for c in COLOUR_NAMES for s in SHAPES if (c, s) != anchor])
-    objs = _scene(rng, rng.randint(2, MAX_OBJECTS), {anchor_cell: anchor, other_cell: neighbour},
-                  avoid=lambda c, s: (c, s) == anchor)
-    a, b = " ".join(anchor), " ".join(neighbour)
-    step = f"the {a} is at {CELLS[anchor_cell]}, {rel} it is the {b}"
-    return Draft(Scene("shapes", objs), f"What colour is the shape {rel} the {a}?", neighbour[0],
-                 [_object_list(objs), step], {"relation": rel, "anchor": list(anchor)})
+    anchor = (rng.choice(COLOUR_NAMES), rng.choice(SHAPES))
+    objs = _scene(rng, rng.randint(2, MAX_OBJECTS), {anchor_cell: anchor, other_cell: neighbour})
+    at, there = CELLS[anchor_cell], CELLS[other_cell]
+    step = f"{rel} the {at} cell is the {there} cell, the {there} object is the {' '.join(neighbour)}"
+    return Draft(Scene("shapes", objs), f"What colour is the shape {rel} the {at} object?", neighbour[0],
+                 [_object_list(objs), step], {"relation": rel, "cell": at, "beside": there})
 
 
 def _chart_diff(rng: random.Random, split: str) -> Draft | None:
