@@ -169,6 +169,19 @@ def test_draft_tours_write_valid_tours_from_real_cases(tmp_path):
         tour_stop(helps, 0, {})
 
 
+def test_tour_explanations_state_the_relation_hops_from_the_scene():
+    from rge_demo.analysis.tours import _truth, _what_it_did
+
+    for ex in world.generate("relation_colour", "ind", 5, seed=3):
+        case = F.pair_runs([_record(ex, 1, ex.rationale)], [_record(ex, 2)], [ex.query])[0]
+        ask = ex.query.meta["ask"]
+        there = next(o for o in ex.scene.objects if o.cell_name == ask["beside"])
+        assert _truth(case) == (f"{ask['relation']} the {ask['cell']} cell is the {ask['beside']} cell, "
+                                f"which holds a {there.colour} {there.shape}")
+        assert _what_it_did(case) == f"found the cell {ask['relation']} the {ask['cell']} one and looked up its object"
+        assert f"{there.colour} {there.shape}" in ex.rationale  # the truth agrees with the oracle rationale
+
+
 # ------------------------------------------------------------------ the Failures grid, export, bars, links
 @pytest.fixture(scope="module")
 def mixed_cases(count_ex):
