@@ -43,6 +43,9 @@ def test_compare_shows_the_model_ties_rank_of_n_and_the_right_answer_below_the_t
         choose(page, "Gallery to search", GALLERY.name)
         choose(page, "Pick a query from the gallery", PICK)
         expect(page.get_by_label("Query text", exact=True)).to_have_value(QUERY.text)
+        # the task preset follows the picked query's task, and its instruction is the query's
+        expect(page.get_by_label("Task preset (the loaded model's prompt profile)", exact=True)).to_have_value(QUERY.task)
+        expect(page.get_by_label("Task instruction", exact=True)).to_have_value(QUERY.instruction)
         compare(page, 10)  # the whole gallery: both "three"s (and the other namesakes) tie
         tables = visible(page, "table.rge-hits")
         expect(tables).to_have_count(2)

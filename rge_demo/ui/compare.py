@@ -126,13 +126,16 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         keep = target_id if target_id in g else None
         return (gr.update(choices=_query_choices(g), value=None), gr.update(choices=_target_choices(g), value=keep))
 
-    def on_pick(gallery_name, query_id, browser_key, request: gr.Request):
+    def on_pick(gallery_name, query_id, model_name, browser_key, request: gr.Request):
+        """The picked query's image, text, instruction and right answer; the task preset follows its task
+        (blank when the loaded model's profile has no preset of that name: the instruction is the query's)."""
         g = own_gallery(gallery_name, browser_key, request)
         q = next((q for q in g.queries if q.id == query_id), None) if g and query_id else None
         if q is None:
-            return gr.update(), gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
         img = str(g.image_path(q.image)) if q.image else None
-        return img, q.text, q.instruction, gr.update(choices=_target_choices(g), value=q.target_id)
+        preset = q.task if q.task in demo.presets(model_name)["tasks"] else None
+        return img, q.text, q.instruction, gr.update(choices=_target_choices(g), value=q.target_id), preset
 
     def on_page(gallery_name, browser_key, request: gr.Request):
         """The gallery list of this session (samples, then its own); keeps the choice if it is still there."""
@@ -198,7 +201,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
 
     private = {"api_visibility": "private"}  # UI-only events: not API endpoints
     gallery.change(on_gallery, [gallery, target, session], [pick, target], **private)
-    pick.change(on_pick, [gallery, pick, session], [image, text, instruction, target], **private)
+    pick.change(on_pick, [gallery, pick, model_state, session], [image, text, instruction, target, preset], **private)
     preset.change(lambda p, m: demo.presets(m)["tasks"].get(p, {}).get("query", gr.update()), [preset, model_state],
                   instruction, **private)
     model_state.change(lambda m: _preset_updates(demo, m), model_state, [preset, instruction, profile_line],
