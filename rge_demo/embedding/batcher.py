@@ -184,19 +184,20 @@ class Collector:
 
     When to run: a request that finds the worker idle waits ``window`` seconds for company. After a
     batch of k rows, with p rows already waiting, the worker expects k + p rows (the callers it
-    just served usually come straight back: Compare asks for a direct vector, then a rationale, then
-    the user's next query), or the earlier expectation if that was larger and was met, and waits
+    just served usually come straight back: a search asks for a direct vector, then a rationale;
+    a compare user sends the next query), or the earlier expectation if that was larger and was met, and waits
     for them, at most ``linger`` seconds from the end of that batch or from the first arrival after
     it, whichever is later; an expectation not met by then is lowered to what came. An idle worker
-    keeps its expectation ``idle`` seconds, then leaves. Without this, two groups of users that got out of step (one
-    generating while the other waits for its direct vector) stay out of step, each batch part full.
+    keeps its expectation ``idle`` seconds, then leaves. Without this, two groups of users that got
+    out of step (one generating while the other waits for its direct vector) stay out of step, each
+    batch part full.
     With ``continuous`` set, a reasoning request at the head of the queue only waits ``window``:
     those who come later join its decode.
 
     What to run: the kind with the most waiting rows (ties: the oldest request's kind), in arrival
     order up to ``max_rows`` rows; a request passed over twice goes first.
 
-    ``calls`` counts the model calls made (``"generate"``, ``"direct"``), ``requests`` the requests
+    ``calls`` counts the model calls made (``"generate"``, ``"direct"``, ``"compare"``), ``requests`` the requests
     received, per kind: with merging, calls < requests. ``merged_sizes`` lists requests per call.
     """
 
@@ -315,10 +316,11 @@ class Collector:
                 budget = kind[1]
                 targets = [r if r.stream else None for r in batch for _ in r.rows]
                 streamer = SplitStreamer(enc.tokenizer, enc.emb_id, budget, targets) if any(targets) else None
-                self.calls[{"reason": "generate"}.get(kind[0], kind[0])] += 1
                 if kind[0] == "compare":
+                    self.calls["compare"] += 1
                     generated, vectors = enc.run_compare(rows, budget, streamer, lambda d: self._send_direct(batch, d))
                 else:
+                    self.calls["generate"] += 1
                     generated, vectors = enc.run_reason(rows, budget, streamer)  # per row (ids, forced, _); (N, D)
         except Exception as e:
             if len(batch) == 1:
