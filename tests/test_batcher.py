@@ -94,11 +94,11 @@ def test_concurrent_direct_requests_share_one_forward(taught, batched):
         assert got.shape == (1, 64) and float(got[0] @ plain.direct([x])[0]) >= 0.9999
 
 
-def test_compares_through_direct_and_stream_meet_in_one_call(taught, batched):
-    """Compare's passes through direct_and_stream. Merged (here or in the model process): four users'
-    compares are one call, the direct forward and the generate sharing the prompts' cache.
-    Continuous: their direct vectors in one forward, their rationales in one decode, queued before
-    any caller reads its stream. Either way the plain encoder's vectors and rationales."""
+def test_compares_through_direct_and_stream_meet_in_one_direct_and_one_generate_call(taught, batched):
+    """Compare's passes through direct_and_stream: four users' direct vectors in one forward, their
+    rationales in one generate call, queued before any caller reads its stream, which (merged, in
+    this process) continues from the direct batch's prompt cache; the plain encoder's vectors and
+    rationales either way."""
     plain = Encoder(*taught)
     inputs = four_inputs()
 
@@ -109,18 +109,43 @@ def test_compares_through_direct_and_stream_meet_in_one_call(taught, batched):
 
     results, errors = at_once([lambda x=x: compare(x) for x in inputs])
     assert errors == [None] * 4
-    shared = not batched.collector.continuous
-    assert dict(batched.collector.calls) == ({"compare": 1} if shared else {"direct": 1, "generate": 1})
+    assert dict(batched.collector.calls) == {"direct": 1, "generate": 1}
+    shared = batched.process is None and not batched.collector.continuous
+    assert batched.collector.prefix_reused == (1 if shared else 0)
     for x, (vector, texts, got) in zip(inputs, results):
         ref = plain.reason([x])[0]
         assert got.rationale == ref.rationale and got.prompt == ref.prompt and float(got.vector @ ref.vector) >= 0.9999
         assert texts and texts[-1] == ref.rationale
         assert float(vector @ plain.direct([x])[0]) >= 0.9999
-    # One caller: the rationale is under way when the call returns, before its stream is read.
-    before = sum(batched.collector.requests.values())
+    # One caller: the rationale is queued as the call returns, before its stream is read.
+    before = batched.collector.requests["reason"]
     vector, events = batched.direct_and_stream(inputs[1])
-    assert sum(batched.collector.requests.values()) == before + (1 if shared else 2)
+    assert batched.collector.requests["reason"] == before + 1
     assert list(events)[-1].result.rationale == TAUGHT[inputs[1].text]
+    assert batched.collector.prefix_reused == (2 if shared else 0)
+
+
+def test_a_rationale_batch_that_is_not_the_held_direct_batch_reads_its_prompts(taught):
+    """Two compares' direct batch is held; their rationales meet a third reasoning request in one
+    generate call, which then reads every prompt itself (the held cache does not fit that batch)
+    and still gives the plain encoder's results. A later direct call drops what was held."""
+    batched = BatchedEncoder(*taught, window=WINDOW, continuous=False)
+    plain = Encoder(*taught)
+    inputs = four_inputs()
+    directs = [batched.collector.submit(Request(("direct",), batched.rows([x], direct=True), keep_prefix=True))
+               for x in inputs[:2]]
+    assert [float(d.wait()[0] @ plain.direct([x])[0]) >= 0.9999 for d, x in zip(directs, inputs)] == [True, True]
+    assert batched.collector._held is not None and batched.collector.calls["direct"] == 1
+    budget = batched.max_new_tokens
+    rationales = [Request(("reason", budget), batched.rows([x], direct=False), follows=d) for x, d in zip(inputs, directs)]
+    rationales.append(Request(("reason", budget), batched.rows([inputs[2]], direct=False)))
+    for r in reversed(rationales):  # not in the direct batch's order either
+        batched.collector.submit(r)
+    for r, x in zip(rationales, inputs):
+        (ids, forced, _), = r.wait()[0]
+        assert batched.tokenizer.decode(ids) == TAUGHT[x.text] and not forced
+    assert batched.collector.calls["generate"] == 1 and batched.collector.prefix_reused == 0
+    assert batched.collector._held is None
 
 
 def test_users_out_of_step_fall_into_step(taught):
@@ -214,30 +239,6 @@ def test_an_error_reaches_only_its_caller(taught, batched):
     assert first.rationale == good[0].rationale and texts[-1] == first.rationale
     assert results[1].rationale == good[1].rationale
     assert float(first.vector @ good[0].vector) >= 0.9999
-
-
-def test_a_failing_compare_call_reaches_only_its_caller(taught, batched):
-    """A merged compare call with a broken row: it fails, each request runs again alone, and only
-    the broken one's caller sees the error; the others get the plain encoder's results."""
-    if batched.collector.continuous:
-        pytest.skip("with continuous batching a compare is a direct and a reasoning request (tested above)")
-    plain = Encoder(*taught)
-    inputs = four_inputs()
-    bad_row = batched.rows([inputs[0]], direct=False)[0]
-    bad_row = dataclasses.replace(bad_row, pixel_values=bad_row.pixel_values[:-4])  # fewer patches than image tokens
-
-    def compare(x):
-        vector, events = batched.direct_and_stream(x)
-        return vector, list(events)[-1].result
-
-    bad = Request(("compare", batched.max_new_tokens), [bad_row], stream=True)
-    results, errors = at_once([lambda: compare(inputs[1]), lambda: compare(inputs[2]),
-                               lambda: batched.collector.submit(bad).wait()])
-    assert errors[:2] == [None, None] and errors[2] is not None
-    assert batched.collector.calls["compare"] == 4  # the merged call failed, then each request ran alone
-    for x, (vector, got) in zip(inputs[1:3], results):
-        assert got.rationale == TAUGHT[x.text] and float(got.vector @ plain.reason([x])[0].vector) >= 0.9999
-        assert float(vector @ plain.direct([x])[0]) >= 0.9999
 
 
 def test_split_streamer_sends_words_holds_partial_characters_and_ends_at_emb(tiny):

@@ -7,8 +7,7 @@ the four rows in about the time of one (a decode step is memory-bound), and a CP
 per-step overhead.
 
 * :class:`Collector` keeps the queue. A :class:`Request` is a list of processed rows plus its kind:
-  ``("direct",)`` (one forward), ``("reason", budget)`` (generate, then embed) or ``("compare",
-  budget)`` (Compare's both passes sharing the prompt's KV cache: :meth:`Encoder._compare`). A worker thread,
+  ``("direct",)`` (one forward) or ``("reason", budget)`` (generate, then embed). A worker thread,
   started by the first request and gone once the queue is empty (so it never keeps an unloaded
   model alive), gathers a batch (when: a short ``window`` for a first request; after a batch, the
   callers just served, for up to ``linger`` seconds; see :class:`Collector`), takes the waiting
@@ -16,6 +15,13 @@ per-step overhead.
   the encoder's lock, or in the model's own process: :mod:`.model_process`). A single request
   larger than ``max_rows`` runs alone, unsplit: a caller's own batch is never reshaped, so its
   numbers are those of the unbatched encoder.
+* Compare's two passes share the prompt: its direct request runs with a KV cache
+  (:meth:`Encoder._prefill`; the direct prompt is the reasoning prompt plus ``<emb>``), which the
+  collector holds until its next call. When that call is the rationales of exactly the compares of
+  that direct batch (the usual case: the callers queue them as their vectors come back), it runs
+  them in the direct batch's order and ``generate`` continues from the held cache instead of
+  reading the prompts again (``prefix_reused`` counts these); otherwise the cache is dropped and the
+  call runs as any other. Not with a model process or continuous batching.
 * Continuous batching (``continuous``; the app's ``RGE_BATCHING=continuous``, model process off):
   reasoning requests run in a :class:`~.decode.DecodeBatch` instead of one ``generate``. Requests
   that arrive while it runs join at the next step (up to ``max_rows`` rows in flight, whatever
@@ -73,17 +79,19 @@ IDLE_S = 2.0  # an idle worker keeps its expectation this long, then leaves
 class Request:
     """Rows to run and the channel their results come back on.
 
-    ``events`` carries ``("direct", vectors)`` first for a compare request, ``("text", piece)`` while
-    a streaming request's rationale grows,
+    ``events`` carries ``("text", piece)`` while a streaming request's rationale grows,
     ``("reset", None)`` when its text must be dropped (the merged call failed and it runs again
     alone), then ``("done", payload)`` or ``("error", exception)``. The payload is the (n, D)
-    vectors for a direct request, ``(generated, vectors)`` for a reasoning or compare one, ``generated``
-    being ``Encoder._generate``'s per-row (rationale ids, forced, state).
+    vectors for a direct request, ``(generated, vectors)`` for a reasoning one, ``generated``
+    being ``Encoder._generate``'s per-row (rationale ids, forced, state). A compare's direct request
+    sets ``keep_prefix``; its reasoning request names it in ``follows``.
     """
 
-    kind: tuple  # ("direct",), ("reason", budget) or ("compare", budget)
+    kind: tuple  # ("direct",) or ("reason", budget)
     rows: list[Row]
     stream: bool = False
+    keep_prefix: bool = False  # a compare's direct pass: hold its prompts' cache for the rationale
+    follows: Request | None = field(default=None, repr=False)  # a compare's rationale: its direct request
     arrived: float = field(default_factory=time.monotonic)
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
 
@@ -196,8 +204,9 @@ class Collector:
     What to run: the kind with the most waiting rows (ties: the oldest request's kind), in arrival
     order up to ``max_rows`` rows; a request passed over twice goes first.
 
-    ``calls`` counts the model calls made (``"generate"``, ``"direct"``, ``"compare"``), ``requests`` the requests
-    received, per kind: with merging, calls < requests. ``merged_sizes`` lists requests per call.
+    ``calls`` counts the model calls made (``"generate"``, ``"direct"``), ``requests`` the requests
+    received, per kind: with merging, calls < requests. ``merged_sizes`` lists requests per call;
+    ``prefix_reused`` the generate calls that continued from a held direct batch's cache.
     """
 
     def __init__(self, encoder: Encoder, window: float = WINDOW_S, max_rows: int = MAX_ROWS,
@@ -210,6 +219,8 @@ class Collector:
         self.calls: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.merged_sizes: list[int] = []
+        self.prefix_reused = 0
+        self._held: tuple[list[Request], object] | None = None  # the last direct batch's requests and prompt cache
         self._pending: list[Request] = []
         self._skipped: dict[int, int] = {}  # id(request) -> batches chosen over it
         self._expect: int | None = None  # rows expected after the last batch (the callers in play)
@@ -252,7 +263,7 @@ class Collector:
             while True:
                 now = time.monotonic()
                 if not self._pending and (self._expect is None or now >= self._batch_end + self.idle):
-                    self._worker = None  # the next submit starts a new worker
+                    self._worker, self._held = None, None  # the next submit starts a new worker
                     return None
                 ready, wait = self._ready(now)
                 if ready:
@@ -307,20 +318,24 @@ class Collector:
         t0 = time.monotonic()
         try:
             self.merged_sizes.append(len(batch))
+            held, self._held = self._held, None  # a held cache serves the very next call or none
             if kind[0] == "direct":
                 self.calls["direct"] += 1
-                vectors = enc.run_direct(rows)  # (N, D)
+                if enc.process is None and not self.continuous and all(r.keep_prefix for r in batch):
+                    vectors, cache = enc.run_prefill(rows)
+                    self._held = (batch, cache)
+                else:
+                    vectors = enc.run_direct(rows)  # (N, D)
                 generated = None
             else:
-                budget = kind[1]
+                budget, cache = kind[1], None
+                if held is not None and self._follow_held(batch, held[0]):
+                    rows, cache = [row for r in batch for row in r.rows], held[1]
+                    self.prefix_reused += 1
                 targets = [r if r.stream else None for r in batch for _ in r.rows]
                 streamer = SplitStreamer(enc.tokenizer, enc.emb_id, budget, targets) if any(targets) else None
-                if kind[0] == "compare":
-                    self.calls["compare"] += 1
-                    generated, vectors = enc.run_compare(rows, budget, streamer, lambda d: self._send_direct(batch, d))
-                else:
-                    self.calls["generate"] += 1
-                    generated, vectors = enc.run_reason(rows, budget, streamer)  # per row (ids, forced, _); (N, D)
+                self.calls["generate"] += 1
+                generated, vectors = enc.run_reason(rows, budget, streamer, cache)  # per row (ids, forced, _); (N, D)
         except Exception as e:
             if len(batch) == 1:
                 batch[0].events.put(("error", e))
@@ -338,13 +353,18 @@ class Collector:
             r.events.put(("done", payload))
             start = end
 
-    @staticmethod
-    def _send_direct(batch: list[Request], vectors: np.ndarray) -> None:
-        """A compare call's direct vectors, each request its rows', before the rationale is generated."""
-        start = 0
-        for r in batch:
-            r.events.put(("direct", vectors[start:start + len(r.rows)]))
-            start += len(r.rows)
+    def _follow_held(self, batch: list[Request], direct: list[Request]) -> bool:
+        """True when ``batch`` is the rationales of exactly the compares of the held direct batch, each
+        row its direct row less ``<emb>``; ``batch`` is then put in that batch's order (rows and
+        padding as the held cache has them)."""
+        order = {id(r): i for i, r in enumerate(direct)}
+        if len(batch) != len(direct) or sorted(order.get(id(r.follows), -1) for r in batch) != list(range(len(direct))):
+            return False
+        emb = [self.encoder.emb_id]
+        if any(row.ids + emb != d.ids for r in batch for row, d in zip(r.rows, r.follows.rows, strict=True)):
+            return False
+        batch.sort(key=lambda r: order[id(r.follows)])
+        return True
 
     # -- continuous batching -----------------------------------------------------------------------
     def _decode(self, batch: list[Request]) -> None:
@@ -460,20 +480,18 @@ class BatchedEncoder(Encoder):
             return self.process.direct(rows)
         return self._vectors(rows)
 
-    def run_reason(self, rows: Sequence[Row], budget: int, streamer=None):
+    def run_prefill(self, rows: Sequence[Row]):
+        """Direct vectors of direct rows and their prompts' cache (:meth:`Encoder._prefill`), here."""
+        with self.lock, torch.inference_mode():
+            return self._prefill(rows)
+
+    def run_reason(self, rows: Sequence[Row], budget: int, streamer=None, cache=None):
         self.forward_passes += 1
         if self.process is not None:
             return self.process.reason(rows, budget, streamer)
         with self.lock, torch.inference_mode():
-            generated = self._generate(rows, budget, streamer=streamer)
+            generated = self._generate(rows, budget, streamer=streamer, cache=cache)
             return generated, self._finish(rows, generated)
-
-    def run_compare(self, rows: Sequence[Row], budget: int, streamer, on_direct):
-        if self.process is not None:
-            self.forward_passes += 1
-            return self.process.compare(rows, budget, streamer, on_direct)
-        _, generated, vectors = self._compare(rows, budget, streamer, on_direct)  # counts its forward pass
-        return generated, vectors
 
     def close(self) -> None:
         """Stop the model process, if any (the model manager calls this when it unloads the model)."""
@@ -496,27 +514,19 @@ class BatchedEncoder(Encoder):
         yield from self._events(request, t0)
 
     def direct_and_stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> tuple[np.ndarray, Iterator[StreamEvent]]:
-        """One compare request (both passes in one call, sharing the prompt: :meth:`Encoder._compare`);
-        this returns when its direct vector is sent, the rationale follows in the events.
-
-        With continuous batching the rationale runs in the decode loop, so the passes are two
-        requests: the direct one first, the reasoning prompt processed while it runs and the
-        rationale queued the moment the vector is back, so callers merged in one direct batch meet
-        again in one decode."""
-        budget = max_new_tokens or self.max_new_tokens
-        if not self.collector.continuous:
-            request = self.collector.submit(Request(("compare", budget), self.rows([inp], direct=False), stream=True))
-            t0 = time.perf_counter()
-            vector = next(value for kind, value in request.messages() if kind == "direct")[0]
-            return vector, self._events(request, t0)
-        pending = self.collector.submit(Request(("direct",), self.rows([inp], direct=True)))
+        """The direct request goes to the collector first (holding its prompt's cache); the reasoning
+        prompt is processed while it runs, and the rationale request is queued the moment the direct
+        vector is back (before the caller has shown it), so callers merged in one direct batch meet
+        again in one generate call, which continues from that batch's cache."""
+        direct = self.collector.submit(Request(("direct",), self.rows([inp], direct=True), keep_prefix=True))
         rows = self.rows([inp], direct=False)
-        vector = pending.wait()[0]
+        vector = direct.wait()[0]
         t0 = time.perf_counter()
-        return vector, self._events(self._submit_stream(rows, budget), t0)
+        return vector, self._events(self._submit_stream(rows, max_new_tokens, follows=direct), t0)
 
-    def _submit_stream(self, rows: list[Row], max_new_tokens: int | None) -> Request:
-        return self.collector.submit(Request(("reason", max_new_tokens or self.max_new_tokens), rows, stream=True))
+    def _submit_stream(self, rows: list[Row], max_new_tokens: int | None, follows: Request | None = None) -> Request:
+        return self.collector.submit(Request(("reason", max_new_tokens or self.max_new_tokens), rows, stream=True,
+                                             follows=follows))
 
     def _events(self, request: Request, t0: float) -> Iterator[StreamEvent]:
         text = ""

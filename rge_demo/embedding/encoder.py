@@ -343,24 +343,30 @@ class Encoder:
         return ReasonResult(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), seconds, vector, forced,
                             row.prompt + self.tokenizer.decode(ids) + end)
 
+    def _prefill(self, rows: Sequence[Row], suffixes=None) -> tuple[np.ndarray, DynamicCache]:
+        """Direct vectors (B, D) of rows ending in ``<emb>`` (direct rows, or reasoning rows with the
+        suffix ``[<emb>]``), and the KV cache of their prompts less the last token: what
+        :meth:`_generate` continues from for the same reasoning rows, in the same order. Call under
+        the lock, in inference mode."""
+        self.forward_passes += 1
+        cache = DynamicCache(config=self.model.config)
+        out = self.model.model(**self._collate(rows, suffixes), past_key_values=cache, use_cache=True)
+        direct = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1).cpu().numpy()
+        cache.crop(-2)  # drop <emb> and the prompt's last token: generate feeds that token in
+        return direct, cache
+
     def _compare(self, rows: Sequence[Row], budget: int, streamer=None, on_direct=None):
         """Both passes of a batch of reasoning rows, sharing the prompt: (direct (B, D), generated, vectors).
 
         One forward over ``prompt + <emb>`` gives the direct vectors (handed to ``on_direct`` at
-        once) and the prompts' KV cache; cut back to the prompt less its last token, it is where
-        ``generate`` starts, so the reasoning pass re-reads one token per row, not the prompt
-        (with the positions it would give the whole prompt: :meth:`_generate`).
+        once) and the prompts' KV cache (:meth:`_prefill`), where ``generate`` starts, so the
+        reasoning pass re-reads one token per row, not the prompt (with the positions it would give
+        the whole prompt: :meth:`_generate`).
         """
         with self.lock, torch.inference_mode():
-            self.forward_passes += 1
-            cache = DynamicCache(config=self.model.config)
-            out = self.model.model(**self._collate(rows, [[self.emb_id]] * len(rows)),
-                                   past_key_values=cache, use_cache=True)
-            direct = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1).cpu().numpy()
-            del out
+            direct, cache = self._prefill(rows, [[self.emb_id]] * len(rows))
             if on_direct is not None:
                 on_direct(direct)
-            cache.crop(-2)  # drop <emb> and the prompt's last token: generate feeds that token in
             generated = self._generate(rows, budget, streamer, cache=cache)
             return direct, generated, self._finish(rows, generated)
 

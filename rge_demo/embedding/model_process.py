@@ -15,8 +15,6 @@ a crash or an out-of-memory kill of the model from taking the web server down.
   parent (the processor is cheap and its errors belong to the caller), sent over a pipe, and run
   with the encoder's own ``_vectors`` / ``_generate`` / ``_finish``: the same code, so the same
   vectors and rationales as in-process.
-* Compare: the child runs both passes in one call (``Encoder._compare``) and sends the direct
-  vectors as soon as they are computed, before the rationale's tokens.
 * Streaming: the child forwards each decode step's new tokens (B,); the parent feeds them to the
   merged call's :class:`~rge_demo.embedding.batcher.SplitStreamer`, so each user still gets their
   own rationale text as it grows.
@@ -102,15 +100,11 @@ def _serve(conn, spec: ChildSpec) -> None:
         kind, rows, budget, stream = msg
         try:
             with torch.inference_mode():
-                streamer = _StepForwarder(conn) if stream else None
                 if kind == "direct":
                     payload = enc._vectors(rows)
                 else:
-                    if kind == "compare":
-                        _, generated, vectors = enc._compare(rows, budget, streamer, lambda d: conn.send(("direct", d)))
-                    else:
-                        generated = enc._generate(rows, budget, streamer=streamer)
-                        vectors = enc._finish(rows, generated)
+                    generated = enc._generate(rows, budget, streamer=_StepForwarder(conn) if stream else None)
+                    vectors = enc._finish(rows, generated)
                     payload = ([(ids, forced, None) for ids, forced, _ in generated], vectors)
             conn.send(("done", payload))
         except Exception as e:  # noqa: BLE001 - the caller gets it
@@ -197,21 +191,14 @@ class ModelProcess:
         (a :class:`~rge_demo.embedding.batcher.SplitStreamer` or None) gets each step's tokens."""
         return self._call("reason", rows, budget, streamer)
 
-    def compare(self, rows, budget: int, streamer, on_direct):
-        """Compare's both passes sharing the prompt (``Encoder._compare``): ``on_direct`` gets the
-        (N, D) direct vectors as the child sends them, then this returns as :meth:`reason` does."""
-        return self._call("compare", rows, budget, streamer, on_direct)
-
-    def _call(self, kind: str, rows, budget: int, streamer, on_direct=None):
+    def _call(self, kind: str, rows, budget: int, streamer):
         with self._lock:
             self._start_locked()
             try:
                 self._conn.send((kind, list(rows), budget, streamer is not None))
                 while True:
                     tag, value = self._conn.recv()
-                    if tag == "direct":
-                        on_direct(value)
-                    elif tag == "prompt":
+                    if tag == "prompt":
                         streamer.put(torch.empty(0, dtype=torch.long))
                     elif tag == "step":
                         streamer.put(torch.tensor(value, dtype=torch.long))
