@@ -192,7 +192,8 @@ class Collector:
 
     When to run: a request that finds the worker idle waits ``window`` seconds for company. After a
     batch of k rows, with p rows already waiting, the worker expects k + p rows (the callers it
-    just served usually come straight back with their next query), or the earlier expectation if that was larger and was met, and waits
+    just served usually come straight back: a compare's rationale follows its direct vector, then
+    the user's next query), or the earlier expectation if that was larger and was met, and waits
     for them, at most ``linger`` seconds from the end of that batch or from the first arrival after
     it, whichever is later; an expectation not met by then is lowered to what came. An idle worker
     keeps its expectation ``idle`` seconds, then leaves. Without this, two groups of users that got
