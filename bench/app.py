@@ -183,13 +183,6 @@ def service_users(demo, gallery: Gallery, users: int, runs: int) -> list[tuple[f
     return [t for ts in times for t in ts]
 
 
-def reasoning_calls(collector) -> tuple[int, int]:
-    """(model calls that generate, requests that reason): a compare request is both passes of one
-    compare in one call (``Encoder._compare``), counted as one of each."""
-    return (collector.calls["generate"] + collector.calls["compare"],
-            collector.requests["reason"] + collector.requests["compare"])
-
-
 def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, float]]]:
     """The same blocks through the service layer in this process, plus N users with merging off."""
     from rge_demo.config import Settings
@@ -206,24 +199,26 @@ def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[flo
         n = args.users
         blocks: dict[str, list] = {"1 user": [], f"{n} users, continuous": [], f"{n} users, merged": [],
                                    f"{n} users, merging off": []}
-        calls = {label: [0, 0] for label in blocks}  # [generate calls or decode loops, reasoning requests]
+        calls = {label: [0, 0, 0] for label in blocks}  # [generate calls or decode loops, reasoning requests,
+        # generate calls that continued from their compares' direct batch's prompt cache]
         default = collector.continuous  # RGE_BATCHING's choice, for the 1-user block
         for _ in range(args.repeats):
             for label in blocks:
                 collector.max_rows = 1 if "off" in label else MAX_ROWS
                 collector.continuous = "continuous" in label or (default and label == "1 user")
-                before = reasoning_calls(collector)
+                before = collector.calls["generate"], collector.requests["reason"], collector.prefix_reused
                 if label == "1 user":
                     blocks[label] += [service_compare(demo, gallery, i) for i in range(1, args.runs + 1)]
                 else:
                     blocks[label] += service_users(demo, gallery, args.users, args.runs)
-                after = reasoning_calls(collector)
-                calls[label][0] += after[0] - before[0]
-                calls[label][1] += after[1] - before[1]
+                calls[label][0] += collector.calls["generate"] - before[0]
+                calls[label][1] += collector.requests["reason"] - before[1]
+                calls[label][2] += collector.prefix_reused - before[2]
         collector.max_rows, collector.continuous = MAX_ROWS, default
-    for label, (gen, req) in calls.items():
+    for label, (gen, req, shared) in calls.items():
         what = "decode loops" if "continuous" in label or (default and label == "1 user") else "generate calls"
-        print(f"{label}: {req} reasoning requests in {gen} {what}")
+        print(f"{label}: {req} reasoning requests in {gen} {what}" + (f", {shared} from the direct pass's prompt cache"
+                                                                         if shared else ""))
     return blocks
 
 
