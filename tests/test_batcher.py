@@ -338,3 +338,17 @@ def test_the_manager_runs_a_model_process_when_asked_and_stops_it_on_unload(tiny
     assert enc.process.alive()
     manager.unload(loaded.name)
     assert not enc.process.alive()
+
+
+def test_a_queued_rationale_counts_with_its_direct_request_in_the_callers_in_play(taught):
+    """After a direct batch, a compare's rationale that is already queued is the same caller: the
+    expectation is the batch's rows plus other callers' waiting rows, not one more per quick caller."""
+    collector = BatchedEncoder(*taught, window=WINDOW, continuous=False).collector
+    rows = [object()]  # the count reads only len(rows)
+    served = [Request(("direct",), rows, keep_prefix=True) for _ in range(2)]
+    follow_up = Request(("reason", 8), rows, follows=served[0])
+    other = Request(("reason", 8), rows)
+    with collector._cond:
+        collector._pending = [follow_up, other]
+        assert collector._in_play(served) == 3  # two served, plus the other caller; the follow-up is served[0]'s
+        collector._pending = []

@@ -304,7 +304,7 @@ class Collector:
                 for r in batch:
                     r.events.put(("error", e))
             with self._cond:
-                in_play = sum(len(r.rows) for r in batch) + sum(len(r.rows) for r in self._pending)
+                in_play = self._in_play(batch)
                 # Kept while it holds (callers of another kind are still out: a Compare user between
                 # its direct vector and its rationale, or on its way back); lowered when it failed.
                 self._expect = max(in_play, self._expect or 0) if self._met else in_play
@@ -353,6 +353,14 @@ class Collector:
             payload = vectors[start:end] if generated is None else (generated[start:end], vectors[start:end])
             r.events.put(("done", payload))
             start = end
+
+    def _in_play(self, batch: list[Request]) -> int:
+        """Rows of the callers in play after ``batch``: its rows, and those waiting from other callers.
+        A compare's rationale already queued counts with its direct request (its callers answer
+        before this runs, and one that is quick would otherwise count twice: an expectation no
+        batch can meet, and a linger wait every time). Call with the condition held."""
+        served = {id(r) for r in batch}
+        return sum(len(r.rows) for r in batch) + sum(len(r.rows) for r in self._pending if id(r.follows) not in served)
 
     def _follow_held(self, batch: list[Request], direct: list[Request]) -> bool:
         """True when ``batch`` is the rationales of exactly the compares of the held direct batch, each
