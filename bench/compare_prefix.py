@@ -11,7 +11,10 @@ again. For 1 and 4 queries, best of ``--repeats``, one process, one thread, side
 * shared: ``Encoder._compare``;
 
 with every rationale forced to ``--tokens`` tokens (the last one ``<emb>``), and the minimum
-cosine between the two paths' direct and reasoning vectors. Two models: the shipped rge-micro
+cosine between the two paths' direct and reasoning vectors. Before the model runs, a compare
+processes its query (tokenizer, image processor): twice (the direct and the reasoning prompt) or
+once, the direct row being the reasoning row plus ``<emb>`` (``Row.with_emb``, what the app does);
+both are timed too. Two models: the shipped rge-micro
 (84x84 images, 9 image tokens, a ~60-token prompt) and a fresh mid-size model (hidden 512, 8
 layers) on ``--image-side`` images, whose prompt is mostly image tokens, as a real checkpoint's is.
 """
@@ -55,9 +58,12 @@ def compare_costs(enc: Encoder, inputs, tokens: int, repeats: int) -> list[str]:
         apart, (d1, r1) = best(two_passes, repeats)
         shared, (d2, _, r2) = best(lambda: enc._compare(rows, tokens), repeats)
         cos = min((d1 * d2).sum(1).min(), (r1 * r2).sum(1).min())
+        twice, _ = best(lambda: (enc.rows(inputs[:b], direct=False), enc.rows(inputs[:b], direct=True)), repeats)
+        once, _ = best(lambda: [r.with_emb(enc.emb_id) for r in enc.rows(inputs[:b], direct=False)], repeats)
         lines.append(f"  {b} {'query' if b == 1 else 'queries'}: two passes {apart:.3f} s, shared {shared:.3f} s "
                      f"(two passes / shared = {apart / shared:.2f}x; prompt {max(len(r.ids) for r in rows)} tokens; "
-                     f"min cosine {cos:.6f})")
+                     f"min cosine {cos:.6f}); processing the queries twice {twice * 1000:.1f} ms, "
+                     f"once {once * 1000:.1f} ms")
     return lines
 
 

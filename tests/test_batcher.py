@@ -125,6 +125,20 @@ def test_compares_through_direct_and_stream_meet_in_one_direct_and_one_generate_
     assert batched.collector.prefix_reused == (2 if shared else 0)
 
 
+def test_a_compare_processes_its_query_once(taught, monkeypatch):
+    """The tokenizer and image processor run once per compare (a document page costs tens of ms
+    each time, one caller at a time): the direct row is the reasoning row plus <emb>."""
+    batched, plain = BatchedEncoder(*taught, window=WINDOW), Encoder(*taught)
+    x = taught_inputs()[0]
+    processed = []
+    rows = batched.rows
+    monkeypatch.setattr(batched, "rows", lambda inputs, *, direct: processed.append(direct) or rows(inputs, direct=direct))
+    vector, events = batched.direct_and_stream(x)
+    assert list(events)[-1].result.rationale == TAUGHT[x.text]
+    assert processed == [False]
+    assert float(vector @ plain.direct([x])[0]) >= 0.9999
+
+
 def test_a_rationale_batch_that_is_not_the_held_direct_batch_reads_its_prompts(taught):
     """Two compares' direct batch is held; their rationales meet a third reasoning request in one
     generate call, which then reads every prompt itself (the held cache does not fit that batch)

@@ -210,6 +210,24 @@ def test_qwen2_vl_checkpoint_loads_and_embeds(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
 
 
+def test_a_direct_row_is_the_reasoning_row_plus_emb(released):
+    """Compare processes a query once and appends <emb> for its direct pass (``Row.with_emb``): the
+    same prompt, ids, token types and pixels as processing the direct prompt, under the reference
+    profile (image inline, MMEB placeholder) and for a text-only candidate."""
+    enc = Encoder(*load_checkpoint(released, device="cpu"))
+    query = EmbedInput(text="What is in the image?", image=Image.new("RGB", (300, 200), "red"), subset="VQAv2",
+                       mmeb_text="<|image_1|> Represent the given image with the following question: What is in the image?")
+    for x in (query, *INPUTS):
+        reasoning, direct = enc.rows([x], direct=False)[0], enc.rows([x], direct=True)[0]
+        derived = reasoning.with_emb(enc.emb_id)
+        assert (derived.prompt, derived.ids, derived.mm) == (direct.prompt, direct.ids, direct.mm)
+        assert derived.prompt.endswith(EMB_TOKEN) and derived.ids[-1] == enc.emb_id
+        if direct.pixel_values is None:
+            assert derived.pixel_values is None
+        else:
+            assert torch.equal(derived.pixel_values, direct.pixel_values) and torch.equal(derived.grid, direct.grid)
+
+
 # ------------------------------------------------------------------ manager, CLI and the app
 
 

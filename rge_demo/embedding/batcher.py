@@ -523,12 +523,13 @@ class BatchedEncoder(Encoder):
         yield from self._events(request, t0)
 
     def direct_and_stream(self, inp: EmbedInput, max_new_tokens: int | None = None) -> tuple[np.ndarray, Iterator[StreamEvent]]:
-        """The direct request goes to the collector first (holding its prompt's cache); the reasoning
-        prompt is processed while it runs, and the rationale request is queued the moment the direct
-        vector is back (before the caller has shown it), so callers merged in one direct batch meet
-        again in one generate call, which continues from that batch's cache."""
-        direct = self.collector.submit(Request(("direct",), self.rows([inp], direct=True), keep_prefix=True))
+        """The query is processed once (tokenizer and image processor: tens of ms for a document
+        page); its direct row is the reasoning row plus ``<emb>``. The direct request goes to the
+        collector (holding its prompt's cache), and the rationale request is queued the moment the
+        direct vector is back (before the caller has shown it), so callers merged in one direct batch
+        meet again in one generate call, which continues from that batch's cache."""
         rows = self.rows([inp], direct=False)
+        direct = self.collector.submit(Request(("direct",), [r.with_emb(self.emb_id) for r in rows], keep_prefix=True))
         vector = direct.wait()[0]
         t0 = time.perf_counter()
         return vector, self._events(self._submit_stream(rows, max_new_tokens, follows=direct), t0)

@@ -71,6 +71,11 @@ class Row:
     pixel_values: torch.Tensor | None = None  # (patches, C*T*P*P)
     grid: torch.Tensor | None = None  # (1, 3): t, h, w in patches
 
+    def with_emb(self, emb_id: int) -> Row:
+        """This reasoning prompt as a direct one: ``<emb>`` appended (what ``prompt_text(direct=True)``
+        gives: an added token, so the ids before it do not change), the image tensors shared."""
+        return Row(self.prompt + EMB_TOKEN, self.ids + [emb_id], self.mm + [0], self.pixel_values, self.grid)
+
 
 @dataclass
 class ReasonResult:
@@ -343,14 +348,13 @@ class Encoder:
         return ReasonResult(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), seconds, vector, forced,
                             row.prompt + self.tokenizer.decode(ids) + end)
 
-    def _prefill(self, rows: Sequence[Row], suffixes=None) -> tuple[np.ndarray, DynamicCache]:
-        """Direct vectors (B, D) of rows ending in ``<emb>`` (direct rows, or reasoning rows with the
-        suffix ``[<emb>]``), and the KV cache of their prompts less the last token: what
-        :meth:`_generate` continues from for the same reasoning rows, in the same order. Call under
-        the lock, in inference mode."""
+    def _prefill(self, rows: Sequence[Row]) -> tuple[np.ndarray, DynamicCache]:
+        """Direct vectors (B, D) of direct rows (reasoning rows plus ``<emb>``: :meth:`Row.with_emb`)
+        and the KV cache of their prompts less the last token: what :meth:`_generate` continues from
+        for the same reasoning rows, in the same order. Call under the lock, in inference mode."""
         self.forward_passes += 1
         cache = DynamicCache(config=self.model.config)
-        out = self.model.model(**self._collate(rows, suffixes), past_key_values=cache, use_cache=True)
+        out = self.model.model(**self._collate(rows), past_key_values=cache, use_cache=True)
         direct = F.normalize(out.last_hidden_state[:, -1].float(), dim=-1).cpu().numpy()
         cache.crop(-2)  # drop <emb> and the prompt's last token: generate feeds that token in
         return direct, cache
@@ -364,7 +368,7 @@ class Encoder:
         the whole prompt: :meth:`_generate`).
         """
         with self.lock, torch.inference_mode():
-            direct, cache = self._prefill(rows, [[self.emb_id]] * len(rows))
+            direct, cache = self._prefill([r.with_emb(self.emb_id) for r in rows])
             if on_direct is not None:
                 on_direct(direct)
             generated = self._generate(rows, budget, streamer, cache=cache)
