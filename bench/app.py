@@ -2,7 +2,7 @@
 
     python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2] [--service]
                         [--client browser|gradio_client] [--model-process auto|on|off] [--start-up SECONDS]
-                        [--batching continuous|merged]
+                        [--batching continuous|merged] [--threads N]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
 streaming endpoint. ``--start-up S`` first times one user's compares for S seconds after the warm
@@ -27,7 +27,9 @@ plus two more N-user blocks: merged (requests waiting together run as one ``gene
 collector before continuous batching) and merging off (the collector's ``max_rows`` set to 1:
 requests take turns on the model), and counts model calls per block. ``--batching`` sets the app's
 ``RGE_BATCHING`` (merged by default; continuous: a request joins the running decode at its next
-step). The service blocks run both, whatever the setting.
+step). The service blocks run both, whatever the setting. ``--threads`` sets the model's torch
+threads (the app's ``OMP_NUM_THREADS``; default 1, so that a figure does not depend on what else
+runs on the machine; the app itself takes every core when the variable is unset).
 
 Prints p50 / p95 seconds per compare for both, and the 4-user p95 over the single-user median.
 """
@@ -188,7 +190,7 @@ def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[flo
     from rge_demo.config import Settings
     from rge_demo.app.demo import Demo
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as cache:
         demo = Demo(Settings(cache_dir=Path(cache), model=str(model), device="cpu",
                              max_new_tokens=args.max_new_tokens))
@@ -226,7 +228,8 @@ def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, 
     with tempfile.TemporaryDirectory() as cache:
         for label in ("cold caches", "warm caches"):
             app = RunningApp(model, Path(cache), max_new_tokens=args.max_new_tokens, timeout=600,
-                             extra_env={"RGE_MODEL_PROCESS": args.model_process, "RGE_BATCHING": args.batching})
+                             extra_env={"RGE_MODEL_PROCESS": args.model_process, "RGE_BATCHING": args.batching,
+                                        "OMP_NUM_THREADS": str(args.threads)})
             print(f"start-up to serving ({label}): {app.ready_seconds:.1f} s")
             if label == "cold caches":
                 app.stop()
@@ -274,6 +277,7 @@ def main() -> int:
                         help="the app's RGE_MODEL_PROCESS (default off; on: the model's calls in a child process)")
     parser.add_argument("--batching", choices=("merged", "continuous"), default="merged",
                         help="the app's RGE_BATCHING (default merged; continuous: requests join the running decode)")
+    parser.add_argument("--threads", type=int, default=1, help="the model's torch threads (default 1)")
     parser.add_argument("--client", choices=("browser", "gradio_client"), default="browser",
                         help="HTTP client: Gradio's queue protocol read as the page does (default), or gradio_client")
     args = parser.parse_args()
@@ -283,7 +287,8 @@ def main() -> int:
     where = ("service layer, in process" if args.service
              else f"app over HTTP ({args.client} client, RGE_MODEL_PROCESS={args.model_process}, "
                   f"RGE_BATCHING={args.batching})")
-    print(f"model {args.model} ({model}), gallery {args.gallery}, budget {args.max_new_tokens} tokens, {where}")
+    print(f"model {args.model} ({model}), gallery {args.gallery}, budget {args.max_new_tokens} tokens, {where}, "
+          f"{args.threads} torch thread{'s' if args.threads > 1 else ''}")
     blocks = (run_service if args.service else run_app)(args, model, gallery)
     for label, times in blocks.items():
         full = [t[1] for t in times]
