@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -48,6 +49,8 @@ EVAL_SEEDS = (101, 202)
 COLUMNS = [("RGE reasoning", "rge-micro", "reason"), ("RGE direct", "rge-micro", "direct"),
            ("baseline", "baseline-micro", "direct"), ("leakage", "leakage-micro", "reason")]
 TARGETS = {"stated_answer_acc": 0.85, "hallucination_rate": 0.10, "swap_follows": 0.80, "gain": 0.05}
+GAINS = {"reasoning - direct": ("RGE reasoning", "RGE direct"),  # paired gains: name -> (column, column)
+         "reasoning - baseline": ("RGE reasoning", "baseline"), "leakage - baseline": ("leakage", "baseline")}
 
 
 LINEAGE = REPO / "configs" / "lineage.json"
@@ -154,9 +157,7 @@ def measure(model_dirs: dict[str, Path], n: int, seeds=EVAL_SEEDS) -> dict:
             per["p1"][title] = p1_table(run.cases)
             log.info("seed %d %s: %.0f s, P@1 %.3f", seed, title, time.perf_counter() - t0, per["p1"][title]["overall"]["mean"])
         cases = {t: r.cases for t, r in per["cases"].items()}
-        per["gain"] = {"reasoning - direct": paired_gain(cases["RGE reasoning"], cases["RGE direct"]),
-                       "reasoning - baseline": paired_gain(cases["RGE reasoning"], cases["baseline"]),
-                       "leakage - baseline": paired_gain(cases["leakage"], cases["baseline"])}
+        per["gain"] = {name: paired_gain(cases[a], cases[b]) for name, (a, b) in GAINS.items()}
         per["quality"] = {t: rationale_quality(cases[t]) for t in ("RGE reasoning", "leakage")}
         per["swap"] = {name: answer_swap(encoder_for(model_dirs[name]), tasks, seed=seed)
                        for name in ("rge-micro", "leakage-micro")}
@@ -187,7 +188,8 @@ def p1_markdown(per: dict) -> str:
 def gain_markdown(results: dict) -> str:
     lines = ["| seed | gain (points of P@1) | overall | IND | OOD |", "|---|---|---:|---:|---:|"]
     for seed, per in results.items():
-        for name, g in per["gain"].items():
+        for name in GAINS:
+            g = per["gain"][name]
             lines.append(f"| {seed} | {name} | {fmt(g['overall'])} | {fmt(g['split=ind'])} | {fmt(g['split=ood'])} |")
     return "\n".join(lines)
 
@@ -226,8 +228,12 @@ def targets(results: dict) -> list[tuple[str, bool, str]]:
             g = per["gain"][name]["overall"]
             out.append((f"seed {seed}: {name} >= +5 points", g["mean"] >= TARGETS["gain"],
                         f"{100 * g['mean']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]"))
-        g = per["gain"]["leakage - baseline"]["overall"]
-        out.append((f"seed {seed}: leakage below the baseline", g["mean"] < 0, f"{100 * g['mean']:+.1f} points"))
+        gains = per["gain"]["leakage - baseline"]
+        g = gains["overall"]
+        below = [f"{_label(k)} {100 * v['mean']:+.1f} [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}]"
+                 for k, v in gains.items() if k.startswith("task=") and "/split=" in k and v["high"] < 0]
+        out.append((f"seed {seed}: leakage below the baseline", g["mean"] < 0, f"{100 * g['mean']:+.1f} points"
+                    + (f" (below it on {'; '.join(below)})" if below else "")))
     return out
 
 
@@ -325,11 +331,15 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100, help="queries per task and split")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cards-only", action="store_true",
-                        help="rewrite the model cards from the committed assets/results.md (configs/*.md edited), no evaluation")
+                        help="rewrite assets/results.md and the model cards from the committed assets/results.json "
+                             "(configs/*.md or this script's tables edited), no evaluation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.cards_only:
-        md = (ASSETS / "results.md").read_text()
+        n = int(re.search(r"(\d+) queries per task", (ASSETS / "results.md").read_text()).group(1))
+        saved = json.loads((ASSETS / "results.json").read_text())
+        md = results_markdown({int(seed): per for seed, per in saved.items()}, n)
+        (ASSETS / "results.md").write_text(md)
         for name in SHIPPED:
             (ASSETS / "models" / name / "README.md").write_text(card(name, md, training_summary(name)))
         return 0
