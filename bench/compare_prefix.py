@@ -14,9 +14,9 @@ with every rationale forced to ``--tokens`` tokens (the last one ``<emb>``), and
 cosine between the two paths' direct and reasoning vectors. Before the model runs, a compare
 processes its query (tokenizer, image processor): twice (the direct and the reasoning prompt) or
 once, the direct row being the reasoning row plus ``<emb>`` (``Row.with_emb``, what the app does);
-both are timed too. Two models: the shipped rge-micro
-(84x84 images, 9 image tokens, a ~60-token prompt) and a fresh mid-size model (hidden 512, 8
-layers) on ``--image-side`` images, whose prompt is mostly image tokens, as a real checkpoint's is.
+both are timed too. Two models: the shipped rge-micro (84x84 images, 9 image tokens, a ~60-token
+prompt) and a fresh mid-size model (hidden 512, 8 layers) on ``--image-side`` images, whose prompt
+is mostly image tokens, as a real checkpoint's is.
 """
 
 from __future__ import annotations
