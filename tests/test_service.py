@@ -67,6 +67,58 @@ def test_reembed_with_edited_rationale_changes_the_vector(demo):
         demo.reembed("vqa-count", image, q.text, q.instruction, "  ", c)
 
 
+def test_reembed_reuses_the_direct_side_only_for_the_same_query_k_and_answer(demo):
+    """The page keeps its last comparison; after the user picks another query (or k, or the right
+    answer) a re-embed computes that query's direct side instead of showing the old one's."""
+    g = demo.gallery("vqa-count")
+    (q0, q1), image = g.queries[:2], lambda q: str(g.image_path(q.image)) if q.image else None
+    *_, c = demo.compare("vqa-count", image(q0), q0.text, q0.instruction, 3, q0.target_id)
+    same = demo.reembed("vqa-count", image(q0), q0.text, q0.instruction, "answer two", c, 3, q0.target_id)
+    assert same.direct is c.direct
+    assert demo.reembed("vqa-count", image(q0), q0.text, q0.instruction, "answer two", same, 3,
+                        q0.target_id).direct is c.direct  # a re-embed's result serves the next one
+    other = demo.reembed("vqa-count", image(q1), q1.text, q1.instruction, "answer two", c, 3, q1.target_id)
+    *_, fresh = demo.compare("vqa-count", image(q1), q1.text, q1.instruction, 3, q1.target_id)
+    assert other.direct is not c.direct and float(other.direct.vector @ fresh.direct.vector) >= 0.9999
+    for changed in ({"k": 4}, {"target_id": None}):
+        args = {"k": 3, "target_id": q0.target_id, **changed}
+        assert demo.reembed("vqa-count", image(q0), q0.text, q0.instruction, "answer two", c, **args).direct is not c.direct
+
+
+def test_a_gallery_being_embedded_holds_up_only_its_own_callers(demo, monkeypatch):
+    """One session's gallery embedding (here held until released) does not stall another gallery's
+    index, and two callers of the gallery being built share one build."""
+    import threading
+
+    import rge_demo.app.demo as module
+
+    demo.index("classification")
+    building, release, builds = threading.Event(), threading.Event(), []
+    real = module.build_index
+
+    def held(*args, **kwargs):
+        builds.append(args[1].name)
+        building.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "build_index", held)
+    demo._indexes.drop(lambda key: key[1] == "grounding")
+    waiting = [threading.Thread(target=demo.index, args=("grounding",)) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    assert building.wait(30)
+    served = []
+    other = threading.Thread(target=lambda: served.append(demo.index("classification")))
+    other.start()
+    other.join(30)
+    assert served, "an index already built waited for another gallery's build"
+    release.set()
+    for t in waiting:
+        t.join(60)
+    assert builds == ["grounding"]
+
+
 def test_bad_inputs_have_clear_errors(demo, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")

@@ -7,14 +7,16 @@ Indexes are cached per (model fingerprint, gallery), query vectors per (fingerpr
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -158,6 +160,50 @@ class QueryVectors:
     tokens: list[int] = field(default_factory=list)
 
 
+T = TypeVar("T")
+
+
+def _query_key(loaded: LoadedModel, gallery: Gallery, inp: EmbedInput, k: int, target_id: str | None) -> str:
+    """What a comparison was computed for: the model, the gallery, k, the right answer and the query
+    (instruction, text, pixels), as one digest."""
+    h = hashlib.sha256(repr((loaded.fingerprint, gallery.name, str(gallery.root), int(k), target_id,
+                             inp.instruction, inp.text)).encode())
+    if inp.image is not None:
+        h.update(repr((inp.image.mode, inp.image.size)).encode())
+        h.update(inp.image.tobytes())
+    return h.hexdigest()
+
+
+class BuiltOnce(Generic[T]):
+    """Values built on first use, once per key. A build holds up only the callers of its own key: one
+    session's gallery embedding in the background does not stall every other user's Compare."""
+
+    def __init__(self):
+        self._values: dict[Hashable, T] = {}
+        self._building: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, build: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:  # the first caller builds; the others of this key wait for it
+            with self._lock:
+                if key in self._values:
+                    return self._values[key]
+            value = build()
+            with self._lock:
+                self._values[key] = value
+                self._building.pop(key, None)
+            return value
+
+    def drop(self, which: Callable[[Hashable], bool]) -> None:
+        with self._lock:
+            for key in [k for k in self._values if which(k)]:
+                del self._values[key]
+
+
 class Demo:
     """Models, galleries, indexes and the actions of every tab."""
 
@@ -167,14 +213,13 @@ class Demo:
         self.manager = manager or ModelManager(self.settings)
         self.cache = EmbeddingCache(self.settings.embeddings_dir)
         self.galleries = load_galleries(galleries_dir)
-        self._indexes: dict[tuple[str, str], GalleryIndex] = {}
-        self._queries: dict[tuple[str, str], QueryVectors] = {}
+        self._indexes: BuiltOnce[GalleryIndex] = BuiltOnce()  # (model fingerprint, gallery) -> index
+        self._queries: BuiltOnce[QueryVectors] = BuiltOnce()  # (model fingerprint, gallery) -> its queries' vectors
         from rge_demo.analysis.projection import ProjectionCache
 
         self._projections = ProjectionCache(self.settings.cache_dir / "projections")
         self.maps = explore.MapCache()
         self.map_payloads = explore.Payloads()  # what the Explore page fetches, by token
-        self._lock = threading.RLock()
         from rge_demo.app.gallery_access import GalleryAccess
 
         self.access = GalleryAccess(self.settings.cache_dir / "user-galleries", self.galleries)
@@ -269,10 +314,8 @@ class Demo:
         gallery = self.gallery(gallery_name, session_key)
         loaded = self.model(model_name)
         key = (loaded.fingerprint, gallery.name)
-        with self._lock:
-            if key not in self._indexes:
-                self._indexes[key] = build_index(loaded.encoder, gallery, loaded.fingerprint, self.cache, progress)
-            return self._indexes[key]
+        return self._indexes.get(key, lambda: build_index(loaded.encoder, gallery, loaded.fingerprint, self.cache,
+                                                          progress))
 
     # -- a session's own galleries ------------------------------------------------------------------
     def register_gallery(self, session_key: str, source, name: str, *, kind: str = "auto", subset: str | None = None,
@@ -309,9 +352,7 @@ class Demo:
 
     def remove_gallery(self, name: str, session_key: str) -> None:
         self.access.remove(name, session_key)
-        with self._lock:
-            for key in [k for k in self._indexes if k[1] == name]:
-                del self._indexes[key]
+        self._indexes.drop(lambda key: key[1] == name)
 
     def warm(self, model_name: str | None = None, progress: Callable[[str, int, int], None] | None = None) -> None:
         """Build (or load from the cache) every gallery's index for a model."""
@@ -360,15 +401,19 @@ class Demo:
         inp = self.make_input(image, text, instruction)
         index = self.index(gallery.name, model_name, session_key=session_key)
         loaded = self.model(model_name)
-        yield from compare_stream(loaded.encoder, index, inp, int(k), target_id or None,
-                                  max_new_tokens, self.settings.stream_interval, model=loaded.name)
+        query = _query_key(loaded, gallery, inp, k, target_id)
+        for c in compare_stream(loaded.encoder, index, inp, int(k), target_id or None,
+                                max_new_tokens, self.settings.stream_interval, model=loaded.name):
+            c.query = query
+            yield c
 
     def reembed(self, gallery_name: str, image, text: str, instruction: str, rationale: str,
                 previous: Comparison, k: int = 5, target_id: str | None = None,
                 model_name: str | None = None, session_key: str | None = None) -> Comparison:
-        """The reasoning side again from an edited rationale. ``previous`` (the last comparison of
-        this query) supplies the direct side; without one (an API call, or no comparison run yet),
-        or when it was for another gallery or k, the direct side is computed again."""
+        """The reasoning side again from an edited rationale. ``previous`` (the page's last comparison)
+        supplies the direct side when it was computed for this very query, gallery, k, right answer
+        and model; otherwise (an API call, no comparison run yet, or the page changed any of them
+        since) the direct side is computed again."""
         from rge_demo.analysis.compare import _side
 
         k = check_int(k, "k", 1, MAX_K)
@@ -381,13 +426,16 @@ class Demo:
         loaded = self.model(model_name)
         encoder, index = loaded.encoder, self.index(gallery.name, model_name, session_key=session_key)
         ids = {it.id for it in index.items}
+        query = _query_key(loaded, gallery, inp, k, target_id)
         direct = getattr(previous, "direct", None)
-        if (direct is None or len(direct.hits) != min(k, len(index.items))
+        if (direct is None or getattr(previous, "query", None) != query
                 or any(h.item.id not in ids for h in direct.hits)):
             t0 = time.perf_counter()
             direct = _side(index, encoder.direct([inp])[0], k, target_id, time.perf_counter() - t0)
-        return reembed(encoder, index, inp, rationale, Comparison(direct=direct, done=True), k, target_id,
-                       model=loaded.name)
+        c = reembed(encoder, index, inp, rationale, Comparison(direct=direct, done=True), k, target_id,
+                    model=loaded.name)
+        c.query = query
+        return c
 
     @staticmethod
     def check_target(gallery: Gallery, target_id) -> str | None:
@@ -423,15 +471,16 @@ class Demo:
         loaded = self.model(model_name)
         gallery = self.gallery(gallery_name, session_key)
         key = (loaded.fingerprint, gallery.name)
-        with self._lock:
-            if key not in self._queries:
-                inputs = [query_input(gallery, q) for q in gallery.queries]
-                results = loaded.encoder.reason(inputs)
-                self._queries[key] = QueryVectors(
-                    direct=loaded.encoder.direct(inputs),
-                    reason=np.stack([r.vector for r in results]) if results else np.zeros((0, 1), np.float32),
-                    rationales=[r.rationale for r in results], tokens=[r.tokens for r in results])
-            return self._queries[key]
+
+        def build() -> QueryVectors:
+            inputs = [query_input(gallery, q) for q in gallery.queries]
+            results = loaded.encoder.reason(inputs)
+            return QueryVectors(
+                direct=loaded.encoder.direct(inputs),
+                reason=np.stack([r.vector for r in results]) if results else np.zeros((0, 1), np.float32),
+                rationales=[r.rationale for r in results], tokens=[r.tokens for r in results])
+
+        return self._queries.get(key, build)
 
     # -- Explore (rge_demo.app.explore) -----------------------------------------------------------
     def projection(self, gallery_name: str, model_name: str | None = None, method: str = "umap",
