@@ -354,6 +354,58 @@ def test_the_manager_runs_a_model_process_when_asked_and_stops_it_on_unload(tiny
     assert not enc.process.alive()
 
 
+def test_unloading_a_model_releases_it_at_once(tiny_dir, tmp_path):
+    """The collector's worker idles after a batch; an unload stops it, so that nothing keeps the
+    model's weights alive once the manager has let go of them (on a GPU: before the next model loads)."""
+    import gc
+    import weakref
+
+    manager = ModelManager(Settings(cache_dir=tmp_path, device="cpu"), specs=[])
+    loaded = manager.load(str(tiny_dir))
+    loaded.encoder.reason([EmbedInput("", "short")], max_new_tokens=2)
+    assert loaded.encoder.collector._worker is not None  # idling, IDLE_S after its last batch
+    model = weakref.ref(loaded.encoder.model)
+    manager.unload(loaded.name)
+    del loaded
+    gc.collect()
+    assert model() is None
+
+
+def test_a_closed_model_process_refuses_calls_instead_of_starting_another_copy(taught, taught_dir):
+    process = ModelProcess(ChildSpec(str(taught_dir), "cpu", "float32", None, 128, 1))
+    process.start()
+    process.close()
+    rows = Encoder(*taught).rows(taught_inputs()[:1], direct=True)
+    with pytest.raises(ModelProcessError, match="was unloaded"):
+        process.direct(rows)  # e.g. a request queued before the unload
+    assert not process.alive() and process.starts == 1
+
+
+def test_a_call_left_mid_reply_does_not_answer_the_next_call(taught, taught_dir):
+    """A streamer that raises leaves the rest of the child's reply unread: the child is replaced, so
+    each later call gets its own answer, not the previous call's."""
+    process = ModelProcess(ChildSpec(str(taught_dir), "cpu", "float32", None, 128, 1))
+    plain = Encoder(*taught)
+    x, y = taught_inputs()[:2]
+
+    class Breaks:
+        def put(self, tokens):
+            if len(tokens):  # the first generated step
+                raise RuntimeError("streamer broke")
+
+        def end(self):
+            pass
+
+    try:
+        with pytest.raises(RuntimeError, match="streamer broke"):
+            process.reason(plain.rows([x], direct=False), 8, Breaks())
+        for inp in (y, x):
+            got = process.direct(plain.rows([inp], direct=True))
+            assert got.shape == (1, 64) and float(got[0] @ plain.direct([inp])[0]) >= 0.9999
+    finally:
+        process.close()
+
+
 def test_a_queued_rationale_counts_with_its_direct_request_in_the_callers_in_play(taught):
     """After a direct batch, a compare's rationale that is already queued is the same caller: the
     expectation is the batch's rows plus other callers' waiting rows, not one more per quick caller."""

@@ -52,8 +52,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Every error whose message is meant for the person using the app (the UI shows these as
     messages; anything else is a bug and is logged)."""
     from rge_demo.data.images import ImageError
+    from rge_demo.embedding.model_process import ModelProcessError  # a sentence: the model's process failed or left
 
-    return (RGEUserError, UserError, ImageError, ManifestError, ModelError, ValueError, FileNotFoundError)
+    return (RGEUserError, UserError, ImageError, ManifestError, ModelError, ModelProcessError, ValueError,
+            FileNotFoundError)
 
 
 # An absolute path of two or more parts (not inside a URL).

@@ -8,13 +8,14 @@ per-step overhead.
 
 * :class:`Collector` keeps the queue. A :class:`Request` is a list of processed rows plus its kind:
   ``("direct",)`` (one forward) or ``("reason", budget)`` (generate, then embed). A worker thread,
-  started by the first request and gone once the queue is empty (so it never keeps an unloaded
-  model alive), gathers a batch (when: a short ``window`` for a first request; after a batch, the
-  callers just served, for up to ``linger`` seconds; see :class:`Collector`), takes the waiting
-  requests of one kind in arrival order up to ``max_rows`` rows and runs them as ONE call (under
-  the encoder's lock, or in the model's own process: :mod:`.model_process`). A single request
-  larger than ``max_rows`` runs alone, unsplit: a caller's own batch is never reshaped, so its
-  numbers are those of the unbatched encoder.
+  started by the first request and gone ``idle`` seconds after the queue empties (at once when the
+  model is unloaded: :meth:`Collector.close`, so it never keeps an unloaded model alive), gathers a
+  batch (when: a short ``window`` for a first request; after a batch, the callers just served, for
+  up to ``linger`` seconds; see :class:`Collector`), takes the waiting requests of one kind in
+  arrival order up to ``max_rows`` rows and runs them as ONE call (under the encoder's lock, or in
+  the model's own process: :mod:`.model_process`). A single request larger than ``max_rows`` runs
+  alone, unsplit: a caller's own batch is never reshaped, so its numbers are those of the unbatched
+  encoder.
 * Compare's two passes share the prompt: its direct request runs with a KV cache
   (:meth:`Encoder._prefill`; the direct prompt is the reasoning prompt plus ``<emb>``), which the
   collector holds until its next call. When that call is the rationales of exactly the compares of
@@ -229,6 +230,7 @@ class Collector:
         self._met = False  # the batch being run was started because the expected rows were there
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._closing = False  # the model was unloaded: the worker leaves as soon as the queue is empty
 
     def submit(self, request: Request) -> Request:
         with self._cond:
@@ -240,6 +242,17 @@ class Collector:
                 self._worker.start()
             self._cond.notify()
         return request
+
+    def close(self, timeout: float = IDLE_S) -> None:
+        """The model is being unloaded: drop the held cache and let the worker leave once the queue
+        is empty instead of idling, so that nothing here keeps the model alive. Waits up to
+        ``timeout`` for it (a batch in flight finishes first)."""
+        with self._cond:
+            self._closing, self._held = True, None
+            worker = self._worker
+            self._cond.notify()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
 
     # -- the worker ------------------------------------------------------------------------------
     def _ready(self, now: float) -> tuple[bool, float]:
@@ -263,7 +276,7 @@ class Collector:
         with self._cond:
             while True:
                 now = time.monotonic()
-                if not self._pending and (self._expect is None or now >= self._batch_end + self.idle):
+                if not self._pending and (self._expect is None or self._closing or now >= self._batch_end + self.idle):
                     self._worker, self._held = None, None  # the next submit starts a new worker
                     return None
                 ready, wait = self._ready(now)
@@ -503,7 +516,8 @@ class BatchedEncoder(Encoder):
             return generated, self._finish(rows, generated)
 
     def close(self) -> None:
-        """Stop the model process, if any (the model manager calls this when it unloads the model)."""
+        """The model manager unloads the model: stop the collector's worker and the model process, if any."""
+        self.collector.close()
         if self.process is not None:
             self.process.close()
 

@@ -119,6 +119,7 @@ class ModelProcess:
         self._lock = threading.Lock()
         self._proc = None
         self._conn = None
+        self._closed = False  # closed for good: the manager unloaded this model
         self.starts = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -128,6 +129,8 @@ class ModelProcess:
             self._start_locked()
 
     def _start_locked(self) -> None:
+        if self._closed:
+            raise ModelProcessError(f"{self.spec.folder} was unloaded; load it again to use it")
         if self.alive():
             return
         ctx = mp.get_context("spawn")  # fork would copy the server's threads and locks (and cannot share CUDA)
@@ -171,15 +174,20 @@ class ModelProcess:
         return self._proc.pid if self._proc is not None else None
 
     def close(self) -> None:
+        """Stop the child for good: a later call raises instead of starting another copy of the model."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-            if self._proc is not None:
+            self._closed = True
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
                 self._proc.join(5)
-                if self._proc.is_alive():
-                    self._proc.kill()
-                    self._proc.join(5)
-            self._proc = self._conn = None
+        self._proc = self._conn = None
 
     # -- calls ----------------------------------------------------------------------------------
     def direct(self, rows) -> np.ndarray:
@@ -196,19 +204,11 @@ class ModelProcess:
             self._start_locked()
             try:
                 self._conn.send((kind, list(rows), budget, streamer is not None))
-                while True:
-                    tag, value = self._conn.recv()
-                    if tag == "prompt":
-                        streamer.put(torch.empty(0, dtype=torch.long))
-                    elif tag == "step":
-                        streamer.put(torch.tensor(value, dtype=torch.long))
-                    elif tag == "error":
-                        raise value
-                    else:
-                        if streamer is not None:
-                            streamer.end()
-                        return value
-            except (EOFError, OSError, BrokenPipeError):
+                while (reply := self._conn.recv())[0] in ("prompt", "step"):
+                    tag, value = reply
+                    streamer.put(torch.empty(0, dtype=torch.long) if tag == "prompt" else
+                                 torch.tensor(value, dtype=torch.long))
+            except (EOFError, OSError):
                 code = None
                 if self._proc is not None:
                     self._proc.join(1)
@@ -216,3 +216,14 @@ class ModelProcess:
                 self._proc = self._conn = None
                 raise ModelProcessError(f"the model process exited during a call (exit code {code}); "
                                         "the next request starts a new one") from None
+            except BaseException:
+                # Left mid-reply (the streamer raised, or an interrupt): the rest of this call's messages
+                # would answer the next call. Stop the child; the next call starts a new one.
+                self._stop_locked()
+                raise
+            tag, value = reply
+            if tag == "error":  # the child's own error: its reply is complete, the pipe in step
+                raise value
+            if streamer is not None:
+                streamer.end()
+            return value
