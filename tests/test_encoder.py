@@ -71,6 +71,17 @@ def test_stream_yields_growing_text_then_vector(taught_encoder):
     assert float(final.vector @ taught_encoder.reason([x])[0].vector) >= 0.999
 
 
+def test_a_stream_cut_by_the_budget_shows_no_text_past_it(taught_encoder):
+    """generate runs one step past the budget (to feed <emb> back in); that step is not text, so
+    every streamed text is a prefix of the final rationale."""
+    x = taught_inputs()[2]
+    for budget in (3, 5):
+        events = list(taught_encoder.stream(x, max_new_tokens=budget))
+        final = events[-1].result
+        assert final.forced and final.tokens == budget
+        assert all(final.rationale.startswith(e.text) for e in events[:-1]), [e.text for e in events]
+
+
 def test_with_rationale_matches_generated(taught_encoder):
     inputs = taught_inputs()
     generated = taught_encoder.reason(inputs)

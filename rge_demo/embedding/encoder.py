@@ -220,16 +220,20 @@ class EmbAtBudget(LogitsProcessor):
 
 
 class RationaleStreamer(TextIteratorStreamer):
-    """Streams the rationale only: nothing from ``<emb>`` on (the step after it is not text)."""
+    """Streams the rationale only: nothing from ``<emb>`` on, nothing past the budget (``generate``
+    runs one step past it, to feed a last ``<emb>`` back in; that step is not text)."""
 
-    def __init__(self, tokenizer, emb_id: int, **kwargs):
+    def __init__(self, tokenizer, emb_id: int, budget: int, **kwargs):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, **kwargs)
-        self.emb_id, self.seen_emb = emb_id, False
+        self.emb_id, self.budget, self.steps, self.ended = emb_id, budget, 0, False
 
     def put(self, value):
-        if self.next_tokens_are_prompt or not self.seen_emb and not (value == self.emb_id).any():
-            return super().put(value)
-        self.seen_emb = True
+        if not self.next_tokens_are_prompt:
+            self.steps += 1
+            self.ended = self.ended or self.steps > self.budget or bool((value == self.emb_id).any())
+            if self.ended:
+                return
+        super().put(value)
 
 
 def emb_token_id(tokenizer) -> int:
@@ -435,7 +439,7 @@ class Encoder:
         """Start the row's generate in a thread and return its events; with ``on_direct``, the thread
         runs :meth:`_compare` and puts the direct vectors (or the error) there first."""
         budget = max_new_tokens or self.max_new_tokens
-        streamer = RationaleStreamer(self.tokenizer, self.emb_id, timeout=600)
+        streamer = RationaleStreamer(self.tokenizer, self.emb_id, budget, timeout=600)
         box: dict = {}
 
         def run():
