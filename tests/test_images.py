@@ -96,6 +96,17 @@ def test_bomb_header_beyond_our_limit(tmp_path):
         load_image(path)
 
 
+def test_an_image_far_longer_than_wide_is_refused_with_its_shape(tmp_path):
+    """Qwen2-VL's processor refuses an aspect ratio over 200:1 with its own words; this names the file."""
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (20000, 1)).save(path)
+    with pytest.raises(ImageError, match=r"strip.png: 20000x1 is 20,000 times longer than wide; .* 200:1"):
+        load_image(path)
+    with pytest.raises(ImageError, match="uploaded image: 1x300 is 300 times"):
+        load_image(Image.new("RGB", (1, 300)))
+    assert load_image(Image.new("RGB", (200, 1))).size == (200, 1)
+
+
 def test_real_image_over_low_limit(tmp_path):
     path = tmp_path / "photo.png"
     _noise((100, 100)).save(path)

@@ -75,6 +75,29 @@ def test_zip_of_one_folder_is_extracted_and_named_relative(tmp_path):
     assert all(g.image_path(it.image).is_file() for it in g.items)
 
 
+def test_a_zips_problems_name_the_zip_and_say_what_is_wrong(tmp_path):
+    """Messages name the uploaded zip (not the folder it was extracted to), and an image the model
+    cannot take is refused when the gallery is registered, not later while it embeds."""
+    dest = tmp_path / "galleries"
+
+    def zipped(name, files):
+        with zipfile.ZipFile(tmp_path / name, "w") as z:
+            for arc, path in files.items():
+                z.write(path, arc)
+        return tmp_path / name
+
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(GalleryError, match=r"^noimages.zip: no manifest.json, no labels"):
+        build_gallery(zipped("noimages.zip", {"readme.txt": tmp_path / "readme.txt"}), "a", dest)
+    Image.new("RGB", (4000, 10)).save(tmp_path / "strip.png")
+    with pytest.raises(GalleryError, match=r"strip.png: 4000x10 is 400 times longer than wide; .* at most 200:1"):
+        build_gallery(zipped("strip.zip", {"strip.png": tmp_path / "strip.png"}), "b", dest)
+    Image.new("1", (15000, 15000)).save(tmp_path / "giant.png")  # over PIL's own bomb limit
+    with pytest.raises(GalleryError, match=r"giant.png: too many pixels \(the limit is"):
+        build_gallery(zipped("giant.zip", {"giant.png": tmp_path / "giant.png"}), "c", dest)
+    assert not dest.exists() or not any(dest.iterdir())
+
+
 def test_mmeb_subset_becomes_a_gallery_with_queries(tmp_path):
     root = make_mmeb(tmp_path / "MMEB-eval")
     g = build_gallery(root, "inet", tmp_path / "galleries", kind="mmeb", subset="ImageNet-A")
@@ -90,7 +113,7 @@ def test_bad_sources_are_sentences_and_leave_nothing(tmp_path):
     src = image_folder(tmp_path / "src")
     huge = src / "huge.png"
     Image.new("1", (12000, 12000)).save(huge)  # ~140 MP from a tiny file: refused from its header
-    with pytest.raises(GalleryError, match=r"huge.png: 12000x12000 pixels is over the limit"):
+    with pytest.raises(GalleryError, match=r"huge.png: 12000x12000 = 144,000,000 pixels exceeds the limit"):
         build_gallery(src, "bomb", dest)
     huge.unlink()
     (src / "notes.png").write_text("not an image")

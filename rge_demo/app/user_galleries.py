@@ -32,6 +32,7 @@ from PIL import Image
 
 from rge_demo.errors import RGEUserError
 
+from rge_demo.data.images import ImageError, check_size
 from rge_demo.data.items import MANIFEST, Gallery, Item, ManifestError, Query
 from rge_demo.data.safezip import UploadLimits, extract_zip
 
@@ -64,10 +65,14 @@ def _check_image(path: Path, limits: UploadLimits) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
+    except Image.DecompressionBombError:
+        raise GalleryError(f"{path.name}: too many pixels (the limit is {limits.max_pixels:,})") from None
     except Exception as e:  # PIL raises many kinds for a broken header
         raise GalleryError(f"{path.name}: not a readable image ({type(e).__name__})") from None
-    if w * h > limits.max_pixels:
-        raise GalleryError(f"{path.name}: {w}x{h} pixels is over the limit of {limits.max_pixels:,}")
+    try:
+        check_size((w, h), path.name, limits.max_pixels)
+    except ImageError as e:
+        raise GalleryError(str(e)) from None
 
 
 def _images(folder: Path) -> list[Path]:
@@ -137,12 +142,14 @@ def _from_labels(folder: Path, labels: Path, name: str, limits: UploadLimits, in
                    description=f"{len(items)} items from {labels.name}")
 
 
-def _from_folder(folder: Path, name: str, limits: UploadLimits, instruction: str) -> Gallery:
+def _from_folder(folder: Path, name: str, limits: UploadLimits, instruction: str, shown: str | None = None) -> Gallery:
+    """``shown``: what messages call the folder (an uploaded zip's name; default the folder's)."""
+    shown = shown or folder.name
     if (folder / MANIFEST).is_file():
         try:
             g = Gallery.load(folder)
         except ManifestError as e:
-            raise GalleryError(str(e).replace(str(folder), folder.name)) from None
+            raise GalleryError(str(e).replace(str(folder), shown)) from None
         for rel in [it.image for it in g.items] + [q.image for q in g.queries]:
             if rel:
                 path = (folder / rel).resolve()
@@ -161,10 +168,10 @@ def _from_folder(folder: Path, name: str, limits: UploadLimits, instruction: str
         return _from_labels(folder, labels, name, limits, instruction)
     images = _images(folder)
     if not images:
-        raise GalleryError(f"{folder.name}: no manifest.json, no labels.csv/labels.jsonl and no images "
+        raise GalleryError(f"{shown}: no manifest.json, no labels.csv/labels.jsonl and no images "
                            f"({', '.join(IMAGE_SUFFIXES)})")
     if len(images) > limits.max_rows:
-        raise GalleryError(f"{folder.name}: {len(images):,} images is over the limit of {limits.max_rows:,}")
+        raise GalleryError(f"{shown}: {len(images):,} images is over the limit of {limits.max_rows:,}")
     items = []
     for i, path in enumerate(images):
         _check_image(path, limits)
@@ -237,7 +244,7 @@ def build_gallery(source: str | Path, name: str, dest: str | Path, *, kind: str 
     try:
         if kind == "zip":
             extract_zip(source, target / "files", limits)
-            gallery = _from_folder(_single_root(target / "files"), name, limits, instruction)
+            gallery = _from_folder(_single_root(target / "files"), name, limits, instruction, shown=source.name)
         elif kind == "mmeb":
             gallery = _from_mmeb(source, subset, name, limit)
         else:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: any photo, not a bomb
 UPLOADED = "uploaded image"
+MAX_ASPECT = 200  # Qwen2-VL's image processor refuses a longer side over 200x the shorter (smart_resize)
 WHITE = (255, 255, 255)
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
@@ -147,6 +148,14 @@ def _check_pixels(size: tuple[int, int], label: str, max_pixels: int | None) -> 
     if max_pixels is not None and w * h > max_pixels:
         raise ImageError(label, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
                                 "(possible decompression bomb)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(label, f"{w}x{h} is {max(w, h) / min(w, h):,.0f} times longer than wide; the model's image "
+                                f"processor takes at most {MAX_ASPECT}:1 (crop or pad it)")
+
+
+def check_size(size: tuple[int, int], label: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Raise :class:`ImageError` for a width x height (read from a header) that no model here can take."""
+    _check_pixels(size, label, max_pixels)
 
 
 def _finish(im: Image.Image, label: str) -> Image.Image:
