@@ -84,4 +84,9 @@ def test_grid_search_case_link_export_and_bars(page, app):
     # a link to a run that is not there: one sentence, and the tab still works
     page.goto(app.url.rstrip("/") + "/?run=no-such-run&case=x")
     expect(page.get_by_text("The link does not open a run: no saved run 'no-such-run'", exact=False)).to_be_visible()
+    # markup in a link is shown as text, never rendered
+    page.goto(app.url.rstrip("/") + f"/?run={RUN}&case=%3Cb%3Ebold%3C/b%3E%3Cimg%20src=x%3E")
+    expect(page.get_by_text("The link does not open a case", exact=False)).to_be_visible()
+    expect(page.get_by_text("<b>bold</b><img src=x>", exact=False)).to_be_visible()
+    assert page.locator("#failures-status img, #failures-status b").count() == 0
     assert not page.errors, page.errors

@@ -145,6 +145,7 @@ def test_another_sessions_gallery_is_refused(app, tmp_path):
         assert "another session" in msg, (endpoint, msg)
     msg = refused(bob.predict, "folder", None, "/etc", "", None, "system", bob_key, api_name="/register_gallery")
     assert "folders on the server are off" in msg, msg
+    assert "pick one of your galleries" in refused(alice.predict, None, alice_key, api_name="/remove_gallery")
     assert app.alive()
 
 

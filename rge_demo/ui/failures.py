@@ -252,13 +252,14 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                 return (*lists, *(skip,) * 11, *((skip,) if tabs is not None else ()))
             cases = demo.failure_runs.load(name, key)
         except user_errors() as e:  # a bad link: one sentence in the status line, the tab still opens
-            return (*lists, *(skip,) * 10, f"**The link does not open a run:** {public_message(e)}", *select)
+            return (*lists, *(skip,) * 10, f"**The link does not open a run:** {html.escape(public_message(e))}",
+                    *select)
         case, note = None, ""
         if case_id:
             try:
                 case = demo.failure_runs.case(name, case_id, key)
             except user_errors() as e:
-                note = f"**The link does not open a case:** {public_message(e)}. "
+                note = f"**The link does not open a case:** {html.escape(public_message(e))}. "
         df, text, shown = refresh(cases, ALL, ALL, ALL, ALL, ALL, "")
         fig, split_choices, meta_choices = after_load(cases, name)
         opened = note or (f"Opened case **{html.escape(case.query_id)}** of run **{html.escape(name)}** from the "

@@ -45,7 +45,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState):
 
     def rows(key):
         listed = demo.own_galleries(key)
-        df = pd.DataFrame([[g["name"], g["items"], g["queries"], g["state"], f"{g['done']}/{g['total']}"]
+        df = pd.DataFrame([[g["name"], g["items"], g["queries"],
+                            f"{g['state']}: {g['error']}" if g.get("error") else g["state"], f"{g['done']}/{g['total']}"]
                            for g in listed], columns=COLUMNS)
         busy = any(g["state"] == "embedding" for g in listed)
         return df, gr.update(choices=[g["name"] for g in listed]), gr.Timer(active=busy)
@@ -70,6 +71,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState):
     @friendly
     def on_remove(gallery, session_key, request: gr.Request):
         key = session_of(session_key, request)
+        if not gallery:
+            raise gr.Error("pick one of your galleries to remove")
         demo.remove_gallery(gallery, key)
         return (f"Removed {gallery}.", *rows(key))
 
@@ -78,7 +81,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState):
 
     kind.change(on_kind, kind, [upload, path, subset, limit], api_visibility="private")
     add.click(on_add, [kind, upload, path, subset, limit, name, model_state, session],
-              [message, table, picked, timer], api_name="register_gallery")
-    remove.click(on_remove, [picked, session], [message, table, picked, timer], api_name="remove_gallery")
+              [message, table, picked, timer], api_name="register_gallery", show_progress_on=message)
+    remove.click(on_remove, [picked, session], [message, table, picked, timer], api_name="remove_gallery",
+                 show_progress_on=message)
     timer.tick(on_tick, session, [table, picked, timer], api_visibility="private")
     return on_tick, [session], [table, picked, timer]
