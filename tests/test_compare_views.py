@@ -75,6 +75,8 @@ def test_samples_are_the_same_under_a_seed(random_demo):
     c = V.sample_view(*args, n=4, temperature=1.5, seed=4)
     assert a.to_dict() == b.to_dict()
     assert [p.rationale for p in a.result.samples] != [p.rationale for p in c.result.samples]
+    coldest = V.sample_view(*args, n=2, temperature=V.MIN_TEMPERATURE, seed=3)  # no inf / nan in the softmax
+    assert len(coldest.result.samples) == 2
     d = a.to_dict()
     assert d["n"] == 4 and len(d["samples"]) == 4 and d["n_items"] == len(g.items) and d["target_id"] == q.target_id
     assert set(d["pass_at"]) == {"1", "2", "4"} and d["spread"] is not None
@@ -95,6 +97,7 @@ def test_samples_are_the_same_under_a_seed(random_demo):
     (4, float("nan"), 0, r"temperature must be above 0"),
     (4, "hot", 0, r"temperature must be a number above 0"),
     (4, 50, 0, r"temperature must be at most 5"),
+    (4, 1e-300, 0, r"temperature must be at least 0.01 \(for greedy reasoning use the Compare button\), got 1e-300"),
     (4, 1.0, -1, r"seed must be in 0\.\.2147483647, got -1"),
 ])
 def test_bad_sampling_requests_get_one_sentence(demo, n, temperature, seed, match):

@@ -29,6 +29,7 @@ from rge_demo.data.items import Gallery
 from .demo import MAX_K, Demo, UserError, check_int, check_text
 
 MAX_SAMPLES = 32  # samples per request: one generate of up to 32 rows
+MIN_TEMPERATURE = 0.01  # below it softmax(logits / t) overflows to inf / nan; greedy is the Compare button
 MAX_TEMPERATURE = 5.0
 MAX_SEED = 2**31 - 1
 
@@ -90,13 +91,16 @@ def scene_facts_of(gallery: Gallery, image, text: str) -> dict | None:
 
 # ------------------------------------------------------------------------------ sampling
 def check_temperature(value) -> float:
-    """A sampling temperature from a request: a number in (0, MAX_TEMPERATURE]."""
+    """A sampling temperature from a request: a number in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
     try:
         t = float(value)
     except (TypeError, ValueError):
         raise UserError(f"the temperature must be a number above 0 (e.g. 1.0), got {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(t) or t <= 0:
         raise UserError(f"the temperature must be above 0 (greedy reasoning is the Compare button), got {value!r}")
+    if t < MIN_TEMPERATURE:
+        raise UserError(f"the temperature must be at least {MIN_TEMPERATURE:g} (for greedy reasoning use the Compare "
+                        f"button), got {t:g}")
     if t > MAX_TEMPERATURE:
         raise UserError(f"the temperature must be at most {MAX_TEMPERATURE:g}, got {t:g}")
     return t
