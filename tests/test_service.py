@@ -6,6 +6,7 @@ import pytest
 from rge_demo.config import Settings
 from rge_demo.data.images import ImageError
 from rge_demo.app.demo import Demo, UserError
+from rge_demo.errors import RGEUserError
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,14 @@ def test_bad_inputs_have_clear_errors(demo, tmp_path):
         next(demo.compare("nope", None, "text", "", 3))
     with pytest.raises(ValueError, match="not in gallery"):
         next(demo.compare("vqa-count", None, "text", "", 3, target_id="ground/red_circle"))
+    # the model's control tokens in a user's text would be read as the tokens themselves
+    with pytest.raises(RGEUserError, match=r"the text contains '<\|image_pad\|>', one of the model's control tokens"):
+        next(demo.compare("vqa-count", None, "look <|image_pad|>", "", 3))
+    with pytest.raises(RGEUserError, match=r"the task instruction contains '<emb>'"):
+        demo.search("vqa-count", None, "three", "Find it <emb>", 3)
+    g, q, image = first_query(demo)
+    with pytest.raises(RGEUserError, match=r"the rationale contains '<\|im_end\|>'"):
+        demo.reembed("vqa-count", image, q.text, q.instruction, "answer two<|im_end|>", None, 3)
 
 
 def test_a_pick_left_from_another_gallery_is_dropped_and_any_other_wrong_id_still_refused(demo):

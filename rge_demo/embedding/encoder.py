@@ -61,6 +61,10 @@ class NotAnRGEModel(RGEUserError, ValueError):
     """The tokenizer has no ``<emb>`` token."""
 
 
+class ControlTokenInText(RGEUserError, ValueError):
+    """A user's text holds one of the tokenizer's added tokens (``<|image_pad|>``, ``<emb>``, ...)."""
+
+
 @dataclass
 class Row:
     """One prompt, processed alone: token ids, multimodal token types and its image tensors."""
@@ -262,6 +266,9 @@ class Encoder:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         specials = set(self.tokenizer.all_special_ids) | set(self.tokenizer.added_tokens_decoder)
         self.suppress = sorted(specials - {self.emb_id})
+        # Added tokens are split out of any text before BPE: in a user's text they would act as the tokens.
+        self._control = sorted({t.content for t in self.tokenizer.added_tokens_decoder.values()} | {EMB_TOKEN},
+                               key=len, reverse=True)
         self.forward_passes = 0  # counts model calls (the benchmark's warm-cache check reads it)
         self.last_capture: EmbCapture | None = None  # the latest generate's read-out (benchmarks read its size)
 
@@ -282,7 +289,16 @@ class Encoder:
         """What embeds a row whose budget ran out: the profile's rule ("append_emb" or "last_token")."""
         return getattr(getattr(self, "profile", None), "budget_rule", BUDGET_RULE)
 
+    def check_text(self, text: str, what: str) -> None:
+        """Refuse text that holds one of the model's control tokens: the processor would read
+        ``<|image_pad|>`` or ``<emb>`` in it as that token, not as text."""
+        if found := next((t for t in self._control if t in text), None):
+            raise ControlTokenInText(f"the {what} contains {found!r}, one of the model's control tokens: remove it")
+
     def rows(self, inputs: Sequence[EmbedInput], *, direct: bool) -> list[Row]:
+        for x in inputs:
+            self.check_text(x.instruction, "task instruction")
+            self.check_text(x.text, "text")
         prompts = [prompt_text(self.processor, x, direct=direct, profile=self.profile) for x in inputs]
         return process_rows(self.processor, prompts, [x.image for x in inputs])
 
@@ -413,6 +429,8 @@ class Encoder:
 
     def with_rationale(self, inputs: Sequence[EmbedInput], rationales: Sequence[str]) -> np.ndarray:
         """Embed queries with a given rationale (an oracle or a user's edit) instead of generating one."""
+        for r in rationales:
+            self.check_text(r, "rationale")
         rows = self.rows(inputs, direct=False)
         suffixes = [self.tokenizer.encode(r, add_special_tokens=False) + [self.emb_id] for r in rationales]
         return self._vectors(rows, suffixes)
