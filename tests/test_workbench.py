@@ -16,6 +16,7 @@ from rge_demo.app.workbench import Workbench, WorkbenchError, loss_figure
 from rge_demo.config import Settings
 from rge_demo.data.upload import UploadError
 from rge_demo.embedding.prompts import EmbedInput
+from rge_demo.models.loading import ModelError
 from rge_demo.models.manager import ModelManager, default_specs
 from rge_demo.training.data import load_pairs
 
@@ -129,6 +130,9 @@ def test_bad_uploads_and_bad_launch_fields_give_clear_errors(idle_bench, tmp_pat
     with pytest.raises(DatasetError, match="no version v9"):
         bench.drafts(KEY, f"{folder.name}/v9")
 
+    broken = tmp_path / "broken-model"  # refused at launch, not by the worker
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
     good = dict(dataset=version.id, base_model="tiny", stage="rge", steps=2, batch_size=2, lr=1e-3, a_lm=0.1,
                 a_con=1.0, temperature=0.03, lora=False, max_new_tokens=8, val_share=0.0, name="")
     for field, value, message in [("steps", 0, "steps must be a whole number"),
@@ -141,9 +145,10 @@ def test_bad_uploads_and_bad_launch_fields_give_clear_errors(idle_bench, tmp_pat
                                   ("base_model", "MCG-NJU/RGE", "hub id"),
                                   ("base_model", "someone/else", "hub id"),
                                   ("base_model", "no-such-model", "not a registered model"),
+                                  ("base_model", str(broken), r"config.json.*not valid JSON"),
                                   ("dataset", str(tmp_path / "pairs.jsonl"), "no dataset"),
                                   ("dataset", "", "no dataset")]:
-        with pytest.raises((WorkbenchError, DatasetError), match=message):
+        with pytest.raises((WorkbenchError, DatasetError, ModelError), match=message):
             bench.launch(KEY, **{**good, field: value})
     assert bench.jobs_table(KEY).empty  # nothing was queued
     with pytest.raises(ValueError, match="choose a job"):

@@ -187,9 +187,11 @@ class JobQueue:
 
     def jobs_table(self, owner: str) -> pd.DataFrame:
         """id, name, dataset (version), status, attempts, the checkpoint a resume starts from, error."""
+        from .demo import public_message  # the server's own paths are not shown
+
         rows = [{"id": j.id, "name": j.name, "dataset": j.dataset, "status": j.status, "attempts": j.attempts,
                  "checkpoint": j.checkpoint.name if j.checkpoint else "",
-                 "error": j.error.splitlines()[0] if j.error else ""} for j in self.jobs(owner)]
+                 "error": public_message(j.error.splitlines()[0]) if j.error else ""} for j in self.jobs(owner)]
         return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
     # -- requests ------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import pandas as pd
 
 from rge_demo.data.upload import ValidationReport
 from rge_demo.errors import RGEUserError
-from rge_demo.models.loading import looks_like_hub_id
+from rge_demo.models.loading import check_checkpoint, looks_like_hub_id
 from rge_demo.training import drafting
 from rge_demo.training.config import TrainConfig
 from rge_demo.training.data import load_pairs
@@ -301,6 +301,7 @@ class Workbench:
             raise hub_error
         if not spec.available:
             raise WorkbenchError(f"base model {spec.name!r} is {spec.availability}")
+        check_checkpoint(spec.source)  # a broken folder is refused now, not by the worker minutes later
         return spec.source
 
     # -- training --------------------------------------------------------------------------------
@@ -378,7 +379,9 @@ class Workbench:
             parts.append(f"on {p['dataset']}")
         line = " · ".join(parts)
         if p.get("error"):
-            line += f"\n\n{p['error'].splitlines()[0]}"
+            from .demo import public_message
+
+            line += f"\n\n{public_message(p['error'].splitlines()[0])}"
         return line
 
     def cancel(self, key: str, job_id: str) -> Job:

@@ -294,7 +294,9 @@ class JobManager:
         else:
             why = ("the worker process vanished while no manager watched it" if code is None
                    else f"worker exited with code {code}" + (f" (signal {-code})" if code < 0 else ""))
-            job.status, job.error = "failed", why + "\n" + tail(job.path / LOG_FILE)
+            log_tail = tail(job.path / LOG_FILE)
+            said = [line[len("error: "):] for line in log_tail.splitlines() if line.startswith("error: ")]
+            job.status, job.error = "failed", why + (f": {said[-1]}" if said else "") + "\n" + log_tail
         job.cancel_requested = False
         job.save()
         log.info("job %s %s (exit code %s)", job.id, job.status, code)

@@ -102,14 +102,14 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         stage = gr.Radio(list(LAUNCH_STAGES), value="rge", label="Stage", info=STAGE_HELP)
         job_name = gr.Textbox(label="Job name (optional)", max_lines=1)
     with gr.Row():
-        steps = gr.Number(20, precision=0, label="Steps", minimum=1)
-        batch = gr.Number(8, precision=0, label="Batch size", minimum=1)
+        steps = gr.Number(20, precision=0, label="Steps")  # the workbench checks ranges, naming the field
+        batch = gr.Number(8, precision=0, label="Batch size")
         lr = gr.Number(1e-4, label="Learning rate")
         a_lm = gr.Number(0.1, label="a_lm (LM weight)")
         a_con = gr.Number(1.0, label="a_con (contrastive weight)")
         temperature = gr.Number(0.03, label="Temperature")
     with gr.Row():
-        max_new = gr.Number(32, precision=0, label="Max new tokens (rationale budget)", minimum=1)
+        max_new = gr.Number(32, precision=0, label="Max new tokens (rationale budget)")
         val_share = gr.Slider(0.0, 0.9, value=0.2, step=0.05, label="Validation share (held out for before/after)")
         lora = gr.Checkbox(label="LoRA (q/k/v/o adapters instead of a full fine-tune)", value=False)
         launch_btn = gr.Button("Launch", variant="primary")
