@@ -100,6 +100,9 @@ def test_explore_map_click_lasso_colour_and_search(page, app):
         page.get_by_label("Search labels, texts and rationales").press("Enter")
         expect(page.get_by_text(re.compile(r"\d+ points? match square"))).to_be_visible()
         page.locator("#explore-map").screenshot(path=str(SHOTS / "2b-explore-map.png"))
+        page.get_by_label("Search labels, texts and rationales").fill("[(*")  # echoed as typed, not as markup
+        page.get_by_label("Search labels, texts and rationales").press("Enter")
+        expect(page.get_by_text(re.compile(r"points? match \[\(\*\.?$"))).to_be_visible()
 
         # UMAP: either it is ready, or the app says it is warming up and shows PCA meanwhile.
         page.get_by_label("umap", exact=True).check()

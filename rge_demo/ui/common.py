@@ -91,3 +91,10 @@ def image_input(value=None, **kwargs) -> gr.Image:
     component = gr.Image(value, type="filepath", image_mode=None, **kwargs)
     component.preprocess = functools.partial(_image_path, component)
     return component
+
+
+def md_literal(text: str) -> str:
+    """``text`` shown as typed inside Markdown (a search echoed back): a code span whose fence is
+    longer than any run of backticks in it, so no character is read as markup."""
+    ticks = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    return f"{ticks} {text} {ticks}"

@@ -16,7 +16,7 @@ from rge_demo.analysis.projection import umap_state
 from rge_demo.app import explore as X
 from rge_demo.app.demo import Demo
 
-from .common import friendly, gpu
+from .common import friendly, gpu, md_literal
 from .render import STYLE, thumbnail
 from .train import session_of
 
@@ -184,7 +184,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
             return gr.HTML(), gr.HTML(), "Press **Project** first.", gr.HTML()
         hits = X.search(proj, text)
         cells, first, _ = show(proj, hits) if hits else (_grid_html([], 0), "", "")
-        return cells, first, f"{len(hits)} point{'s' * (len(hits) != 1)} match **{html.escape(text)}**.", \
+        return cells, first, f"{len(hits)} point{'s' * (len(hits) != 1)} match {md_literal(text)}.", \
             gr.HTML(selected=hits)
 
     private = {"api_visibility": "private"}

@@ -16,7 +16,7 @@ from rge_demo.app.demo import Demo, public_message, user_errors, world_task_name
 from rge_demo.app.explore import small_thumbnail
 from rge_demo.app.failure_runs import case_link, parse_case_link
 
-from .common import friendly, gpu
+from .common import friendly, gpu, md_literal
 from .render import STYLE, attribution_html, thumbnail
 from .train import session_of
 
@@ -146,7 +146,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     def refresh(cases, outcome, task, meta_task, split, failure_kind, search=""):
         shown = shown_of(cases, outcome, task, meta_task, split, failure_kind, search)
         counts = {o: sum(c.outcome == o for c in cases) for o in OUTCOMES}
-        found = f" matching *{html.escape(search.strip())}*" if (search or "").strip() else ""
+        found = f" matching {md_literal(search.strip())}" if (search or "").strip() else ""
         text = (f"{len(shown)} of {len(cases)} cases shown{found}. "
                 + ", ".join(f"{o}: {k}" for o, k in counts.items()))
         return grid_frame(shown), text, shown
