@@ -9,10 +9,12 @@
   ``output_hidden_states`` would keep every layer at every prompt position.
 
 Compare asks for both (:meth:`Encoder.direct_and_stream`). The direct prompt is the reasoning prompt
-plus ``<emb>``, so :meth:`Encoder._compare` runs the direct forward with a KV cache, drops the
-``<emb>`` (and the prompt's last token) from it and lets ``generate`` continue from there: the
-reasoning pass's prefill (prompt, image tokens and all) is then one token instead of the whole
-prompt again.
+plus ``<emb>`` (:meth:`Row.with_emb`), so the direct forward runs with a KV cache
+(:meth:`Encoder._prefill`), which is cut back to the prompt less its last token, and ``generate``
+continues from there: the reasoning pass's prefill (prompt, image tokens and all) is then one token
+instead of the whole prompt again. Here :meth:`Encoder._compare` does both in one call; in the app
+the request collector (:mod:`.batcher`) does it across users, holding a direct batch's cache for
+their rationales.
 
 When the budget runs out, the profile's ``budget_rule`` decides: "append_emb" appends ``<emb>``
 and runs one forward over ``prompt + rationale + <emb>`` (the path training takes); "last_token"
