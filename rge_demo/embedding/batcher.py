@@ -508,12 +508,11 @@ class BatchedEncoder(Encoder):
             return self._prefill(rows)
 
     def run_reason(self, rows: Sequence[Row], budget: int, streamer=None, cache=None):
-        self.forward_passes += 1
         if self.process is not None:
+            self.forward_passes += 1
             return self.process.reason(rows, budget, streamer)
         with self.lock, torch.inference_mode():
-            generated = self._generate(rows, budget, streamer=streamer, cache=cache)
-            return generated, self._finish(rows, generated)
+            return self._reason(rows, budget, streamer, cache)
 
     def close(self) -> None:
         """The model manager unloads the model: stop the collector's worker and the model process, if any."""

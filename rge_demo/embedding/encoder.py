@@ -370,6 +370,13 @@ class Encoder:
         return ReasonResult(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), seconds, vector, forced,
                             row.prompt + self.tokenizer.decode(ids) + end)
 
+    def _reason(self, rows: Sequence[Row], budget: int, streamer=None, cache: DynamicCache | None = None):
+        """One batch of reasoning rows, one model call: (per-row generation results, (B, D) vectors).
+        ``cache``: the rows' prompt cache from :meth:`_prefill`. Call under the lock, in inference mode."""
+        self.forward_passes += 1
+        generated = self._generate(rows, budget, streamer, cache=cache)
+        return generated, self._finish(rows, generated)
+
     def _prefill(self, rows: Sequence[Row]) -> tuple[np.ndarray, DynamicCache]:
         """Direct vectors (B, D) of direct rows (reasoning rows plus ``<emb>``: :meth:`Row.with_emb`)
         and the KV cache of their prompts less the last token: what :meth:`_generate` continues from
@@ -393,8 +400,7 @@ class Encoder:
             direct, cache = self._prefill([r.with_emb(self.emb_id) for r in rows])
             if on_direct is not None:
                 on_direct(direct)
-            generated = self._generate(rows, budget, streamer, cache=cache)
-            return direct, generated, self._finish(rows, generated)
+            return direct, *self._reason(rows, budget, streamer, cache)
 
     # -- one batch; a subclass may route these elsewhere (the request collector does) --------------
     def _embed_direct(self, rows: Sequence[Row]) -> np.ndarray:
@@ -404,9 +410,7 @@ class Encoder:
     def _embed_reason(self, rows: Sequence[Row], budget: int):
         """One batch of reasoning rows: (per-row generation results, (B, D) vectors)."""
         with self.lock, torch.inference_mode():
-            self.forward_passes += 1
-            generated = self._generate(rows, budget)
-            return generated, self._finish(rows, generated)
+            return self._reason(rows, budget)
 
     # -- public API ----------------------------------------------------------------------------
     def direct(self, inputs: Sequence[EmbedInput], batch_size: int = 32) -> np.ndarray:
@@ -467,9 +471,7 @@ class Encoder:
             try:
                 if on_direct is None:
                     with self.lock, torch.inference_mode():
-                        self.forward_passes += 1
-                        box["generated"] = self._generate(rows, budget, streamer)
-                        box["vectors"] = self._finish(rows, box["generated"])
+                        box["generated"], box["vectors"] = self._reason(rows, budget, streamer)
                 else:
                     _, box["generated"], box["vectors"] = self._compare(rows, budget, streamer, on_direct.put)
             except BaseException as e:  # surfaced to the caller below

@@ -103,8 +103,7 @@ def _serve(conn, spec: ChildSpec) -> None:
                 if kind == "direct":
                     payload = enc._vectors(rows)
                 else:
-                    generated = enc._generate(rows, budget, streamer=_StepForwarder(conn) if stream else None)
-                    vectors = enc._finish(rows, generated)
+                    generated, vectors = enc._reason(rows, budget, _StepForwarder(conn) if stream else None)
                     payload = ([(ids, forced, None) for ids, forced, _ in generated], vectors)
             conn.send(("done", payload))
         except Exception as e:  # noqa: BLE001 - the caller gets it
