@@ -227,7 +227,6 @@ class Collector:
         self._skipped: dict[int, int] = {}  # id(request) -> batches chosen over it
         self._expect: int | None = None  # rows expected after the last batch (the callers in play)
         self._batch_end = 0.0
-        self._met = False  # the batch being run was started because the expected rows were there
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
         self._closing = False  # the model was unloaded: the worker leaves as soon as the queue is empty
@@ -255,31 +254,35 @@ class Collector:
             worker.join(timeout)
 
     # -- the worker ------------------------------------------------------------------------------
-    def _ready(self, now: float) -> tuple[bool, float]:
-        """(run a batch now?, how long to wait otherwise); call with the condition held."""
+    def _ready(self, now: float) -> tuple[bool, float, bool]:
+        """(run a batch now?, how long to wait otherwise, does the expectation hold?); call with the
+        condition held. The expectation holds when the rows it expects are there, and when nothing
+        waited for them (a reasoning request under continuous batching); it is lowered only when a
+        wait for them ran out."""
         rows = sum(len(r.rows) for r in self._pending)
         if self.continuous and self._pending and self._pending[0].kind[0] == "reason":
             # Nothing to wait for: whoever comes later joins the decode at its next step.
             left = self._pending[0].arrived + self.window - now
-            return left <= 0, left
+            return left <= 0, left, True
         if self._expect is not None:  # after a batch: wait for the callers in play
-            self._met = rows >= min(self._expect, self.max_rows)
+            met = rows >= min(self._expect, self.max_rows)
             if not self._pending:
-                return False, self._batch_end + self.idle - now
+                return False, self._batch_end + self.idle - now, met
             deadline = max(self._batch_end, self._pending[0].arrived) + self.linger
-            return self._met or now >= deadline, deadline - now
+            return met or now >= deadline, deadline - now, met
         left = self._pending[0].arrived + self.window - now
-        return left <= 0 or rows >= self.max_rows, left
+        return left <= 0 or rows >= self.max_rows, left, False
 
-    def _take(self) -> list[Request] | None:
-        """The next batch (None: nothing came, the worker leaves)."""
+    def _take(self) -> tuple[list[Request], bool] | None:
+        """The next batch and whether the expectation holds (:meth:`_ready`; None: nothing came, the
+        worker leaves)."""
         with self._cond:
             while True:
                 now = time.monotonic()
                 if not self._pending and (self._expect is None or self._closing or now >= self._batch_end + self.idle):
                     self._worker, self._held = None, None  # the next submit starts a new worker
                     return None
-                ready, wait = self._ready(now)
+                ready, wait, holds = self._ready(now)
                 if ready:
                     break
                 self._cond.wait(wait)
@@ -297,7 +300,7 @@ class Collector:
                 self._skipped.pop(id(r), None)
             for r in self._pending:
                 self._skipped[id(r)] = self._skipped.get(id(r), 0) + 1
-            return batch
+            return batch, holds
 
     def _choose(self) -> tuple:
         starved = [r for r in self._pending if self._skipped.get(id(r), 0) >= 2]
@@ -309,7 +312,8 @@ class Collector:
         return max(rows, key=rows.get)  # max keeps the first of equals
 
     def _loop(self) -> None:
-        while (batch := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            batch, holds = taken
             try:
                 self._run(batch)
             except BaseException as e:  # a bug here must not leave callers waiting forever
@@ -320,7 +324,7 @@ class Collector:
                 in_play = self._in_play(batch)
                 # Kept while it holds (callers of another kind are still out: a Compare user between
                 # its direct vector and its rationale, or on its way back); lowered when it failed.
-                self._expect = max(in_play, self._expect or 0) if self._met else in_play
+                self._expect = max(in_play, self._expect or 0) if holds else in_play
                 self._batch_end = time.monotonic()
 
     def _run(self, batch: list[Request], continuous: bool | None = None) -> None:
