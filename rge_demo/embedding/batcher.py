@@ -328,32 +328,16 @@ class Collector:
                 self._batch_end = time.monotonic()
 
     def _run(self, batch: list[Request], continuous: bool | None = None) -> None:
-        enc = self.encoder
-        rows = [row for r in batch for row in r.rows]
-        kind = batch[0].kind
-        if kind[0] == "reason" and (self.continuous if continuous is None else continuous):
+        """Run ``batch`` (requests of one kind) as one model call and answer each request; when a
+        merged call fails, each request runs again alone. ``continuous`` overrides the collector's
+        mode for reasoning requests (a failed request runs again alone, by ``generate``)."""
+        if batch[0].kind[0] == "reason" and (self.continuous if continuous is None else continuous):
             return self._decode(batch)
         t0 = time.monotonic()
+        held, self._held = self._held, None  # a held cache serves the very next call or none
+        self.merged_sizes.append(len(batch))
         try:
-            self.merged_sizes.append(len(batch))
-            held, self._held = self._held, None  # a held cache serves the very next call or none
-            if kind[0] == "direct":
-                self.calls["direct"] += 1
-                if enc.process is None and not self.continuous and all(r.keep_prefix for r in batch):
-                    vectors, cache = enc.run_prefill(rows)
-                    self._held = (batch, cache)
-                else:
-                    vectors = enc.run_direct(rows)  # (N, D)
-                generated = None
-            else:
-                budget, cache = kind[1], None
-                if held is not None and self._follow_held(batch, held[0]):
-                    rows, cache = [row for r in batch for row in r.rows], held[1]
-                    self.prefix_reused += 1
-                targets = [r if r.stream else None for r in batch for _ in r.rows]
-                streamer = SplitStreamer(enc.tokenizer, enc.emb_id, budget, targets) if any(targets) else None
-                self.calls["generate"] += 1
-                generated, vectors = enc.run_reason(rows, budget, streamer, cache)  # per row (ids, forced, _); (N, D)
+            payloads = self._run_direct(batch) if batch[0].kind[0] == "direct" else self._run_reason(batch, held)
         except Exception as e:
             if len(batch) == 1:
                 batch[0].events.put(("error", e))
@@ -362,14 +346,38 @@ class Collector:
                         len(batch), type(e).__name__, e)
             self._alone(batch)
             return
-        log.debug("%s: %d requests, %d rows in one call, %.3f s (the oldest had waited %.3f s)", kind, len(batch),
-                  len(rows), time.monotonic() - t0, t0 - min(r.arrived for r in batch))
-        start = 0
-        for r in batch:
-            end = start + len(r.rows)
-            payload = vectors[start:end] if generated is None else (generated[start:end], vectors[start:end])
+        log.debug("%s: %d requests, %d rows in one call, %.3f s (the oldest had waited %.3f s)", batch[0].kind,
+                  len(batch), sum(len(r.rows) for r in batch), time.monotonic() - t0,
+                  t0 - min(r.arrived for r in batch))
+        for r, payload in zip(batch, payloads, strict=True):
             r.events.put(("done", payload))
-            start = end
+
+    def _run_direct(self, batch: list[Request]) -> list:
+        """One forward over the batch's direct rows; each request's (n, D) vectors. A batch of
+        compares' direct passes (here, merged calls) keeps its prompts' cache for their rationales."""
+        enc, rows = self.encoder, [row for r in batch for row in r.rows]
+        self.calls["direct"] += 1
+        if enc.process is None and not self.continuous and all(r.keep_prefix for r in batch):
+            vectors, cache = enc.run_prefill(rows)
+            self._held = (batch, cache)
+        else:
+            vectors = enc.run_direct(rows)  # (N, D)
+        return _per_request(batch, vectors)
+
+    def _run_reason(self, batch: list[Request], held: tuple[list[Request], object] | None) -> list:
+        """One ``generate`` call over the batch's reasoning rows, continuing from ``held`` (the last
+        direct batch's cache) when the batch is those compares' rationales; each request's
+        ``(generated, vectors)``, its rows' rationales streamed to it as they grow."""
+        enc, budget, cache = self.encoder, batch[0].kind[1], None
+        if held is not None and self._follow_held(batch, held[0]):  # batch now in the held cache's order
+            cache = held[1]
+            self.prefix_reused += 1
+        rows = [row for r in batch for row in r.rows]
+        targets = [r if r.stream else None for r in batch for _ in r.rows]
+        streamer = SplitStreamer(enc.tokenizer, enc.emb_id, budget, targets) if any(targets) else None
+        self.calls["generate"] += 1
+        generated, vectors = enc.run_reason(rows, budget, streamer, cache)  # per row (ids, forced, _); (N, D)
+        return list(zip(_per_request(batch, generated), _per_request(batch, vectors), strict=True))
 
     def _in_play(self, batch: list[Request]) -> int:
         """Rows of the callers in play after ``batch``: its rows, and those waiting from other callers.
@@ -481,6 +489,15 @@ class Collector:
                 self._pending.remove(r)
                 self._skipped.pop(id(r), None)
             return joiners, direct
+
+
+def _per_request(batch: Sequence[Request], values):
+    """``values`` (one per row, in the batch's row order) cut into each request's slice."""
+    out, start = [], 0
+    for r in batch:
+        out.append(values[start:start + len(r.rows)])
+        start += len(r.rows)
+    return out
 
 
 class BatchedEncoder(Encoder):
