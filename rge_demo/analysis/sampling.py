@@ -45,6 +45,8 @@ from .projection import pca_2d
 log = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 2, 4, 8)
+MIN_TEMPERATURE = 0.01  # below it softmax(logits / t) overflows to inf / nan; greedy is temperature 0
+MAX_TEMPERATURE = 5.0
 
 
 class SamplingError(RGEUserError, ValueError):

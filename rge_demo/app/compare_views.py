@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from rge_demo.analysis.attribution import Attribution, attribute_labelled
-from rge_demo.analysis.sampling import SampleSet, sample_queries
+from rge_demo.analysis.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE, SampleSet, sample_queries
 from rge_demo.data.items import Gallery
 
 from .demo import MAX_K, Demo, UserError, check_int, check_text
 
 MAX_SAMPLES = 32  # samples per request: one generate of up to 32 rows
-MIN_TEMPERATURE = 0.01  # below it softmax(logits / t) overflows to inf / nan; greedy is the Compare button
-MAX_TEMPERATURE = 5.0
 MAX_SEED = 2**31 - 1
 
 
