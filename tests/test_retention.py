@@ -201,12 +201,12 @@ def test_a_dataset_a_job_trains_on_is_kept(bench, tmp_path):
 
 
 def fake_checkpoint(job: Job, step: int, complete: bool = True) -> Path:
-    """What the trainer leaves in ``checkpoints/``: step-N (complete once trainer_state.json is there)."""
+    """What the trainer leaves in ``checkpoints/``: step-N, complete; or step-N.tmp, killed after its
+    trainer_state.json (the last file written) and before the rename that completes it."""
     path = job.path / "checkpoints" / (f"step-{step:06d}" + ("" if complete else ".tmp"))
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(os.urandom(1000))
-    if complete:
-        (path / "trainer_state.json").write_text(json.dumps({"step": step}))
+    (path / "trainer_state.json").write_text(json.dumps({"step": step}))
     return path
 
 

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rge_demo.training.config import TrainConfig
-from rge_demo.training.worker import (ACTIVE, CHECKPOINTS, DONE, LOG_FILE, METRICS_FILE, Job, JobError, JobManager,
-                                     tail)
+from rge_demo.training.config import CHECKPOINTS, TrainConfig
+from rge_demo.training.worker import ACTIVE, DONE, LOG_FILE, METRICS_FILE, Job, JobError, JobManager, tail
 
 from .sessions import check_owner
 

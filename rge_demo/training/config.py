@@ -9,6 +9,15 @@ from pathlib import Path
 from rge_demo.errors import RGEUserError
 
 STAGES = ("cold-start", "rge", "baseline", "leakage", "eg-rl", "embedder")
+CHECKPOINTS = "checkpoints"  # a run's checkpoint folder: step-NNNNNN/ each, written as step-NNNNNN.tmp/ first
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The last complete checkpoint of the run in ``out``: a ``step-*`` folder (not a ``.tmp`` one
+    being written) that holds its ``trainer_state.json``; None if there is none."""
+    done = [p for p in sorted((Path(out) / CHECKPOINTS).glob("step-*"))
+            if not p.name.endswith(".tmp") and (p / "trainer_state.json").is_file()]
+    return done[-1] if done else None
 
 
 class ConfigError(RGEUserError, ValueError):

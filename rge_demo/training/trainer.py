@@ -40,13 +40,12 @@ from rge_demo.embedding.encoder import Row, collate, emb_token_id, process_rows
 from rge_demo.embedding.profiles import profile_for
 from rge_demo.embedding.prompts import EMB_TOKEN, prompt_text
 
-from .config import ConfigError, TrainConfig
+from .config import CHECKPOINTS, ConfigError, TrainConfig, latest_checkpoint
 from .data import DataError, Pair, by_task, load_pairs, split_pairs, world_pairs
 from .losses import info_nce, rge_loss, token_ce
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 FINAL = "model"
 COLD_START = "cold-start-model"
 METRICS = "metrics.jsonl"
@@ -401,11 +400,6 @@ def save_checkpoint(ctx: StepContext, optimizer, step: int, out: Path, extra: di
         if not old.name.endswith(".tmp"):
             shutil.rmtree(old, ignore_errors=True)
     return path
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    done = [p for p in sorted((out / CHECKPOINTS).glob("step-*")) if (p / "trainer_state.json").exists()]
-    return done[-1] if done else None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -38,13 +38,12 @@ from pathlib import Path
 from rge_demo.data.items import atomic_write_text, process_lock
 from rge_demo.errors import RGEUserError
 
-from .config import TrainConfig
+from .config import TrainConfig, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_DIR = "status.json", "config.json", "log.txt", "metrics.jsonl", "model"
 EXIT_FILE = "exit.json"
-CHECKPOINTS = "checkpoints"  # the trainer's checkpoint folder (rge_demo.training.trainer.CHECKPOINTS)
 ACTIVE = ("running", "cancelling")
 DONE = ("finished", "cancelled", "failed")
 EXIT_CANCELLED = 3  # python -m rge_demo train: stopped cleanly with a checkpoint
@@ -92,8 +91,7 @@ class Job:
     @property
     def checkpoint(self) -> Path | None:
         """The last complete checkpoint the trainer saved (the one a resume starts from), if any."""
-        done = [p for p in sorted((self.path / CHECKPOINTS).glob("step-*")) if (p / "trainer_state.json").exists()]
-        return done[-1] if done else None
+        return latest_checkpoint(self.path)
 
     def config(self) -> TrainConfig:
         return TrainConfig.from_file(self.config_path)
