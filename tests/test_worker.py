@@ -182,6 +182,21 @@ def test_the_metrics_reader_skips_damaged_lines(tmp_path):
     assert p["step"] == 2 and list(p["metrics"]["step"]) == [1, 2]
 
 
+def test_a_damaged_status_file_skips_that_job_and_names_it(tmp_path):
+    """One job's status.json that is not UTF-8 JSON of an object: the queue still starts and lists the
+    others; asking for that job says it is damaged."""
+    root = tmp_path / "jobs"
+    Job("good", "g", str(root / "good"), status="cancelled", created=1.0, owner=OWNER).save()
+    for name, content in (("list", b"[]\n"), ("bytes", b"\xff\xfe garbage"), ("text", b"{half")):
+        (root / name).mkdir(parents=True)
+        (root / name / "status.json").write_bytes(content)
+    manager = JobManager(root, background=False)
+    assert [j.id for j in manager.jobs()] == ["good"]
+    for name, what in (("list", "holds a list, not a job"), ("bytes", "is damaged"), ("text", "is damaged")):
+        with pytest.raises(JobError, match=f"job {name}: its status.json {what}"):
+            manager.job(name)
+
+
 def test_a_running_job_whose_process_vanished_becomes_failed(tmp_path):
     """No exit record, no cancel asked: the worker died (e.g. out of memory) while no manager watched."""
     dead = subprocess.Popen(["true"])

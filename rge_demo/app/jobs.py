@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rge_demo.data.items import atomic_write_text
 from rge_demo.training.config import CHECKPOINTS, TrainConfig
 from rge_demo.training.worker import ACTIVE, DONE, LOG_FILE, METRICS_FILE, Job, JobError, JobManager, tail
 
@@ -243,7 +244,7 @@ class JobQueue:
             return pd.read_csv(saved)
         table = before_after(job, encoder_factory=encoder_factory, max_queries=max_queries)
         table["p@1"] = table["p@1"].round(4)
-        table.to_csv(saved, index=False)
+        atomic_write_text(saved, table.to_csv(index=False))  # a crash mid-write must not leave half a table
         return table
 
 

@@ -110,7 +110,13 @@ class Job:
 
     @classmethod
     def load(cls, folder: Path) -> Job:
-        data = json.loads((folder / STATUS_FILE).read_text())
+        """The job whose status file is in ``folder``; :class:`JobError` when the file is damaged."""
+        try:
+            data = json.loads((folder / STATUS_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise JobError(f"job {folder.name}: its {STATUS_FILE} is damaged ({type(e).__name__})") from None
+        if not isinstance(data, dict):
+            raise JobError(f"job {folder.name}: its {STATUS_FILE} holds a {type(data).__name__}, not a job")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -181,7 +187,7 @@ class JobManager:
             if (folder / STATUS_FILE).is_file():
                 try:
                     jobs.append(Job.load(folder))
-                except (json.JSONDecodeError, TypeError, OSError) as e:
+                except (JobError, TypeError, OSError) as e:
                     log.warning("skipping %s: unreadable %s (%s)", folder, STATUS_FILE, e)
         return sorted(jobs, key=lambda j: j.created)
 
