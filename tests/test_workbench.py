@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 
 import gradio as gr
@@ -84,6 +85,7 @@ def test_sample_upload_to_trained_model_in_the_registry(bench, tmp_path, tiny_di
         time.sleep(0.5)
     assert p["status"] == "finished", p["log_tail"]
     assert p["step"] == p["total_steps"] == 2 and p["metrics"]["loss"].notna().all()
+    assert p["log_tail"] and sys.executable not in p["log_tail"]  # the server's paths are shortened to names
     assert bench.jobs_table(KEY)["status"].tolist() == ["finished"]
     assert bench.jobs_table(KEY)["dataset"].tolist() == [v2.id]
     assert "finished" in bench.status_line(p) and len(loss_figure(p["metrics"]).data) >= 2

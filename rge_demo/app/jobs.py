@@ -223,10 +223,12 @@ class JobQueue:
         samples = [{"step": r["step"], "rationale": str(s)} for r in records[-5:]
                    for s in (r.get("samples") if isinstance(r.get("samples"), list) else [])]
         end = job.ended if job.status in DONE and job.ended else time.time()
+        from .demo import public_message  # the log's first line names the server's python and folders
+
         return {"id": job.id, "name": job.name, "status": job.status, "step": step, "total_steps": total,
                 "eta_seconds": eta, "elapsed_seconds": end - job.started if job.started else 0.0,
-                "metrics": metrics, "samples": samples, "log_tail": tail(job.path / LOG_FILE),
-                "error": job.error, "model_dir": str(job.model_dir) if job.model_dir else None,
+                "metrics": metrics, "samples": samples, "log_tail": public_message(tail(job.path / LOG_FILE)),
+                "error": public_message(job.error), "model_dir": str(job.model_dir) if job.model_dir else None,
                 "dataset": job.dataset, "checkpoint": str(job.checkpoint) if job.checkpoint else None}
 
     def finished(self, owner: str, job_id: str) -> Job:

@@ -379,9 +379,7 @@ class Workbench:
             parts.append(f"on {p['dataset']}")
         line = " · ".join(parts)
         if p.get("error"):
-            from .demo import public_message
-
-            line += f"\n\n{public_message(p['error'].splitlines()[0])}"
+            line += f"\n\n{p['error'].splitlines()[0]}"  # progress() has shortened the server's paths
         return line
 
     def cancel(self, key: str, job_id: str) -> Job:
