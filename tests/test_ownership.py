@@ -13,7 +13,7 @@ import shutil
 import gradio as gr
 import pytest
 
-from rge_demo.app.sessions import CONNECTION_PREFIX, new_key, owner_id, session_key
+from rge_demo.app.sessions import CONNECTION_PREFIX, SECRET_FILE, browser_secret, new_key, owner_id, session_key
 from rge_demo.app.workbench import Workbench
 from rge_demo.config import Settings
 from rge_demo.errors import OwnershipError, RGEUserError, SessionKeyError
@@ -122,6 +122,20 @@ def test_session_keys(bench, tmp_path):
     stored = b"".join(p.read_bytes() for p in (tmp_path / "jobs").rglob("*.json"))
     assert A.encode() not in stored and owner_id(A).encode() in stored  # only the key's hash is written
     assert bench.browser_secret == Workbench(tmp_path / "jobs", bench.manager, background=False).browser_secret
+
+
+def test_the_browser_secret_is_made_once_whole_and_an_empty_one_is_replaced(tmp_path):
+    import os
+    import stat
+
+    first = browser_secret(tmp_path)
+    path = tmp_path / SECRET_FILE
+    assert len(first) >= 32 and browser_secret(tmp_path) == first == path.read_text()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [SECRET_FILE]  # no temporary file left
+    path.write_text("")  # left by a crash between creating the file and writing it
+    again = browser_secret(tmp_path)
+    assert again and again != first and browser_secret(tmp_path) == again
 
 
 def fn(blocks: gr.Blocks, api_name: str):

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import secrets
+import tempfile
 import threading
 from pathlib import Path
 
@@ -69,13 +70,30 @@ def check_owner(what: str, record_owner: str, owner: str, *, change: bool) -> No
 
 def browser_secret(root: str | os.PathLike) -> str:
     """The secret that encrypts the key in the browser, made once and kept in ``root`` (mode 0600), so
-    the keys stored in browsers still open after an app restart."""
+    the keys stored in browsers still open after an app restart. It is written whole to a temporary
+    file and then linked in place, so no reader (another worker process starting at the same time)
+    sees it half-written; an empty file left by a crash is replaced (an empty secret would make
+    Gradio pick a new one at every start, and every browser's key would stop opening)."""
     path = Path(root) / SECRET_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
+    for _ in range(2):
+        with contextlib.suppress(FileNotFoundError):
+            if secret := path.read_text().strip():
+                return secret
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{SECRET_FILE}.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+                f.flush()
+                os.fsync(f.fileno())
+            if path.exists():  # empty: replace it
+                os.replace(tmp, path)
+            else:
+                with contextlib.suppress(FileExistsError):  # another process linked its own first: read that
+                    os.link(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     return path.read_text().strip()
 
 
