@@ -120,6 +120,32 @@ def test_a_gallery_being_embedded_holds_up_only_its_own_callers(demo, monkeypatc
     assert builds == ["grounding"]
 
 
+def test_a_value_dropped_while_it_builds_is_not_kept():
+    """A gallery removed while its index builds: the build in flight answers its callers, but the
+    next caller (a new gallery of that name) builds afresh."""
+    import threading
+
+    from rge_demo.app.demo import BuiltOnce
+
+    cache, started, release, builds = BuiltOnce(), threading.Event(), threading.Event(), []
+
+    def build():
+        builds.append(len(builds))
+        started.set()
+        assert release.wait(30)
+        return f"index {len(builds)}"
+
+    got = []
+    t = threading.Thread(target=lambda: got.append(cache.get(("fp", "photos"), build)))
+    t.start()
+    assert started.wait(30)
+    cache.drop(lambda key: key[1] == "photos")
+    release.set()
+    t.join(30)
+    assert got == ["index 1"]
+    assert cache.get(("fp", "photos"), build) == "index 2" and cache.get(("fp", "photos"), build) == "index 2"
+
+
 def test_bad_inputs_have_clear_errors(demo, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")

@@ -192,6 +192,78 @@ def test_galleries_are_owned_by_their_session_and_survive_a_restart(tmp_path, ta
     assert again.names(alice) == ["samples"] and not mine.root.exists()
 
 
+def test_a_gallery_removed_while_it_embeds_leaves_the_new_one_of_that_name_alone(tmp_path):
+    """Remove a gallery mid-embedding and register one of the same name: the old embedding's thread
+    ends without an error and never writes into the new gallery's status."""
+    import threading
+
+    from rge_demo.app.gallery_access import GalleryAccess
+    from rge_demo.app.sessions import new_key
+
+    errors = []
+    hook, threading.excepthook = threading.excepthook, lambda a: errors.append(a.exc_value)
+    try:
+        access, key, src = GalleryAccess(tmp_path / "user-galleries", {}), new_key(), image_folder(tmp_path / "src")
+        old = access.register(key, src, "photos", kind="folder")
+        release_old, old_done, release_new = threading.Event(), threading.Event(), threading.Event()
+
+        def old_build(progress):
+            release_old.wait(30)
+            progress(1, 3)
+            try:
+                raise FileNotFoundError("its folder was removed")
+            finally:
+                old_done.set()
+
+        access.embed_in_background(old.name, key, old_build)
+        access.remove(old.name, key)
+        new = access.register(key, src, "photos", kind="folder")
+        access.embed_in_background(new.name, key, lambda progress: release_new.wait(30))
+        release_old.set()
+        assert old_done.wait(30)
+        threading.Event().wait(0.2)  # the old thread's last status update
+        assert access.status(new.name, key) == {"state": "embedding", "done": 0, "total": 3, "error": ""}
+        release_new.set()
+    finally:
+        threading.excepthook = hook
+    assert errors == []
+
+
+def test_registering_a_gallery_does_not_hold_up_other_sessions(tmp_path, monkeypatch):
+    """The build (zip extraction, image checks) runs outside the lock every session's lookups take;
+    the name stays reserved meanwhile."""
+    import threading
+
+    import rge_demo.app.gallery_access as module
+    from rge_demo.app.gallery_access import GalleryAccess
+    from rge_demo.app.sessions import new_key
+
+    access, alice, bob, src = GalleryAccess(tmp_path / "ug", {}), new_key(), new_key(), image_folder(tmp_path / "src")
+    access.register(bob, src, "bobs", kind="folder")
+    building, release = threading.Event(), threading.Event()
+    real = module.build_gallery
+
+    def held(*args, **kwargs):
+        building.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "build_gallery", held)
+    t = threading.Thread(target=access.register, args=(alice, src, "mine"), kwargs={"kind": "folder"})
+    t.start()
+    assert building.wait(30)
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(access.names(bob)))
+    other.start()
+    other.join(10)
+    assert seen and any("bobs" in n for n in seen[0])
+    with pytest.raises(RGEUserError, match="already have a gallery named 'mine'"):
+        access.register(alice, src, "mine", kind="folder")  # reserved while it builds
+    release.set()
+    t.join(30)
+    assert any(n.startswith("mine") for n in access.names(alice))
+
+
 def test_the_app_layer_registers_embeds_and_compares_on_a_sessions_gallery(tmp_path, taught_dir):
 
     from rge_demo.app.demo import Demo, UserError

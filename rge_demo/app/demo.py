@@ -183,6 +183,7 @@ class BuiltOnce(Generic[T]):
     def __init__(self):
         self._values: dict[Hashable, T] = {}
         self._building: dict[Hashable, threading.Lock] = {}
+        self._dropped: dict[Hashable, int] = {}  # drops per key: a build that saw one is not kept
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, build: Callable[[], T]) -> T:
@@ -194,16 +195,20 @@ class BuiltOnce(Generic[T]):
             with self._lock:
                 if key in self._values:
                     return self._values[key]
+                drops = self._dropped.get(key, 0)
             value = build()
             with self._lock:
-                self._values[key] = value
+                if self._dropped.get(key, 0) == drops:  # not dropped meanwhile (a gallery removed)
+                    self._values[key] = value
                 self._building.pop(key, None)
             return value
 
     def drop(self, which: Callable[[Hashable], bool]) -> None:
+        """Forget the values whose key ``which`` accepts, and any such value being built now."""
         with self._lock:
-            for key in [k for k in self._values if which(k)]:
-                del self._values[key]
+            for key in {k for k in [*self._values, *self._building] if which(k)}:
+                self._values.pop(key, None)
+                self._dropped[key] = self._dropped.get(key, 0) + 1
 
 
 class Demo:

@@ -47,6 +47,7 @@ class GalleryAccess:
         self.shared = shared
         self._lock = threading.RLock()
         self._own: dict[str, tuple[str, Gallery]] = {}  # internal name -> (owner, gallery)
+        self._building: set[str] = set()  # internal names being registered (reserved, not yet listed)
         self._status: dict[str, dict] = {}
         for manifest in sorted(self.root.glob("*/*/manifest.json")):
             try:
@@ -90,12 +91,18 @@ class GalleryAccess:
         name = check_name(name)
         full = internal_name(name, owner)
         with self._lock:
-            if full in self._own:
+            if full in self._own or full in self._building:
                 raise RGEUserError(f"you already have a gallery named {name!r}: choose another name")
+            self._building.add(full)  # reserved; the build (zip extraction, image checks) runs unlocked
+        try:
             g = build_gallery(source, name, self.root / owner, **kw)
             g.name = full
             g.save()
-            self._own[full] = (owner, g)
+            with self._lock:
+                self._own[full] = (owner, g)
+        finally:
+            with self._lock:
+                self._building.discard(full)
         log.info("registered gallery %r: %d items, %d queries", full, len(g.items), len(g.queries))
         return g
 
@@ -115,11 +122,13 @@ class GalleryAccess:
         with self._lock:
             if self._status.get(g.name, {}).get("state") == "embedding":
                 return dict(self._status[g.name])
-            self._status[g.name] = {"state": "embedding", "done": 0, "total": len(g.items), "error": ""}
+            # This registration's own entry: after a remove (and a new gallery of the same name) the
+            # thread's updates land in it, not in the new gallery's status.
+            entry = self._status[g.name] = {"state": "embedding", "done": 0, "total": len(g.items), "error": ""}
 
         def progress(done: int, total: int) -> None:
             with self._lock:
-                self._status[g.name].update(done=done, total=total)
+                entry.update(done=done, total=total)
 
         def run() -> None:
             try:
@@ -130,7 +139,7 @@ class GalleryAccess:
                 state = {"state": "failed", "error": str(e) if isinstance(e, RGEUserError | ValueError)
                          else f"embedding failed ({type(e).__name__}); see the app's log"}
             with self._lock:
-                self._status[g.name].update(state)
+                entry.update(state)
 
         threading.Thread(target=run, name=f"rge-embed-{g.name}", daemon=True).start()
         return self.status(name, key)
