@@ -37,7 +37,7 @@ from rge_demo.models.loading import check_checkpoint, looks_like_hub_id
 from rge_demo.training import drafting
 from rge_demo.training.config import TrainConfig
 from rge_demo.training.data import load_pairs
-from rge_demo.training.worker import ACTIVE, DONE, Job
+from rge_demo.training.worker import DONE, Job
 
 from .datasets import SAMPLE_UPLOAD, DatasetStore, DatasetVersion
 from .jobs import JobQueue
@@ -212,9 +212,6 @@ class Workbench:
     def dataset_choices(self, key: str) -> list[tuple[str, str]]:
         """``(label, dataset id)`` for a picker."""
         return [(v.label, v.id) for v in self.store.versions(owner_id(key))]
-
-    def pairs_path(self, key: str, dataset: str) -> Path:
-        return self.dataset(key, dataset).path
 
     def dataset_summary(self, key: str, dataset: str) -> str:
         return self.store.summary(self.dataset(key, dataset))
@@ -399,9 +396,6 @@ class Workbench:
 
     def job_ids(self, key: str) -> list[str]:
         return [j.id for j in self.queue.jobs(owner_id(key))]
-
-    def active(self, key: str) -> bool:
-        return any(j.status in ACTIVE or j.status == "queued" for j in self.queue.jobs(owner_id(key)))
 
     # -- results ---------------------------------------------------------------------------------
     def results(self, key: str, job_id: str, max_queries: int = 64, encoder_factory=None) -> pd.DataFrame:
