@@ -378,6 +378,17 @@ def test_one_progress_bar(capsys):
     assert makers == []
 
 
+def test_sampling_options_are_refused_before_the_model_loads_or_a_run_is_written(taught_dir, tmp_path, env, capsys):
+    out = tmp_path / "run"
+    assert main(["eval", "--model", str(taught_dir), "--tasks", "count", "--split", "ind", "--queries", "2",
+                 "--samples", "2", "--seed", "-1", "--out", str(out)]) == 2
+    assert "error: the seed must be a whole number >= 0, got -1" in capsys.readouterr().err and not out.exists()
+    for t in ("inf", "1e-300"):
+        assert main(["sample", "--model", str(taught_dir), "--world", "count", "-n", "2", "--limit", "1",
+                     "--temperature", t]) == 2
+        assert "error: the temperature must be in [0.01, 5]" in capsys.readouterr().err
+
+
 def test_eval_with_sampled_columns_and_with_a_reasoner(taught_dir, tiny_dir, tmp_path, env, capsys):
     out = tmp_path / "run"
     code = main(["eval", "--model", str(taught_dir), "--tasks", "count", "--split", "ind", "--queries", "3",

@@ -84,6 +84,11 @@ def test_bad_requests_name_the_value(tiny):
         sampling.sample(enc, taught_inputs(), n=2, temperature=0.0)
     with pytest.raises(sampling.SamplingError, match="n=0"):
         sampling.sample(enc, taught_inputs(), n=0)
+    for t in (1e-300, float("inf"), float("nan"), 1e300):  # the softmax overflows: inf / nan probabilities
+        with pytest.raises(sampling.SamplingError, match=r"temperature must be in \[0.01, 5\]"):
+            sampling.sample(enc, taught_inputs(), n=2, temperature=t)
+    with pytest.raises(sampling.SamplingError, match="seed must be a whole number >= 0, got -1"):
+        sampling.sample(enc, taught_inputs(), n=2, seed=-1)
 
 
 def test_pass_at_k_by_hand():

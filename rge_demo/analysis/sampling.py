@@ -76,11 +76,15 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([int(seed), chunk]).generate_state(1)[0])
 
 
-def _check(n: int, temperature: float) -> None:
+def check_options(n: int, temperature: float, seed: int = 0) -> None:
+    """Refuse what sampling cannot do, with a sentence (callers check before loading a model)."""
     if n < 1:
         raise SamplingError(f"need at least one sample per query, got n={n}")
-    if not temperature > 0:
-        raise SamplingError(f"temperature must be > 0 for sampling (greedy is the encoder's reason()), got {temperature}")
+    if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:  # also nan; below the minimum the softmax overflows
+        raise SamplingError(f"the temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] for sampling "
+                            f"(greedy is the encoder's reason()), got {temperature:g}")
+    if not 0 <= seed < 2**63:
+        raise SamplingError(f"the seed must be a whole number >= 0, got {seed}")
 
 
 def sample(encoder: Encoder, inputs: Sequence[EmbedInput], n: int = 8, temperature: float = 1.0, seed: int = 0,
@@ -91,7 +95,7 @@ def sample(encoder: Encoder, inputs: Sequence[EmbedInput], n: int = 8, temperatu
     into one ``generate`` call. ``seed`` fixes the draws (see the module docstring); the global
     torch RNG is left as it was.
     """
-    _check(n, temperature)
+    check_options(n, temperature, seed)
     budget = max_new_tokens or encoder.max_new_tokens
     view = _sampling_view(encoder, temperature)
     per_call = max(1, batch_size // n)
@@ -248,7 +252,7 @@ def sample_queries(encoder: Encoder, inputs: Sequence[EmbedInput], candidates: n
     """
     if len(targets) != len(inputs):
         raise SamplingError(f"{len(inputs)} queries but {len(targets)} targets")
-    _check(n, temperature)
+    check_options(n, temperature, seed)
     ks_for(n, ks)
     candidates = np.asarray(candidates, dtype=np.float32)
     pools = list(pools) if pools is not None else [None] * len(inputs)

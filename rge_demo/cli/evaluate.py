@@ -132,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from rge_demo.analysis.evaluate import evaluate
-    from rge_demo.analysis.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
+    from rge_demo.analysis.sampling import check_options
     from rge_demo.config import get_settings
     from rge_demo.embedding.encoder import Encoder
     from rge_demo.embedding.index import EmbeddingCache
@@ -141,8 +141,8 @@ def _run(args: argparse.Namespace) -> int:
     tasks = build_tasks(args)  # cheap checks before the (slow) model load
     if args.samples and args.mode != "reason":
         raise UsageError(f"--samples samples rationales: it needs --mode reason, not {args.mode!r}")
-    if args.samples and not MIN_TEMPERATURE <= args.temperature <= MAX_TEMPERATURE:
-        raise UsageError(f"--temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {args.temperature:g}")
+    if args.samples:
+        check_options(args.samples, args.temperature, args.seed)  # before the model loads and the run is written
     if args.samples and args.reasoner:
         raise UsageError("--samples samples one model's rationales; it does not combine with --reasoner")
     if args.reasoner and args.mode != "reason":

@@ -30,8 +30,7 @@ def cmd_sample(args) -> int:
 
     if (args.world is None) == (args.gallery is None):
         raise UsageError("give --world TASKS or --gallery DIR (with --target and a query)")
-    if not args.temperature > 0:
-        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    sampling.check_options(args.n, args.temperature, args.seed)  # a sentence before the model loads
     try:
         ks = [int(k) for k in comma_list(args.k)]
     except ValueError:
