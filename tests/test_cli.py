@@ -17,6 +17,7 @@ from rge_demo.__main__ import main
 from rge_demo.config import REPO_ROOT
 from rge_demo.data.items import Gallery, Item
 from rge_demo.embedding.prompts import EMB_TOKEN
+from test_evaluate import make_mmeb
 
 HIDDEN = 64  # the test-size micro model
 
@@ -383,6 +384,9 @@ def test_sampling_options_are_refused_before_the_model_loads_or_a_run_is_written
     assert main(["eval", "--model", str(taught_dir), "--tasks", "count", "--split", "ind", "--queries", "2",
                  "--samples", "2", "--seed", "-1", "--out", str(out)]) == 2
     assert "error: the seed must be a whole number >= 0, got -1" in capsys.readouterr().err and not out.exists()
+    assert main(["eval", "--model", str(taught_dir), "--mmeb", str(make_mmeb(tmp_path / "mmeb")), "--mode", "oracle",
+                 "--limit", "1"]) == 2
+    assert "error: --mode oracle embeds each query with its oracle rationale: world tasks only" in capsys.readouterr().err
     for t in ("inf", "1e-300"):
         assert main(["sample", "--model", str(taught_dir), "--world", "count", "-n", "2", "--limit", "1",
                      "--temperature", t]) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -121,9 +122,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        dist = sys.modules.get("torch.distributed")  # not imported here: an interrupt can land mid-import of torch
+        if dist is not None and dist.is_available() and dist.is_initialized():
             # Every rank past its last collective before any tears gloo down: one rank closing its
             # pairs while the other still reads them aborted the reader at exit (1 run in 4).
             dist.barrier()
@@ -139,6 +139,9 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     tasks = build_tasks(args)  # cheap checks before the (slow) model load
+    if args.mode == "oracle" and any(not q.rationale for t in tasks for q in t.queries):
+        raise UsageError("--mode oracle embeds each query with its oracle rationale: world tasks only "
+                         "(MMEB rows have none)")
     if args.samples and args.mode != "reason":
         raise UsageError(f"--samples samples rationales: it needs --mode reason, not {args.mode!r}")
     if args.samples:
