@@ -24,6 +24,7 @@ from rge_demo.config import REPO_ROOT, Settings
 from rge_demo.embedding.encoder import Encoder
 from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.models.loading import (
+    CheckpointError,
     CheckpointFileError,
     CorruptWeights,
     InvalidJSON,
@@ -316,6 +317,13 @@ def _llama_config(folder):
     return "config.json"
 
 
+def _config_field_type(folder):
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"] = {**config.get("text_config", {}), "hidden_size": "abc"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return "config.json"
+
+
 def _tokenizer_not_json(folder):
     (folder / "tokenizer.json").write_text("version: 1.0\n")
     return "tokenizer.json"
@@ -328,7 +336,20 @@ BROKEN = {
     "config-not-json": (_config_not_json, InvalidJSON, "not valid JSON"),
     "llama-config": (_llama_config, UnsupportedArchitecture, "LlamaForCausalLM"),
     "tokenizer-not-json": (_tokenizer_not_json, InvalidJSON, "not valid JSON"),
+    "config-field-type": (_config_field_type, CheckpointFileError, "cannot be read as a model config"),
 }
+
+
+def test_a_chat_template_that_does_not_compile_is_refused_at_load(released, tmp_path, capsys, env):
+    folder = shutil.copytree(released, tmp_path / "bad-template")
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }")  # unclosed
+    (folder / "chat_template.json").unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match=r"cannot load the processor/tokenizer \(ValueError: its chat template "
+                                             r"does not render \(TemplateSyntaxError"):
+        load_checkpoint(folder, device="cpu")
+    assert main(["embed", "--model", str(folder), "--text", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(folder) in err[0] and "chat template does not render" in err[0]
 
 
 @pytest.fixture(params=sorted(BROKEN))

@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
@@ -249,15 +250,16 @@ def load_checkpoint(path_or_id: str | os.PathLike, *, device: str | None = "auto
     model_class = MODEL_CLASSES[check_checkpoint(folder)["model_type"]]
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as e:  # the last: a field of a wrong type
         raise CheckpointFileError(f"{folder / 'config.json'}: cannot be read as a model config "
-                                  f"({type(e).__name__}: {e})") from e
+                                  f"({type(e).__name__}: {' '.join(str(e).split())})") from e
     profile = checkpoint_profile(config, folder)
 
     try:
         processor = load_processor(folder, min_pixels=profile.min_pixels, max_pixels=profile.max_pixels)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{folder}: cannot load the processor/tokenizer ({type(e).__name__}: {e})") from e
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as e:
+        raise CheckpointError(f"{folder}: cannot load the processor/tokenizer "
+                              f"({type(e).__name__}: {' '.join(str(e).split())})") from e
     tokenizer = processor.tokenizer
     try:
         emb_id = emb_token_id(tokenizer)

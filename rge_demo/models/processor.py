@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+import jinja2
 from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLConfig, Qwen2VLConfig
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -85,6 +86,11 @@ def load_processor(folder: str | Path, *, min_pixels: int | None = None, max_pix
     if template is None:
         raise ValueError("no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json)")
     processor = RGEProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    try:  # a template that does not compile fails here, not at the first query
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "x"}]}], tokenize=False,
+                                      add_generation_prompt=True)
+    except jinja2.TemplateError as e:
+        raise ValueError(f"its chat template does not render ({type(e).__name__}: {e})") from e
     log.debug("%s: processor with pixels %s..%s", folder, *processor.pixel_limits)
     return processor
 
