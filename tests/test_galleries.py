@@ -67,3 +67,19 @@ def test_cli(tmp_path, capsys):
     (tmp_path / "not-a-gallery").mkdir()
     (tmp_path / SAMPLES[0].name / "manifest.json").unlink()
     assert cli_main(["make-galleries", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"id": "a", "text": 5}, r"items\[0\]\.text must be a string, got int"),
+    ({"id": [1], "text": "x"}, r"items\[0\]\.id must be a string, got list"),
+    ({"id": "a", "image": 3}, r"items\[0\]\.image must be a string or null, got int"),
+    ({"id": "a", "text": "x", "meta": []}, r"items\[0\]\.meta must be an object, got list"),
+])
+def test_a_manifest_field_of_the_wrong_type_is_named(tmp_path, record, message):
+    import json
+
+    from rge_demo.data.items import ManifestError
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "g", "items": [record]}))
+    with pytest.raises(ManifestError, match=message):
+        Gallery.load(tmp_path)

@@ -153,10 +153,19 @@ def _record(cls, rec: Any, path: Path, where: str):
     unknown = sorted(set(rec) - set(known))
     if unknown:
         raise ManifestError(f"{path}: {where} has unknown field(s) {unknown}")
+    for name, value in rec.items():
+        wanted = _FIELD_TYPES.get(cls.__dataclass_fields__[name].type)
+        if wanted is not None and not isinstance(value, wanted[0]):
+            raise ManifestError(f"{path}: {where}.{name} must be {wanted[1]}, got {type(value).__name__}")
     try:
         return cls(**rec)
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{path}: {where}: {e}") from e
+
+
+# A record field's annotation -> (the JSON types it takes, how a message says it).
+_FIELD_TYPES = {"str": (str, "a string"), "str | None": ((str, type(None)), "a string or null"),
+                "dict[str, Any]": (dict, "an object")}
 
 
 @contextlib.contextmanager
