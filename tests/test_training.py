@@ -14,7 +14,7 @@ from rge_demo.embedding.encoder import Encoder
 from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.models.loading import load_checkpoint
 from rge_demo.training.config import ConfigError, TrainConfig
-from rge_demo.training.data import DataError
+from rge_demo.training.data import DataError, load_pairs
 from rge_demo.training.trainer import latest_checkpoint, lr_at, sample_batch, shape_probe, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +100,17 @@ def test_bad_config_and_data_fail_before_training(tmp_path, tiny_dir):
     bad.write_text(json.dumps({"stage": "rge", "stepz": 10}))
     with pytest.raises(ConfigError, match="unknown field.*stepz"):
         TrainConfig.from_file(bad)
+    for field, value, what in (("lr", "abc", "a finite number"), ("a_lm", float("nan"), "a finite number"),
+                               ("seed", "x", "a whole number"), ("steps", True, "a whole number"),
+                               ("lora", "yes", "true or false"), ("output_dir", None, "a string"),
+                               ("tasks", "count", "a list of strings")):
+        bad.write_text(json.dumps({"stage": "rge", field: value}))
+        with pytest.raises(ConfigError, match=f"bad.json: {field} must be {what}, got"):
+            TrainConfig.from_file(bad)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query_text": "a cat", "target_text": "cat", "query_instruction": 5}\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl:1: field 'query_instruction' must be a string, got int 5"):
+        load_pairs(pairs)
     with pytest.raises(ConfigError, match="unknown world task"):
         train(config(tmp_path, tiny_dir, "baseline", tasks=["count", "juggling"]))
     with pytest.raises(ConfigError, match="task_weights must map task names to positive numbers"):

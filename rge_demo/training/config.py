@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -18,6 +19,26 @@ def latest_checkpoint(out: Path) -> Path | None:
     done = [p for p in sorted((Path(out) / CHECKPOINTS).glob("step-*"))
             if not p.name.endswith(".tmp") and (p / "trainer_state.json").is_file()]
     return done[-1] if done else None
+
+
+def _type_problem(kind: str, value) -> str | None:
+    """What a config field of annotation ``kind`` must be, when ``value`` is not that; else None."""
+    if kind == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    if kind == "int":
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if kind == "float":
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else "a finite number"
+    if kind == "str":
+        return None if isinstance(value, str) else "a string"
+    if kind == "list[str]":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of strings"
+    if kind == "dict[str, float]":
+        ok = isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                                             math.isfinite(v) for v in value.values())
+        return None if ok else "an object of finite numbers"
+    return None
 
 
 class ConfigError(RGEUserError, ValueError):
@@ -185,6 +206,10 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        kinds = {f.name: f.type for f in fields(cls)}
+        for name, value in data.items():
+            if problem := _type_problem(kinds[name], value):
+                raise ConfigError(f"{source}: {name} must be {problem}, got {value!r}")
         try:
             return cls(**data)
         except ConfigError as e:

@@ -96,6 +96,9 @@ def _pair(rec: dict, root: Path, max_pixels: int) -> Pair:
             raise DataError(f"field {field!r}: image path must be relative inside the data folder, got {rel!r}")
         return load_image(root / rel, max_pixels=max_pixels)
 
+    for field, value in rec.items():  # every field is text (an image field: its path), or absent / null
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"field {field!r} must be a string, got {type(value).__name__} {value!r}")
     meta_task = rec.get("meta_task") or "retrieval"
     try:
         q_instr = rec.get("query_instruction") or instruction_for(meta_task, "query")
