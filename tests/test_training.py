@@ -107,6 +107,8 @@ def test_bad_config_and_data_fail_before_training(tmp_path, tiny_dir):
         bad.write_text(json.dumps({"stage": "rge", field: value}))
         with pytest.raises(ConfigError, match=f"bad.json: {field} must be {what}, got"):
             TrainConfig.from_file(bad)
+    with pytest.raises(ConfigError, match=r"rl_temperature must be in \[0.01, 5\]"):
+        TrainConfig(stage="eg-rl", rl_temperature=1e-300)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"query_text": "a cat", "target_text": "cat", "query_instruction": 5}\n')
     with pytest.raises(DataError, match=r"pairs.jsonl:1: field 'query_instruction' must be a string, got int 5"):

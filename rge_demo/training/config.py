@@ -168,6 +168,11 @@ class TrainConfig:
         for name in ("lr", "temperature", "rl_temperature", "reward_temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        from rge_demo.analysis.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
+
+        if not MIN_TEMPERATURE <= self.rl_temperature <= MAX_TEMPERATURE:  # T-CoTs are sampled at it
+            raise ConfigError(f"rl_temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (it samples "
+                              f"the Reasoner's T-CoTs), got {self.rl_temperature!r}")
         for name in ("a_lm", "a_con", "direct_weight", "min_lr", "weight_decay", "grad_clip", "joint_lr", "vision_lr_scale",
                      "kl_beta", "clip_eps", "format_weight"):
             if getattr(self, name) < 0:
