@@ -34,6 +34,19 @@ def test_regeneration_replaces_stale_files(fresh, tmp_path):
     assert tree(tmp_path) == tree(fresh)
 
 
+def test_a_folder_that_is_not_a_gallery_stops_the_run_before_anything_is_written(fresh, tmp_path):
+    make_sample_galleries(tmp_path, seed=0)
+    before = tree(tmp_path)
+    (tmp_path / SAMPLES[-1].name / "manifest.json").unlink()  # the last target is not a gallery any more
+    before.pop(f"{SAMPLES[-1].name}/manifest.json")
+    with pytest.raises(FileExistsError, match="exists and is not a gallery"):
+        make_sample_galleries(tmp_path, seed=1)  # another seed: any gallery written would differ
+    assert tree(tmp_path) == before
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="afile: is a file, not a folder"):
+        make_sample_galleries(tmp_path / "afile")
+
+
 def test_committed_galleries_match_a_fresh_generation(fresh):
     committed = tree(DEFAULT_DIR)
     assert committed, f"{DEFAULT_DIR} is missing: run python -m rge_demo make-galleries"

@@ -52,21 +52,30 @@ def make_sample_galleries(out_dir: str | Path = DEFAULT_DIR, seed: int = 0,
                           samples: tuple[SampleGallery, ...] = SAMPLES) -> list[Gallery]:
     """Write every sample gallery under ``out_dir`` plus a README listing them; returns the galleries.
 
-    A gallery folder that already holds a manifest is replaced whole, so no stale image survives.
+    A gallery folder that already holds a manifest is replaced whole, so no stale image survives:
+    each gallery is written beside it first and swapped in by renames, so an interrupted run leaves
+    every gallery old or new, never half-written. Every target is checked before anything is written.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: is a file, not a folder to write the galleries in")
+    for s in samples:
+        if (out / s.name).exists() and not (out / s.name / MANIFEST).is_file():
+            raise FileExistsError(f"{out / s.name}: exists and is not a gallery (no {MANIFEST}); not replacing it")
     out.mkdir(parents=True, exist_ok=True)
     galleries = []
     for s in samples:
-        root = out / s.name
-        if root.exists():
-            if not (root / MANIFEST).is_file():
-                raise FileExistsError(f"{root}: exists and is not a gallery (no {MANIFEST}); not replacing it")
-            shutil.rmtree(root)
-        g = world.write_gallery(root, s.tasks, s.split, s.per_task, seed=seed, name=s.name)
+        fresh, old, root = out / f".{s.name}.new", out / f".{s.name}.old", out / s.name
+        shutil.rmtree(fresh, ignore_errors=True)  # left by an interrupted run
+        g = world.write_gallery(fresh, s.tasks, s.split, s.per_task, seed=seed, name=s.name)
         g.description = f"{s.about}. {g.description}"
         g.save()
-        galleries.append(g)
+        shutil.rmtree(old, ignore_errors=True)
+        if root.exists():
+            root.rename(old)
+        fresh.rename(root)
+        shutil.rmtree(old, ignore_errors=True)
+        galleries.append(Gallery.load(root))
     atomic_write_text(out / README, readme(galleries, samples, seed))
     log.info("wrote %d sample galleries to %s", len(galleries), out)
     return galleries
