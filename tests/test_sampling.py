@@ -180,7 +180,7 @@ def test_sample_cli_world_json(tiny_dir, tmp_path, monkeypatch, capsys):
     assert main(["sample", "--model", str(tiny_dir), "--world", "nope"]) == 2
     assert "unknown task" in capsys.readouterr().err
     assert main(["sample", "--model", str(tiny_dir), "--world", "count", "--temperature", "0"]) == 2
-    assert "--temperature" in capsys.readouterr().err
+    assert "error: the temperature must be in [0.01, 5]" in capsys.readouterr().err
 
 
 def test_sample_cli_gallery_json(tiny_dir, tmp_path, monkeypatch, capsys):
