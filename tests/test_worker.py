@@ -182,6 +182,34 @@ def test_the_metrics_reader_skips_damaged_lines(tmp_path):
     assert p["step"] == 2 and list(p["metrics"]["step"]) == [1, 2]
 
 
+def test_a_trainer_that_ignores_its_cancel_is_killed_after_the_grace(tmp_path):
+    """A cancelled trainer stuck before its SIGTERM handler (e.g. loading a model) must not stay
+    "cancelling" for ever, holding the queue's only slot: past the grace, SIGKILL, then "cancelled"."""
+    import subprocess
+    import sys
+
+    manager = JobManager(tmp_path / "jobs", background=False, cancel_grace_s=0.3)
+    stuck = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                              "print('ready', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert stuck.stdout.readline().strip() == "ready"
+        Job("stuck", "s", str(tmp_path / "jobs" / "stuck"), status="running", created=1.0, started=time.time(),
+            pid=stuck.pid, owner=OWNER).save()
+        manager._procs["stuck"] = stuck  # as _start leaves it
+        assert manager.cancel("stuck").status == "cancelling"
+        manager.poll()
+        assert manager.job("stuck").status == "cancelling" and stuck.poll() is None  # SIGTERM ignored, in its grace
+        time.sleep(0.5)
+        manager.poll()  # past the grace: SIGKILL
+        assert stuck.wait(10) == -9
+        manager.poll()
+        job = manager.job("stuck")
+        assert job.status == "cancelled" and job.returncode == -9
+    finally:
+        stuck.kill()
+        stuck.wait()
+
+
 def test_a_damaged_status_file_skips_that_job_and_names_it(tmp_path):
     """One job's status.json that is not UTF-8 JSON of an object: the queue still starts and lists the
     others; asking for that job says it is damaged."""

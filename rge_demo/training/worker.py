@@ -46,6 +46,7 @@ STATUS_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, MODEL_DIR = "status.json", "co
 EXIT_FILE = "exit.json"
 ACTIVE = ("running", "cancelling")
 DONE = ("finished", "cancelled", "failed")
+CANCEL_GRACE_S = 60.0  # a cancelled trainer gets this long to checkpoint and stop before SIGKILL
 EXIT_CANCELLED = 3  # python -m rge_demo train: stopped cleanly with a checkpoint
 
 
@@ -71,6 +72,7 @@ class Job:
     returncode: int | None = None
     error: str = ""
     cancel_requested: bool = False
+    cancel_at: float = 0.0  # when the SIGTERM went: past the manager's grace a SIGKILL follows
     attempts: int = 0
     owner: str = ""  # the owner id of the session that launched it ("" for jobs from before owners)
     dataset: str = ""  # the dataset version it trains on ("<upload>/v<N>"), when it came from an upload
@@ -162,10 +164,11 @@ class JobManager:
     """
 
     def __init__(self, jobs_root: str | os.PathLike, *, max_running: int = 1, poll_interval: float = 2.0,
-                 background: bool = True):
+                 background: bool = True, cancel_grace_s: float = CANCEL_GRACE_S):
         self.root = Path(jobs_root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_running = max_running
+        self.cancel_grace_s = cancel_grace_s
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -229,10 +232,8 @@ class JobManager:
             if job.status == "queued":
                 job.status, job.ended = "cancelled", time.time()
             elif job.status in ACTIVE:
-                job.status, job.cancel_requested = "cancelling", True
-                if job.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(job.pid, signal.SIGTERM)
+                job.status, job.cancel_requested, job.cancel_at = "cancelling", True, time.time()
+                self._signal(job, signal.SIGTERM)
             else:
                 raise JobError(f"job {job_id} is {job.status}: nothing to cancel")
             job.save()
@@ -276,13 +277,32 @@ class JobManager:
         if proc is not None:
             code = proc.poll()
             if code is None:
+                self._force_cancel(job)
                 return
             del self._procs[job.id]
         else:
             state, code = _process_state(job.pid, job.config_path) if job.pid else ("gone", None)
             if state == "running":
+                self._force_cancel(job)
                 return
         self._finish(job, code)
+
+    def _signal(self, job: Job, sig: int) -> None:
+        """Send ``sig`` to the job's trainer: our child, or (after an app restart) its pid once
+        /proc shows it is still this job's process, never a reused pid."""
+        proc = self._procs.get(job.id)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if proc is not None:
+                proc.send_signal(sig)
+            elif job.pid and _process_state(job.pid, job.config_path)[0] == "running":
+                os.kill(job.pid, sig)
+
+    def _force_cancel(self, job: Job) -> None:
+        """A trainer still running ``cancel_grace_s`` after its SIGTERM (stuck before its handler, e.g.
+        loading the model) is killed: a cancel always ends, and the queue moves on."""
+        if job.status == "cancelling" and job.cancel_at and time.time() - job.cancel_at > self.cancel_grace_s:
+            log.warning("job %s still running %.0f s after its cancel: killing it", job.id, time.time() - job.cancel_at)
+            self._signal(job, signal.SIGKILL)
 
     def _finish(self, job: Job, code: int | None) -> None:
         if code is None:  # a worker this manager never started (an app restart): it left its exit code
@@ -291,7 +311,7 @@ class JobManager:
         job.ended, job.returncode, job.pid = time.time(), code, None
         if code == 0 or (code is None and job.model_dir is not None):
             job.status = "finished"
-        elif code == EXIT_CANCELLED or (job.cancel_requested and code in (-signal.SIGTERM, None)):
+        elif code == EXIT_CANCELLED or (job.cancel_requested and code in (-signal.SIGTERM, -signal.SIGKILL, None)):
             # -SIGTERM / no record: stopped by our SIGTERM before the trainer set its handler; a resume
             # starts from the last checkpoint (or from the start when there is none)
             job.status = "cancelled"
@@ -301,7 +321,7 @@ class JobManager:
             log_tail = tail(job.path / LOG_FILE)
             said = [line[len("error: "):] for line in log_tail.splitlines() if line.startswith("error: ")]
             job.status, job.error = "failed", why + (f": {said[-1]}" if said else "") + "\n" + log_tail
-        job.cancel_requested = False
+        job.cancel_requested, job.cancel_at = False, 0.0
         job.save()
         log.info("job %s %s (exit code %s)", job.id, job.status, code)
 
