@@ -77,6 +77,18 @@ def test_another_session_cannot_watch_cancel_resume_or_use_a_job(bench, a_work):
         bench.progress(B, "../../etc")
 
 
+def test_a_jobs_folders_are_its_sessions_even_named_by_path(bench, a_work, tiny_dir):
+    """Another session typing the path of A's job output (a checkpoint, the model) gets a refusal,
+    not A's fine-tuned weights; A itself may load them."""
+    _, _, job = a_work
+    checkpoint = shutil.copytree(tiny_dir, job.path / "checkpoints" / "step-000002")
+    with pytest.raises(OwnershipError, match=f"belongs to another session's training job {job.id}"):
+        bench.init_folder(B, str(checkpoint))
+    with pytest.raises(OwnershipError, match="another session's training job"):
+        bench.init_folder(B, str(job.path / "checkpoints" / ".." / "checkpoints" / "step-000002"))
+    assert bench.init_folder(A, str(checkpoint)) == str(checkpoint.resolve())
+
+
 def test_a_job_from_before_sessions_had_owners_is_read_only(bench, tmp_path):
     folder = bench.root / "old-job"
     folder.mkdir()

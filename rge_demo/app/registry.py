@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rge_demo.data.items import atomic_write_text
 from rge_demo.errors import OwnershipError
+from rge_demo.training.worker import STATUS_FILE, Job, JobError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class ModelAccess:
                 return known[text]
             path = Path(text).expanduser()
             source = str(path.resolve()) if path.is_dir() else text
+            if path.is_dir():
+                self._check_job_folder(owner, path)
             if source in by_source:
                 spec = by_source[source]
                 entry = self._private.get(spec.name)
@@ -102,6 +105,23 @@ class ModelAccess:
             spec = self.manager.resolve(text)  # UnknownModel (a ModelError) for anything else
             self._add(owner, spec)
             return spec
+
+    def _check_job_folder(self, owner: str, path: Path) -> None:
+        """A folder inside a training job (its model, a checkpoint) is its session's alone, whoever
+        names it by path."""
+        jobs = self.path.parent
+        try:
+            rel = path.resolve().relative_to(jobs)
+        except ValueError:
+            return
+        if not rel.parts or not (jobs / rel.parts[0] / STATUS_FILE).is_file():
+            return
+        try:
+            job_owner = Job.load(jobs / rel.parts[0]).owner
+        except JobError:
+            job_owner = None  # damaged: nobody can tell whose it is
+        if job_owner != "" and job_owner != owner:  # "": a job from before sessions had owners, shared
+            raise OwnershipError(f"that folder belongs to another session's training job {rel.parts[0]}")
 
     def add_trained(self, owner: str, model_dir: str | os.PathLike, name: str, description: str, job: str):
         """Register a fine-tuned model as ``name`` for ``owner`` (kept across app restarts)."""
