@@ -212,6 +212,11 @@ NONPOSITIVE = [
     (["train", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (["train", "--threads", "-1"], "--threads must be >= 0"),
     (["train", "--cold-start-steps", "-1"], "--cold-start-steps must be >= 0"),
+    (["sample", "--world", ","], "--world names nothing (got ','): give one or more values"),
+    (["sample", "--world", "count", "--k", " , "], "--k names nothing"),
+    (["eval", "--tasks", ","], "--tasks names nothing"),
+    (["prompts", "--mmeb", "{tmp}", "--subsets", ","], "--subsets names nothing"),
+    (["eval", "--tasks", "count", "--queries", "1", "--device", "bogus"], "device 'bogus' is not a device: use auto, cpu, cuda, cuda:N or mps"),
 ]
 
 

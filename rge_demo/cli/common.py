@@ -69,9 +69,14 @@ def command(name: str, help: str, arguments: Sequence[tuple[tuple, dict]] = (), 
     return register
 
 
-def comma_list(value: str | None) -> list[str] | None:
-    """A comma-separated flag as a list (None when the flag is not given)."""
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+def comma_list(value: str | None, flag: str) -> list[str] | None:
+    """A comma-separated flag as a list (None when the flag is not given); an empty list is refused."""
+    if value is None:
+        return None
+    values = [v.strip() for v in value.split(",") if v.strip()]
+    if not values:
+        raise UsageError(f"{flag} names nothing (got {value!r}): give one or more values, comma-separated")
+    return values
 
 
 TASKS = ["classification", "vqa", "retrieval", "grounding"]

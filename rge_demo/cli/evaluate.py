@@ -62,7 +62,7 @@ def build_tasks(args: argparse.Namespace):
         if args.tasks:
             raise UsageError("--tasks is for the world; use --subsets with --mmeb")
         try:
-            tasks = load_mmeb(args.mmeb, comma_list(args.subsets), args.limit, args.image_root)
+            tasks = load_mmeb(args.mmeb, comma_list(args.subsets, "--subsets"), args.limit, args.image_root)
         except ValueError as e:  # EvalDataError included
             raise UsageError(str(e)) from e
         tasks = [t for t in tasks if t.split in splits]
@@ -73,7 +73,7 @@ def build_tasks(args: argparse.Namespace):
 
     if args.subsets or args.limit is not None or args.image_root:
         raise UsageError("--subsets/--limit/--image-root need --mmeb DIR")
-    names = comma_list(args.tasks)
+    names = comma_list(args.tasks, "--tasks")
     if names is not None:
         unknown = [t for t in names if t not in world.TASKS]
         if unknown or not names:

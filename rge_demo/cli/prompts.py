@@ -58,7 +58,7 @@ def cmd_prompts(args) -> int:
     spec, profile, processor = load_prompting(args)
     if args.mmeb:
         try:
-            tasks = load_mmeb(args.mmeb, comma_list(args.subsets), args.limit, args.image_root)
+            tasks = load_mmeb(args.mmeb, comma_list(args.subsets, "--subsets"), args.limit, args.image_root)
         except ValueError as e:  # EvalDataError included
             raise UsageError(str(e)) from None
         records = prompt_records(tasks, processor, profile, direct_queries=args.direct)

@@ -31,8 +31,9 @@ def cmd_sample(args) -> int:
     if (args.world is None) == (args.gallery is None):
         raise UsageError("give --world TASKS or --gallery DIR (with --target and a query)")
     sampling.check_options(args.n, args.temperature, args.seed)  # a sentence before the model loads
+    names = comma_list(args.k, "--k")
     try:
-        ks = [int(k) for k in comma_list(args.k)]
+        ks = [int(k) for k in names]
     except ValueError:
         raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
     sampling.ks_for(args.n, ks)  # SamplingError (an RGEUserError) for a k < 1, before the model loads
@@ -42,7 +43,7 @@ def cmd_sample(args) -> int:
         from rge_demo.analysis.eval_tasks import world_tasks
 
         try:
-            tasks = world_tasks(comma_list(args.world), (args.split,), args.limit)
+            tasks = world_tasks(comma_list(args.world, "--world"), (args.split,), args.limit)
         except KeyError as e:
             raise UsageError(e.args[0]) from None
         loaded, _ = load_model(args)

@@ -117,6 +117,10 @@ def resolve_device(device: str | None) -> str:
     device = device or "auto"
     if device == "auto":
         return autodetect_device()
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} asked for, but no CUDA GPU is available")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
