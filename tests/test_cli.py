@@ -216,6 +216,9 @@ NONPOSITIVE = [
     (["sample", "--world", "count", "--k", " , "], "--k names nothing"),
     (["eval", "--tasks", ","], "--tasks names nothing"),
     (["prompts", "--mmeb", "{tmp}", "--subsets", ","], "--subsets names nothing"),
+    (["embed", "--text", "x", "--task", "vqa", "--instruction", "y"], "give --instruction or --task, not both"),
+    (["search", "--gallery", "{gallery}", "--text", "x", "--task", "vqa", "--instruction", "y"],
+     "give --instruction or --task, not both"),
     (["eval", "--tasks", "count", "--queries", "1", "--device", "bogus"], "device 'bogus' is not a device: use auto, cpu, cuda, cuda:N or mps"),
 ]
 

@@ -39,6 +39,8 @@ def instruction_arg(args, default: str = "", side: str = "query") -> str:
     from rge_demo.embedding.prompts import instruction_for
 
     if getattr(args, "instruction", None) is not None:
+        if getattr(args, "task", None):
+            raise UsageError("give --instruction or --task, not both")
         return args.instruction
     if getattr(args, "task", None):
         return instruction_for(args.task, side)
@@ -96,8 +98,6 @@ def gallery_index(loaded, settings, gallery, batch_size: int):
              arg("--json", action="store_true", help="print one JSON object"),
          ])
 def cmd_embed(args) -> int:
-    if args.instruction is not None and args.task:
-        raise UsageError("give --instruction or --task, not both")
     inp = query_input(args, instruction_arg(args, side=args.side))
     loaded, _ = load_model(args)
     out = embed_query(loaded, inp, args.reason)
