@@ -107,7 +107,7 @@ class Comparison:
     profile: str = ""  # its prompt profile
     budget: int = 0  # the rationale's token budget
     budget_rule: str = ""  # what the profile does when the budget runs out (append_emb | last_token)
-    query: str = ""  # what it was computed for (the app's digest of model, gallery, k, right answer, query)
+    query: tuple = ()  # what it was computed for (the app's model, gallery, k, right answer and query)
 
     def cost_line(self) -> str:
         parts = []
