@@ -75,7 +75,8 @@ def make_sample_galleries(out_dir: str | Path = DEFAULT_DIR, seed: int = 0,
             root.rename(old)
         fresh.rename(root)
         shutil.rmtree(old, ignore_errors=True)
-        galleries.append(Gallery.load(root))
+        g.root = root  # its images are relative to it
+        galleries.append(g)
     atomic_write_text(out / README, readme(galleries, samples, seed))
     log.info("wrote %d sample galleries to %s", len(galleries), out)
     return galleries
