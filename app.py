@@ -37,6 +37,10 @@ def main() -> None:
     # server's threads; at Python's default 5 ms switch interval a busy event loop stalls it for up to
     # 5 ms per op. 1 ms cut Compare's latency by ~15 % alone and ~20 % with 4 users (bench/app.py).
     sys.setswitchinterval(0.001)
+    # Gradio summarises every event it has recorded (up to 10,000, as a pandas table) when each event starts
+    # and when it ends, for its /monitoring page. On an app that has been up a while that is ~8 ms of work
+    # holding the GIL per compare, twice. Once per 1000 events is enough for a page nobody here opens.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
     t0 = time.perf_counter()
     settings = Settings(**{**vars(env), "host": args.host, "port": args.port, "model": args.model, "share": args.share})
     demo = Demo(settings)

@@ -2,7 +2,7 @@
 
     python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2] [--service]
                         [--client browser|gradio_client] [--model-process auto|on|off] [--start-up SECONDS]
-                        [--batching continuous|merged] [--threads N]
+                        [--batching continuous|merged] [--threads N] [--served N]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
 streaming endpoint. ``--start-up S`` first times one user's compares for S seconds after the warm
@@ -66,10 +66,10 @@ class BrowserSession:
     events) until ``process_completed``.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, api_name: str = "compare"):
         self.http = httpx.Client(base_url=url, timeout=600)
         config = self.http.get("config").json()
-        dep = next(d for d in config["dependencies"] if d.get("api_name") == "compare")
+        dep = next(d for d in config["dependencies"] if d.get("api_name") == api_name)
         self.fn_index = dep["id"]
         self.session_hash = uuid.uuid4().hex
 
@@ -116,6 +116,18 @@ def one_compare(client, gallery: Gallery, i: int) -> tuple[float, float]:
             first = time.perf_counter() - t0
     job.result()  # raises if the app reported an error
     return first or float("nan"), time.perf_counter() - t0
+
+
+def serve_light_requests(url: str, n: int) -> float:
+    """``n`` Models-tab refreshes through the queue, one after another: the events an app that has been
+    up for a while has served (Gradio keeps a record of each; see ``--served``). Returns the seconds."""
+    session = BrowserSession(url, "model_status")
+    t0 = time.perf_counter()
+    for _ in range(n):
+        session.submit(None, None)  # the model in use and the browser key: none
+        for _ in session.messages():
+            pass
+    return time.perf_counter() - t0
 
 
 def new_client(url: str, kind: str):
@@ -244,6 +256,9 @@ def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, 
                 # gallery, in a worker process) has ended.
                 warm = app.wait_for_log("explore maps ready", "explore maps not precomputed")
                 print(f"start-up to Explore maps warm: {warm:.1f} s")
+                if args.served:
+                    print(f"served {args.served} light requests first: "
+                          f"{serve_light_requests(app.url, args.served):.1f} s")
                 one_compare(client, gallery, 0)  # the first request pays one-off costs
                 users = [new_client(app.url, args.client) for _ in range(args.users)]
                 concurrent_compares(users, gallery, 1)  # warm-up round (the sessions' first requests), not counted
@@ -278,6 +293,9 @@ def main() -> int:
     parser.add_argument("--batching", choices=("merged", "continuous"), default="merged",
                         help="the app's RGE_BATCHING (default merged; continuous: requests join the running decode)")
     parser.add_argument("--threads", type=int, default=1, help="the model's torch threads (default 1)")
+    parser.add_argument("--served", type=int, default=0, metavar="N",
+                        help="app over HTTP: before the blocks, N light requests (Models-tab refreshes), as an app "
+                             "that has been up a while has served (default 0)")
     parser.add_argument("--client", choices=("browser", "gradio_client"), default="browser",
                         help="HTTP client: Gradio's queue protocol read as the page does (default), or gradio_client")
     args = parser.parse_args()

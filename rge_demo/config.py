@@ -54,6 +54,7 @@ class Settings:
     stream_interval: float = 0.1  # seconds between two streamed rationale updates at least (RGE_STREAM_INTERVAL)
     max_upload_mb: float = 200.0  # largest file the web app accepts, in MB (RGE_MAX_UPLOAD_MB; Gradio's max_file_size)
     gallery_roots: tuple[Path, ...] = ()  # server folders a session may register galleries from (RGE_GALLERY_ROOTS)
+    model_roots: tuple[Path, ...] = ()  # server folders a session may load models from by path (RGE_MODEL_ROOTS)
     retention_hours: float = 24.0  # uploaded files and refused uploads are deleted after this (RGE_RETENTION_HOURS)
     # Run the model calls of Compare and search in a process of their own (rge_demo.embedding.model_process):
     # "on", "off", or "auto" = on unless the device is CUDA (the child holds a second copy of the weights).
@@ -70,6 +71,7 @@ class Settings:
     def __post_init__(self):
         self.cache_dir = Path(self.cache_dir).expanduser()
         self.gallery_roots = tuple(Path(r).expanduser() for r in self.gallery_roots)
+        self.model_roots = tuple(Path(r).expanduser() for r in self.model_roots)
         if not isinstance(self.model, str) or not self.model.strip():
             raise SettingsError(f"RGE_MODEL must be a model name, folder or hub id, got {self.model!r}")
         if not (self.device in DEVICES or re.fullmatch(r"cuda:\d+", str(self.device))):
@@ -117,8 +119,9 @@ class Settings:
             kw["max_new_tokens"] = _integer(env, "RGE_MAX_NEW_TOKENS")
         if env.get("RGE_FAISS_THRESHOLD"):
             kw["faiss_threshold"] = _integer(env, "RGE_FAISS_THRESHOLD")
-        if env.get("RGE_GALLERY_ROOTS"):
-            kw["gallery_roots"] = tuple(r.strip() for r in env["RGE_GALLERY_ROOTS"].split(os.pathsep) if r.strip())
+        for var, name in (("RGE_GALLERY_ROOTS", "gallery_roots"), ("RGE_MODEL_ROOTS", "model_roots")):
+            if env.get(var):
+                kw[name] = tuple(r.strip() for r in env[var].split(os.pathsep) if r.strip())
         for var, name in (("RGE_STREAM_INTERVAL", "stream_interval"), ("RGE_MAX_UPLOAD_MB", "max_upload_mb"),
                           ("RGE_RETENTION_HOURS", "retention_hours")):
             if env.get(var):

@@ -23,6 +23,10 @@ class OwnershipError(RGEUserError, PermissionError):
     """
 
 
+class FolderNotAllowed(RGEUserError, PermissionError):
+    """A folder on the server, named in a request, outside the folders the operator allows for that use."""
+
+
 class SessionKeyError(RGEUserError, ValueError):
     """A missing or malformed per-browser session key (the app makes one on the first page load)."""
 

@@ -192,7 +192,8 @@ def test_search_nonpositive_count_in_a_real_process(flag, value, message, tmp_pa
     assert r.stdout == ""
 
 
-# Every count flag of every command refuses a value below its minimum, before any model loads.
+# Every count flag of every command refuses a value below its minimum, and a command refuses flags that do not go
+# together, before any model loads.
 NONPOSITIVE = [
     (["embed", "--text", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (["search", "--gallery", "{gallery}", "--text", "x", "--batch-size", "-1"], "--batch-size must be >= 1"),
@@ -220,6 +221,16 @@ NONPOSITIVE = [
     (["search", "--gallery", "{gallery}", "--text", "x", "--task", "vqa", "--instruction", "y"],
      "give --instruction or --task, not both"),
     (["eval", "--tasks", "count", "--queries", "1", "--device", "bogus"], "device 'bogus' is not a device: use auto, cpu, cuda, cuda:N or mps"),
+    # a flag the chosen mode would ignore without a word
+    (["sample", "--gallery", "{gallery}", "--target", "a", "--text", "x", "--split", "ood"],
+     "--split: for --world, not --gallery"),
+    (["sample", "--world", "count", "--text", "x", "--target", "a"], "--text, --target: for --gallery, not --world"),
+    (["search", "--gallery", "{gallery}", "--text", "a", "--query", "b"], "give the query text once: --text or --query"),
+    (["eval", "--mmeb", "{tmp}", "--queries", "3"], "--n/--queries is for the world; use --limit with --mmeb"),
+    (["train", "--stage", "rge", "--reasoner", "{tmp}"], "reasoner is for stage embedder; this run's stage is rge"),
+    (["train", "--stage", "embedder", "--embedder", "{tmp}"], "embedder is for stage eg-rl; this run's stage is embedder"),
+    (["train", "--stage", "baseline", "--group-size", "3", "--kl-beta", "0"],
+     "--group-size, --kl-beta: for stage eg-rl; this run's stage is baseline"),
 ]
 
 

@@ -133,15 +133,24 @@ def test_attribution_view_labels_and_its_rival(demo):
 
 
 def test_tcot_view_embeds_a_reasoners_tcot_with_the_model_in_use(demo, taught_dir, tiny_dir):
+    from rge_demo.app.sessions import new_key
+    from rge_demo.errors import FolderNotAllowed
+
     g, q, img = query(demo)
-    same = V.tcot_view(demo, g.name, img, q.text, q.instruction, 4, q.target_id, str(taught_dir))
+    key = new_key()
+    # The Reasoner field is free text: a folder the Models tab would refuse is refused here too.
+    with pytest.raises(FolderNotAllowed, match="models from folders on the server are off"):
+        V.tcot_view(demo, g.name, img, q.text, q.instruction, 4, q.target_id, str(tiny_dir), session_key=key)
+    demo.manager.register(tiny_dir, name="tiny-reasoner")  # a shared model, as the operator's are
+    same = V.tcot_view(demo, g.name, img, q.text, q.instruction, 4, q.target_id, str(taught_dir), session_key=key)
     *_, c = demo.compare(g.name, img, q.text, q.instruction, 4, q.target_id)
     assert same.tcot == c.rationale and same.side.target_rank == c.reason.target_rank  # one model in both roles
     assert [h.item.id for h in same.side.hits] == [h.item.id for h in c.reason.hits]
 
-    other = V.tcot_view(demo, g.name, img, q.text, q.instruction, 4, q.target_id, str(tiny_dir))  # another Reasoner
+    other = V.tcot_view(demo, g.name, img, q.text, q.instruction, 4, q.target_id, "tiny-reasoner",
+                        session_key=key)  # another Reasoner
     assert other.reasoner != other.embedder and other.tokens <= 12 and len(other.side.hits) == 4
     vec = demo.model().encoder.with_rationale([demo.make_input(img, q.text, q.instruction)], [other.tcot])[0]
     np.testing.assert_allclose(other.side.vector, vec, atol=1e-5)  # the model in use embedded its T-CoT
     with pytest.raises(UserError, match="choose a Reasoner model first"):
-        V.tcot_view(demo, g.name, img, q.text, q.instruction, 4, q.target_id, "")
+        V.tcot_view(demo, g.name, img, q.text, q.instruction, 4, q.target_id, "", session_key=key)

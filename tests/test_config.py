@@ -27,6 +27,9 @@ def test_reads_env():
     assert (s.model, s.device, s.dtype, s.memory_budget_gb) == ("baseline-micro", "cpu", "bfloat16", 1.5)
     assert (s.host, s.port, s.share, s.max_new_tokens) == ("0.0.0.0", 8080, True, 16)
     assert s.resolved_device == "cpu"
+    roots = Settings.from_env({"RGE_GALLERY_ROOTS": "/data/g: ~/g2", "RGE_MODEL_ROOTS": "/data/models"})
+    assert roots.gallery_roots == (Path("/data/g"), Path("~/g2").expanduser())
+    assert roots.model_roots == (Path("/data/models"),) and Settings.from_env({}).model_roots == ()
 
 
 def test_model_process_setting():

@@ -17,6 +17,7 @@ from rge_demo.app.sessions import CONNECTION_PREFIX, SECRET_FILE, browser_secret
 from rge_demo.app.workbench import Workbench
 from rge_demo.config import Settings
 from rge_demo.errors import OwnershipError, RGEUserError, SessionKeyError
+from rge_demo.models.loading import ModelError
 from rge_demo.models.manager import ModelManager, default_specs
 from rge_demo.training.worker import Job
 
@@ -25,7 +26,8 @@ A, B = new_key(), new_key()
 
 @pytest.fixture()
 def bench(tmp_path, tiny_dir):
-    manager = ModelManager(Settings(cache_dir=tmp_path / "cache", device="cpu"), specs=default_specs())
+    manager = ModelManager(Settings(cache_dir=tmp_path / "cache", device="cpu", model_roots=(tmp_path,)),
+                           specs=default_specs())
     manager.register(tiny_dir, name="tiny")  # shared
     wb = Workbench(tmp_path / "jobs", manager, background=False, max_running=0)
     yield wb
@@ -120,6 +122,45 @@ def test_a_folder_a_session_names_joins_its_own_model_list_only(bench, a_work, t
         again.close()
 
 
+def test_model_folders_by_path_only_under_the_operators_roots(tmp_path, tiny_dir):
+    """A folder not in the registry loads by path only under RGE_MODEL_ROOTS; the answer comes from
+    the path alone (a folder that is there and one that is not get the same sentence); a shared model
+    named by its folder and a session's own job folders stay reachable."""
+    from rge_demo.errors import FolderNotAllowed
+
+    outside, inside = shutil.copytree(tiny_dir, tmp_path / "outside"), shutil.copytree(tiny_dir, tmp_path / "ok" / "m")
+    shared = ModelManager(Settings(cache_dir=tmp_path / "cache", device="cpu"), specs=default_specs())
+    shared.register(tiny_dir, name="tiny")
+    off = Workbench(tmp_path / "jobs", shared, background=False, max_running=0)
+    on = Workbench(tmp_path / "jobs2", ModelManager(Settings(cache_dir=tmp_path / "cache2", device="cpu",
+                                                             model_roots=(tmp_path / "ok",))),
+                   background=False, max_running=0)
+    try:
+        for folder in (outside, tmp_path / "missing", "/etc", "./x/y/z"):
+            with pytest.raises(FolderNotAllowed, match=r"^models from folders on the server are off in this app "
+                                                       r"\(the operator can allow folders with RGE_MODEL_ROOTS\)"):
+                off.resolve_model(A, str(folder))
+        for folder in (outside, tmp_path / "missing", tmp_path / "ok" / ".." / "outside"):
+            with pytest.raises(FolderNotAllowed, match="is not under a folder this app allows models from"):
+                on.resolve_model(A, str(folder))
+        assert on.resolve_model(A, str(inside)).source == str(inside.resolve())
+        assert "m" in on.model_names(A) and "m" not in on.model_names(B)
+        assert off.resolve_model(A, str(tiny_dir)).name == "tiny"  # a shared model named by its folder
+        with pytest.raises(ModelError, match="not a registered model"):
+            off.resolve_model(A, "tinyy")  # a misspelt name is not taken for a folder
+        # a session's own job: its checkpoints load by path with no roots at all; another session's do not
+        job = off.root / "20261207-000000-own-1"
+        job.mkdir()
+        Job(job.name, "own", str(job), status="finished", created=1.0, owner=owner_id(A)).save()
+        ckpt = shutil.copytree(tiny_dir, job / "checkpoints" / "step-000002")
+        assert off.resolve_model(A, str(ckpt)).source == str(ckpt.resolve())
+        with pytest.raises(OwnershipError, match="another session's training job"):
+            off.resolve_model(B, str(ckpt))
+    finally:
+        off.close()
+        on.close()
+
+
 def test_session_keys(bench, tmp_path):
     assert session_key(A) == A and owner_id(A) != owner_id(B) and len(owner_id(A)) == 32
     assert session_key(None, "abcdefghijk") == CONNECTION_PREFIX + "abcdefghijk"  # an API client without a key
@@ -159,7 +200,8 @@ def test_the_tabs_pass_the_browser_key(tmp_path, tiny_dir):
     from rge_demo.app.demo import Demo
     from rge_demo.ui.layout import build_blocks
 
-    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu"), galleries_dir=tmp_path)
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu", model_roots=(tmp_path,)),
+                galleries_dir=tmp_path)
     try:
         demo.workbench.queue.manager.max_running = 0
         blocks = build_blocks(demo)

@@ -266,10 +266,10 @@ def test_registering_a_gallery_does_not_hold_up_other_sessions(tmp_path, monkeyp
 
 def test_the_app_layer_registers_embeds_and_compares_on_a_sessions_gallery(tmp_path, taught_dir):
 
-    from rge_demo.app.demo import Demo, UserError
+    from rge_demo.app.demo import Demo
     from rge_demo.app.sessions import new_key
     from rge_demo.config import Settings
-    from rge_demo.errors import OwnershipError
+    from rge_demo.errors import FolderNotAllowed, OwnershipError
 
     src = image_folder(tmp_path / "src")
     demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(taught_dir), max_new_tokens=4))
@@ -282,11 +282,11 @@ def test_the_app_layer_registers_embeds_and_compares_on_a_sessions_gallery(tmp_p
     assert c.done and len(c.reason.hits) == 2 and {h.item.id for h in c.direct.hits} <= {it.id for it in g.items}
     with pytest.raises(OwnershipError):
         next(demo.compare(g.name, None, "a red square", "Find the image.", 2, session_key=bob))
-    with pytest.raises(UserError, match="folders on the server are off"):
+    with pytest.raises(FolderNotAllowed, match="folders on the server are off"):
         demo.register_gallery(alice, str(src), "on server", kind="folder")
     allowed = Demo(Settings(cache_dir=tmp_path / "cache2", model=str(taught_dir), gallery_roots=(tmp_path,)))
     assert allowed.register_gallery(alice, str(src), "on server", kind="folder").items
-    with pytest.raises(UserError, match="not under a folder this app allows"):
+    with pytest.raises(FolderNotAllowed, match="not under a folder this app allows"):
         allowed.register_gallery(alice, "/etc", "system", kind="folder")
     demo.remove_gallery(g.name, alice)
     assert g.name not in demo.gallery_names(alice)

@@ -25,7 +25,7 @@ KEY, OTHER = new_key(), new_key()
 
 
 def manager_for(tmp_path, tiny_dir) -> ModelManager:
-    manager = ModelManager(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu"),
+    manager = ModelManager(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu", model_roots=(tmp_path,)),
                            specs=default_specs())
     manager.register(tiny_dir, name="tiny")  # shared: registered before any session spoke
     return manager
@@ -194,7 +194,7 @@ def test_a_page_reload_and_an_app_restart_bring_the_session_back(tmp_path, tiny_
     from rge_demo.app.demo import Demo
     from rge_demo.ui import train
 
-    settings = Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu")
+    settings = Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu", model_roots=(tmp_path,))
     demo = Demo(settings, galleries_dir=tmp_path)
     try:
         with gr.Blocks():
@@ -233,7 +233,8 @@ def test_the_tab_builds_inside_blocks(tmp_path, tiny_dir):
     from rge_demo.app.demo import Demo
     from rge_demo.ui import train
 
-    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu"), galleries_dir=tmp_path)
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu", model_roots=(tmp_path,)),
+                galleries_dir=tmp_path)
     try:
         with gr.Blocks() as blocks:
             train.build(demo, gr.State(None))

@@ -203,6 +203,8 @@ def tcot_view(demo: Demo, gallery_name: str, image, text: str, instruction: str,
     gallery = demo.gallery(gallery_name, session_key)
     target_id = Demo.check_target(gallery, target_id)
     inp = demo.make_input(image, text, instruction)
+    # A name this session may use, or a folder it may name (the Models tab's rule: RGE_MODEL_ROOTS, ownership)
+    reasoner_name = demo.workbench.resolve_model(session_key, reasoner_name).name
     embedder, reasoner = demo.model(model_name), demo.model(reasoner_name)
     index = demo.index(gallery.name, model_name, session_key=session_key)
     t0 = time.perf_counter()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -32,6 +31,7 @@ from rge_demo.models.manager import LoadedModel, ModelManager
 
 from . import explore
 from .explore import PointInfo, Projection
+from .sessions import check_server_folder
 
 log = logging.getLogger(__name__)
 
@@ -55,33 +55,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     return (RGEUserError, UserError, ImageError, ManifestError, ModelError, ModelProcessError, ValueError,
             FileNotFoundError)
-
-
-# An absolute path of two or more parts (not inside a URL).
-_SERVER_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"`]+/)+([^\s/'\"`]+)")
-
-
-def server_dirs(settings: Settings | None = None) -> list[str]:
-    """Folders only the server knows: Gradio's upload cache, the app's cache folder, the repository."""
-    import os
-    import tempfile
-
-    settings = settings or get_settings()
-    gradio_cache = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
-    return [str(Path(d).resolve()) for d in (gradio_cache, settings.cache_dir, REPO_ROOT)]
-
-
-def public_message(message, roots: list[str] | None = None) -> str:
-    """A user-facing message in which every absolute path inside one of ``roots`` (default
-    :func:`server_dirs`) is reduced to its file name: a message must not tell a visitor where the
-    server keeps its files. Paths the user gave (a model folder) stay as they are."""
-    roots = server_dirs() if roots is None else roots
-
-    def shorten(m: re.Match) -> str:
-        path = m.group(0)
-        return m.group(1) if any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots) else path
-
-    return _SERVER_PATH.sub(shorten, str(message))
 
 
 def check_text(value, what: str, limit: int = MAX_TEXT_CHARS) -> str:
@@ -325,21 +298,12 @@ class Demo:
         embedding it in the background with ``model_name``. A folder on the server must lie under
         one of ``Settings.gallery_roots`` (RGE_GALLERY_ROOTS); an uploaded zip always may."""
         if kind in ("folder", "mmeb") or (kind == "auto" and not str(source).lower().endswith(".zip")):
-            self._check_server_folder(source)
+            check_server_folder(source, self.settings.gallery_roots, "galleries", "RGE_GALLERY_ROOTS",
+                                "upload a zip instead")
         g = self.access.register(session_key, source, name, kind=kind, subset=subset, limit=limit)
         self.access.embed_in_background(
             g.name, session_key, lambda progress: self.index(g.name, model_name, progress, session_key))
         return g
-
-    def _check_server_folder(self, source) -> None:
-        roots = [Path(r).resolve() for r in self.settings.gallery_roots]
-        if not roots:
-            raise UserError("galleries from folders on the server are off in this app (the operator can allow "
-                            "folders with RGE_GALLERY_ROOTS); upload a zip instead")
-        path = Path(str(source or "")).expanduser().resolve()
-        if not any(path == r or r in path.parents for r in roots):
-            raise UserError(f"{source!r} is not under a folder this app allows galleries from "
-                            f"({', '.join(map(str, roots))})")
 
     def own_galleries(self, session_key: str) -> list[dict]:
         """The session's galleries: name, items, queries and the background embedding's state."""

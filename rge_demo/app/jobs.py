@@ -32,6 +32,7 @@ from rge_demo.data.items import atomic_write_text
 from rge_demo.training.config import CHECKPOINTS, TrainConfig
 from rge_demo.training.worker import ACTIVE, DONE, LOG_FILE, METRICS_FILE, Job, JobError, JobManager, tail
 
+from .messages import public_message  # the server's own paths are not shown (a log names its python)
 from .sessions import check_owner
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,6 @@ class JobQueue:
 
     def jobs_table(self, owner: str) -> pd.DataFrame:
         """id, name, dataset (version), status, attempts, the checkpoint a resume starts from, error."""
-        from .demo import public_message  # the server's own paths are not shown
 
         rows = [{"id": j.id, "name": j.name, "dataset": j.dataset, "status": j.status, "attempts": j.attempts,
                  "checkpoint": j.checkpoint.name if j.checkpoint else "",
@@ -223,7 +223,6 @@ class JobQueue:
         samples = [{"step": r["step"], "rationale": str(s)} for r in records[-5:]
                    for s in (r.get("samples") if isinstance(r.get("samples"), list) else [])]
         end = job.ended if job.status in DONE and job.ended else time.time()
-        from .demo import public_message  # the log's first line names the server's python and folders
 
         return {"id": job.id, "name": job.name, "status": job.status, "step": step, "total_steps": total,
                 "eta_seconds": eta, "elapsed_seconds": end - job.started if job.started else 0.0,

@@ -18,11 +18,21 @@ from pathlib import Path
 
 from rge_demo.data.items import atomic_write_text
 from rge_demo.errors import OwnershipError
+from rge_demo.models.loading import looks_like_hub_id
 from rge_demo.training.worker import STATUS_FILE, Job, JobError
+
+from .sessions import check_server_folder
 
 log = logging.getLogger(__name__)
 
 REGISTRY_FILE = "models.json"
+
+
+def names_a_folder(text: str) -> bool:
+    """Whether a model a request names is a folder: a path (``/``, ``~``, ``.``), a relative path that is
+    not a hub id (``owner/name``), or a folder that is there (a hub id shadowed by a local folder)."""
+    return (text.startswith(("/", "~", ".")) or ("/" in text and not looks_like_hub_id(text))
+            or Path(text).expanduser().is_dir())
 
 
 class ModelAccess:
@@ -83,45 +93,51 @@ class ModelAccess:
 
     # -- adding --------------------------------------------------------------------------------
     def resolve(self, owner: str, name_or_path: str | os.PathLike):
-        """The spec of a name ``owner`` sees, or of a folder / hub id, which joins ``owner``'s list only."""
+        """The spec of a name ``owner`` sees, or of a folder / hub id, which joins ``owner``'s list only.
+
+        A folder not yet in the registry must lie under the operator's RGE_MODEL_ROOTS (decided from
+        the path before the folder is looked at); one inside another session's training job is refused.
+        """
         text = str(name_or_path)
         with self._lock:
             known = {s.name: s for s in self.manager.specs()}
-            by_source = {s.source: s for s in known.values()}
             if text in known:
                 self.check(owner, text)
                 return known[text]
-            path = Path(text).expanduser()
-            source = str(path.resolve()) if path.is_dir() else text
-            if path.is_dir():
-                self._check_job_folder(owner, path)
-            if source in by_source:
-                spec = by_source[source]
-                entry = self._private.get(spec.name)
-                if entry is None:
+            if names_a_folder(text):
+                path = Path(text).expanduser().resolve()
+                spec = next((s for s in known.values() if s.source == str(path)), None)
+                own_job = self._in_job_of(owner, path)  # OwnershipError: another session's job
+                operators = path == Path(self.manager.settings.model).expanduser().resolve()  # RGE_MODEL's folder
+                if spec is None and not own_job and not operators:
+                    check_server_folder(text, self.manager.settings.model_roots, "models", "RGE_MODEL_ROOTS",
+                                        "load a model from the list")
+                entry = self._private.get(spec.name) if spec is not None else None
+                if spec is not None and entry is None:
                     return spec  # a shared model named by its folder
-                if entry.get("job") and owner not in entry["owners"]:
+                if entry is not None and entry.get("job") and owner not in entry["owners"]:
                     raise OwnershipError(f"model {spec.name} belongs to another session")
             spec = self.manager.resolve(text)  # UnknownModel (a ModelError) for anything else
             self._add(owner, spec)
             return spec
 
-    def _check_job_folder(self, owner: str, path: Path) -> None:
-        """A folder inside a training job (its model, a checkpoint) is its session's alone, whoever
-        names it by path."""
+    def _in_job_of(self, owner: str, path: Path) -> bool:
+        """Whether ``path`` lies inside one of ``owner``'s training jobs (its model, a checkpoint). A
+        folder inside another session's job is that session's alone, whoever names it by path."""
         jobs = self.path.parent
         try:
             rel = path.resolve().relative_to(jobs)
         except ValueError:
-            return
+            return False
         if not rel.parts or not (jobs / rel.parts[0] / STATUS_FILE).is_file():
-            return
+            return False
         try:
             job_owner = Job.load(jobs / rel.parts[0]).owner
         except JobError:
             job_owner = None  # damaged: nobody can tell whose it is
         if job_owner != "" and job_owner != owner:  # "": a job from before sessions had owners, shared
             raise OwnershipError(f"that folder belongs to another session's training job {rel.parts[0]}")
+        return True
 
     def add_trained(self, owner: str, model_dir: str | os.PathLike, name: str, description: str, job: str):
         """Register a fine-tuned model as ``name`` for ``owner`` (kept across app restarts)."""

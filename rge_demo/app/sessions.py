@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 from rge_demo.data.items import process_lock
-from rge_demo.errors import OwnershipError, SessionKeyError
+from rge_demo.errors import FolderNotAllowed, OwnershipError, SessionKeyError
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 CONNECTION_PREFIX = "connection-"
@@ -66,6 +66,22 @@ def check_owner(what: str, record_owner: str, owner: str, *, change: bool) -> No
             raise OwnershipError(f"{what} was made before sessions had owners and is read-only")
         return
     raise OwnershipError(f"{what} belongs to another session")
+
+
+def check_server_folder(source, roots, what: str, variable: str, instead: str) -> Path:
+    """The folder a request names, resolved, if it lies under one of ``roots`` (the operator's
+    ``variable``, e.g. RGE_MODEL_ROOTS); else :class:`FolderNotAllowed` saying what to do ``instead``.
+    Decided from the path alone, before anything there is looked at: the answer does not tell a
+    visitor what exists elsewhere on the server."""
+    roots = [Path(r).expanduser().resolve() for r in roots]
+    if not roots:
+        raise FolderNotAllowed(f"{what} from folders on the server are off in this app (the operator can allow "
+                               f"folders with {variable}); {instead}")
+    path = Path(str(source or "")).expanduser().resolve()
+    if not any(path == r or r in path.parents for r in roots):
+        raise FolderNotAllowed(f"{str(source)!r} is not under a folder this app allows {what} from "
+                               f"({', '.join(map(str, roots))})")
+    return path
 
 
 def browser_secret(root: str | os.PathLike) -> str:

@@ -34,7 +34,7 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
         help="query embedding: reason (rationale, then <emb>), direct, or oracle rationale (world)"),
     arg("--split", choices=["ind", "ood", "all"], default="all", help="which test split(s) (default all)"),
     arg("--tasks", default=None, help="comma-separated world tasks (default: all)"),
-    arg("--n", "--queries", dest="n", type=int, default=100, minimum=1,
+    arg("--n", "--queries", dest="n", type=int, default=None, minimum=1,
         help="queries per world task and split (default 100); under torchrun write "
              "--queries (torchrun reads --n as an abbreviation of its own flags)"),
     arg("--seed", type=int, default=0, help="world seed (default 0)"),
@@ -61,6 +61,8 @@ def build_tasks(args: argparse.Namespace):
     if args.mmeb:
         if args.tasks:
             raise UsageError("--tasks is for the world; use --subsets with --mmeb")
+        if args.n is not None:
+            raise UsageError("--n/--queries is for the world; use --limit with --mmeb")
         try:
             tasks = load_mmeb(args.mmeb, comma_list(args.subsets, "--subsets"), args.limit, args.image_root)
         except ValueError as e:  # EvalDataError included
@@ -78,7 +80,7 @@ def build_tasks(args: argparse.Namespace):
         unknown = [t for t in names if t not in world.TASKS]
         if unknown or not names:
             raise UsageError(f"unknown task(s) {unknown or names}; known: {', '.join(world.TASKS)}")
-    return world_tasks(names, splits, args.n, args.seed)
+    return world_tasks(names, splits, args.n or 100, args.seed)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -117,7 +117,7 @@ def cmd_embed(args) -> int:
 @command("search", "rank a gallery's items for one query (gallery vectors cached on disk)",
          parents=("model", "query"), arguments=[
              arg("--gallery", required=True, help="gallery folder holding manifest.json"),
-             arg("--query", dest="text", default="", help="query text (same as --text)"),
+             arg("--query", default=None, help="query text (same as --text)"),
              arg("--instruction", default=None, help="query instruction (default: the gallery's meta-task's)"),
              arg("--task", choices=TASKS, default=None, help="use the MMEB query instruction of this meta-task"),
              arg("-k", type=int, default=5, minimum=1, help="number of hits (default 5)"),
@@ -125,6 +125,10 @@ def cmd_embed(args) -> int:
              arg("--json", action="store_true", help="print one JSON object"),
          ])
 def cmd_search(args) -> int:
+    if args.query is not None:
+        if args.text:
+            raise UsageError("give the query text once: --text or --query (the same flag), not both")
+        args.text = args.query
     gallery = load_gallery(args.gallery)
     inp = query_input(args, instruction_arg(args, query_instruction(gallery)))
     loaded, settings = load_model(args)

@@ -13,8 +13,8 @@ from .query import gallery_index, load_gallery, load_model, query_input, query_i
              arg("--text", default="", help="query text (with --gallery)"),
              arg("--image", default=None, help="query image file (with --gallery)"),
              arg("--world", default=None, help="world task(s), comma-separated: sample their evaluation queries"),
-             arg("--split", choices=["ind", "ood"], default="ind", help="world split (default ind)"),
-             arg("--limit", type=int, default=4, minimum=1, help="queries per world task (default 4)"),
+             arg("--split", choices=["ind", "ood"], default=None, help="world split (default ind)"),
+             arg("--limit", type=int, default=None, minimum=1, help="queries per world task (default 4)"),
              arg("--gallery", default=None, help="gallery folder: rank its items for --text/--image"),
              arg("--target", default=None, help="id of the right gallery item (with --gallery)"),
              arg("--instruction", default=None, help="query instruction (default: the gallery's meta-task's)"),
@@ -30,6 +30,16 @@ def cmd_sample(args) -> int:
 
     if (args.world is None) == (args.gallery is None):
         raise UsageError("give --world TASKS or --gallery DIR (with --target and a query)")
+    # Each source's own flags: given with the other source, they would be ignored without a word.
+    if args.world is not None:
+        source, owner = "--world", "--gallery"
+        given = {"--text": bool(args.text), "--image": args.image is not None, "--target": args.target is not None,
+                 "--instruction": args.instruction is not None}
+    else:
+        source, owner = "--gallery", "--world"
+        given = {"--split": args.split is not None, "--limit": args.limit is not None}
+    if stray := [flag for flag, on in given.items() if on]:
+        raise UsageError(f"{', '.join(stray)}: for {owner}, not {source}")
     sampling.check_options(args.n, args.temperature, args.seed)  # a sentence before the model loads
     names = comma_list(args.k, "--k")
     try:
@@ -43,7 +53,7 @@ def cmd_sample(args) -> int:
         from rge_demo.analysis.eval_tasks import world_tasks
 
         try:
-            tasks = world_tasks(comma_list(args.world, "--world"), (args.split,), args.limit)
+            tasks = world_tasks(comma_list(args.world, "--world"), (args.split or "ind",), args.limit or 4)
         except KeyError as e:
             raise UsageError(e.args[0]) from None
         loaded, _ = load_model(args)

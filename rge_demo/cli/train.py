@@ -12,7 +12,7 @@ import signal
 
 from rge_demo.training.config import STAGES
 
-from .common import EXIT_OK, EXIT_STOPPED, Progress, arg, command
+from .common import EXIT_OK, EXIT_STOPPED, Progress, UsageError, arg, command
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
     arg("--threads", type=int, minimum=0),
 ]
 
+EG_RL_ONLY = ("group_size", "rl_temperature", "kl_beta")  # (reasoner and embedder: checked by TrainConfig)
 OVERRIDES = tuple(kwargs.get("dest", flags[0][2:]) for flags, kwargs in ARGUMENTS if flags[0] != "--config")
 
 
@@ -52,8 +53,13 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
     if args.config:
-        return TrainConfig.from_file(args.config, **overrides)
-    return TrainConfig.from_dict(overrides, source="command line")
+        cfg = TrainConfig.from_file(args.config, **overrides)
+    else:
+        cfg = TrainConfig.from_dict(overrides, source="command line")
+    given = [f"--{k.replace('_', '-')}" for k in EG_RL_ONLY if k in overrides]
+    if given and cfg.stage != "eg-rl":  # the run would ignore them without a word
+        raise UsageError(f"{', '.join(given)}: for stage eg-rl; this run's stage is {cfg.stage}")
+    return cfg
 
 
 @command("train", HELP, ARGUMENTS)

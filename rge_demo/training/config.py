@@ -190,6 +190,9 @@ class TrainConfig:
             raise ConfigError(f"task_weights must map task names to positive numbers, got {self.task_weights!r}")
         if self.tasks and set(self.task_weights) - set(self.tasks):
             raise ConfigError(f"task_weights names tasks not trained on: {sorted(set(self.task_weights) - set(self.tasks))}")
+        for name, stage in (("reasoner", "embedder"), ("embedder", "eg-rl")):
+            if getattr(self, name) and self.stage != stage:  # else the run would ignore it without a word
+                raise ConfigError(f"{name} is for stage {stage}; this run's stage is {self.stage}")
         if self.batch_size < 2 and self.stage != "cold-start":
             raise ConfigError("batch_size must be >= 2 for contrastive stages (in-batch negatives)")
 

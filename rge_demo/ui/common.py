@@ -9,7 +9,8 @@ import re
 
 import gradio as gr
 
-from rge_demo.app.demo import public_message, user_errors
+from rge_demo.app.demo import user_errors
+from rge_demo.app.messages import public_message
 
 log = logging.getLogger(__name__)
 

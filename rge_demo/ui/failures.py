@@ -12,7 +12,8 @@ import gradio as gr
 from rge_demo.analysis.cost import cost_figure
 from rge_demo.analysis.failures import (GRID_COLUMNS, OUTCOMES, TAGS, case_grid, filter_cases, p1_bars, p1_figure,
                                         search_cases, tag_case)
-from rge_demo.app.demo import Demo, public_message, user_errors, world_task_names
+from rge_demo.app.demo import Demo, user_errors, world_task_names
+from rge_demo.app.messages import public_message
 from rge_demo.app.explore import small_thumbnail
 from rge_demo.app.failure_runs import case_link, parse_case_link
 
