@@ -21,6 +21,9 @@ JavaScript does: upload the query image, join the queue, read the event stream a
 (``gradio_client.utils.stream_sse_v1plus``): up to 50 ms more per message, at a random phase per
 user, which is the client's cost, not the app's.
 
+``--served N`` first has the warm app serve N light requests (Models-tab refreshes), so that the
+blocks measure an app that has been up a while: Gradio keeps a record of every event it served.
+
 The two blocks alternate ``--repeats`` times, so that both see the same load on a shared machine.
 ``--service`` runs the same blocks through the service layer in this process (no HTTP, no Gradio),
 plus two more N-user blocks: merged (requests waiting together run as one ``generate`` call, the

@@ -188,7 +188,6 @@ class JobQueue:
 
     def jobs_table(self, owner: str) -> pd.DataFrame:
         """id, name, dataset (version), status, attempts, the checkpoint a resume starts from, error."""
-
         rows = [{"id": j.id, "name": j.name, "dataset": j.dataset, "status": j.status, "attempts": j.attempts,
                  "checkpoint": j.checkpoint.name if j.checkpoint else "",
                  "error": public_message(j.error.splitlines()[0]) if j.error else ""} for j in self.jobs(owner)]
@@ -223,7 +222,6 @@ class JobQueue:
         samples = [{"step": r["step"], "rationale": str(s)} for r in records[-5:]
                    for s in (r.get("samples") if isinstance(r.get("samples"), list) else [])]
         end = job.ended if job.status in DONE and job.ended else time.time()
-
         return {"id": job.id, "name": job.name, "status": job.status, "step": step, "total_steps": total,
                 "eta_seconds": eta, "elapsed_seconds": end - job.started if job.started else 0.0,
                 "metrics": metrics, "samples": samples, "log_tail": public_message(tail(job.path / LOG_FILE)),
