@@ -74,6 +74,25 @@ def test_resume_continues_the_step_count(tmp_path, tiny_dir):
     assert walls == sorted(walls) and walls[5] > first_wall > 0
 
 
+def test_a_second_trainer_on_a_folder_in_training_is_refused(tmp_path, tiny_dir):
+    """The same command twice, or a job started again after an app crash: the second stops with a
+    sentence, before it loads anything, while the first holds the folder; after it, the run goes on."""
+    cfg = config(tmp_path, tiny_dir, "baseline", steps=2)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from rge_demo.training.trainer import run_folder_lock\n"
+        "with run_folder_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"), cfg.output_dir],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="another training process is running on this folder"):
+            train(cfg)
+        assert not (Path(cfg.output_dir) / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(cfg).status == "finished"
+
+
 @pytest.mark.slow  # distributed: three processes, ~45 s of CPU
 def test_two_processes_give_the_single_process_loss_and_gradient(tiny_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

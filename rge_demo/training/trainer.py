@@ -18,6 +18,7 @@ the loss reads hidden states from submodules, so gradients are all-reduced by ha
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -44,12 +45,18 @@ from .config import CHECKPOINTS, ConfigError, TrainConfig, latest_checkpoint
 from .data import DataError, Pair, by_task, load_pairs, split_pairs, world_pairs
 from .losses import info_nce, rge_loss, token_ce
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second trainer is not stopped there
+    fcntl = None
+
 log = logging.getLogger(__name__)
 
 FINAL = "model"
 COLD_START = "cold-start-model"
 METRICS = "metrics.jsonl"
 ADAPTER = "adapter"
+LOCK_FILE = ".train.lock"
 KEEP_CHECKPOINTS = 2
 
 
@@ -475,13 +482,39 @@ def _probe_record(ctx: StepContext, probe: list[Pair]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- train
+@contextlib.contextmanager
+def run_folder_lock(out: Path):
+    """The run's folder to this process alone while it trains: a second trainer started on it (the
+    same command twice, a job started again after an app crash) stops with a sentence instead of
+    writing the same checkpoints. An advisory lock on ``out/.train.lock``, gone with the process."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{out}: another training process is running on this folder; wait for it "
+                                  "to end (or stop it), then run this again to resume") from None
+        yield
+
+
 def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train per ``cfg``; resume from the last checkpoint in ``cfg.output_dir`` if there is one.
 
     ``on_step(record)`` sees every metrics record; ``should_stop()`` is polled each step and ends
-    the run cleanly with a checkpoint (status "cancelled").
+    the run cleanly with a checkpoint (status "cancelled"). The main process holds the folder's lock
+    (:func:`run_folder_lock`) throughout.
     """
+    from accelerate import PartialState
+
+    lock = run_folder_lock(Path(cfg.output_dir)) if PartialState().is_main_process else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, on_step, should_stop)
+
+
+def _train(cfg: TrainConfig, on_step: Callable[[dict], None] | None,
+           should_stop: Callable[[], bool] | None) -> TrainResult:
     on_step = on_step or (lambda record: None)
     should_stop = should_stop or (lambda: False)
     started = time.perf_counter()
