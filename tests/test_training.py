@@ -1,5 +1,6 @@
 """The trainer on the real tiny model: every stage, checkpoints, resume, two processes, bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -72,6 +73,13 @@ def test_resume_continues_the_step_count(tmp_path, tiny_dir):
     # The run's wall clock carries over the resume: it goes on from where the first process stopped.
     walls = [r["wall_seconds"] for r in records]
     assert walls == sorted(walls) and walls[5] > first_wall > 0
+    # Resuming the folder as another run (another stage, LoRA on) is refused, naming what differs.
+    for other, said in (({"stage": "leakage"}, "stage 'baseline' there, 'leakage' here"),
+                        ({"lora": True}, "lora False there, True here")):
+        with pytest.raises(ConfigError, match=f"holds another run \\({said}\\)"):
+            train(dataclasses.replace(cfg, steps=9, **other))
+    respelt = dataclasses.replace(cfg, steps=9, init=str(tiny_dir) + "/.")
+    assert train(respelt).steps == 9  # the same folder spelt another way, more steps: the same run goes on
 
 
 def test_a_second_trainer_on_a_folder_in_training_is_refused(tmp_path, tiny_dir):

@@ -482,6 +482,27 @@ def _probe_record(ctx: StepContext, probe: list[Pair]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- train
+RUN_FIELDS = ("stage", "init", "data", "lora")  # what a resume must share with the run it continues
+
+
+def check_same_run(cfg: TrainConfig, out: Path) -> None:
+    """Refuse to resume the run in ``out`` with a config that defines another run (another stage,
+    starting point, data or LoRA choice): the checkpoint would be continued as something it is not."""
+    try:
+        saved = TrainConfig.from_file(out / "config.json")
+    except ConfigError:
+        return  # no readable record of the run: nothing to compare with
+    def same(a, b) -> bool:  # a folder or file given as another spelling of the same path is the same
+        return a == b or (isinstance(a, str) and isinstance(b, str) and Path(a).exists()
+                          and Path(a).resolve() == Path(b).resolve())
+
+    differ = [f"{k} {getattr(saved, k)!r} there, {getattr(cfg, k)!r} here" for k in RUN_FIELDS
+              if not same(getattr(saved, k), getattr(cfg, k))]
+    if differ:
+        raise ConfigError(f"{out} holds another run ({'; '.join(differ)}): resuming it would continue that "
+                          "checkpoint as this run; give another output folder, or the saved run's settings")
+
+
 @contextlib.contextmanager
 def run_folder_lock(out: Path):
     """The run's folder to this process alone while it trains: a second trainer started on it (the
@@ -527,6 +548,8 @@ def _train(cfg: TrainConfig, on_step: Callable[[dict], None] | None,
     pools, probe = load_data(cfg)  # fails before any model work on bad data
 
     resume = latest_checkpoint(out)
+    if resume is not None:
+        check_same_run(cfg, out)
     adapter = resume / ADAPTER if resume is not None and cfg.lora else None
     # With LoRA the base never changes: a resume reloads it and continues the saved adapters.
     model, processor = load_model(cfg.init if adapter is not None else str(resume) if resume else cfg.init, acc.device)
