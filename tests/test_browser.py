@@ -175,7 +175,7 @@ def test_train_tab_sample_upload_to_curve(page, app, taught_dir):
         expect(page.get_by_text(re.compile(r"40 pair\(s\) .*; 0 without a rationale"))).to_be_visible()
 
         # The app's own model: RGE_MODEL=<taught_dir> is registered under the folder's name.
-        choose(page, "Base model (registry name or local folder)", taught_dir.name)
+        choose(page, "Base model (registry name, or a folder under RGE_MODEL_ROOTS)", taught_dir.name)
         page.get_by_label("Steps", exact=True).fill("4")
         page.get_by_label("Batch size", exact=True).fill("4")
         page.get_by_label("Max new tokens (rationale budget)", exact=True).fill("8")

@@ -25,8 +25,11 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     status = gr.Dataframe(headers=STATUS_COLUMNS, label="Loaded models", interactive=False)
     catalog = gr.Dataframe(label="Registry", interactive=False)
     with gr.Row():
-        source = gr.Dropdown(bench.shared_model_names(), value=demo.default_model,
-                             label="Model: registry name, local folder or hub id", allow_custom_value=True)
+        roots = demo.settings.model_roots
+        folders = f"a folder under {', '.join(map(str, roots))}" if roots else "(folders: off, RGE_MODEL_ROOTS)"
+        source = gr.Dropdown(bench.shared_model_names(), value=demo.default_model, allow_custom_value=True,
+                             label=f"Model: registry name, hub id or {folders}" if roots
+                             else f"Model: registry name or hub id {folders}")
         dtype = gr.Dropdown(["auto", "float32", "bfloat16", "float16"], value="auto", label="dtype")
         quant = gr.Dropdown(["none", "8bit", "4bit"], value="none", label="quantization (bitsandbytes, CUDA)")
     with gr.Row():

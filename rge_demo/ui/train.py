@@ -98,7 +98,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     gr.Markdown("### 3. Launch a training job")
     with gr.Row():
         base = gr.Dropdown([], value=None, allow_custom_value=True,
-                           label="Base model (registry name or local folder)")
+                           label="Base model (registry name, or a folder under RGE_MODEL_ROOTS)")
         stage = gr.Radio(list(LAUNCH_STAGES), value="rge", label="Stage", info=STAGE_HELP)
         job_name = gr.Textbox(label="Job name (optional)", max_lines=1)
     with gr.Row():
