@@ -156,6 +156,25 @@ def test_model_folders_by_path_only_under_the_operators_roots(tmp_path, tiny_dir
         assert off.resolve_model(A, str(ckpt)).source == str(ckpt.resolve())
         with pytest.raises(OwnershipError, match="another session's training job"):
             off.resolve_model(B, str(ckpt))
+        # The Train tab's base model answers the same way, whether the folder is there or not.
+        for folder in (outside, tmp_path / "missing"):
+            with pytest.raises(FolderNotAllowed, match="is not under a folder this app allows models from"):
+                on.init_folder(A, str(folder))
+        # A folder a session added under wider roots (or before roots existed) stays that session's:
+        # after the roots narrow, another session naming it is refused; its owner still loads it.
+        narrowed = Workbench(tmp_path / "jobs2", ModelManager(Settings(
+            cache_dir=tmp_path / "cache2", device="cpu", model_roots=(tmp_path / "elsewhere",))),
+            background=False, max_running=0)
+        try:
+            assert "m" in narrowed.model_names(A)
+            with pytest.raises(FolderNotAllowed):
+                narrowed.resolve_model(B, str(inside))
+            assert narrowed.resolve_model(A, str(inside)).name == "m" and "m" not in narrowed.model_names(B)
+        finally:
+            narrowed.close()
+        # A hub id is public: a second session naming it gets it too.
+        assert off.resolve_model(A, "someone/some-model").kind == "hub"
+        assert off.resolve_model(B, "someone/some-model").name == "someone/some-model"
     finally:
         off.close()
         on.close()

@@ -101,6 +101,34 @@ def test_a_second_trainer_on_a_folder_in_training_is_refused(tmp_path, tiny_dir)
     assert train(cfg).status == "finished"
 
 
+@pytest.mark.slow  # distributed: two trainers of 2 steps, then two more refused
+def test_train_command_under_torchrun_locks_the_folder_once(tmp_path, tiny_dir):
+    """Two processes of one run share the folder (only the main one takes the lock); while another
+    process holds it, every process of a new run stops with the sentence."""
+    cfg = config(tmp_path, tiny_dir, "baseline", steps=2, batch_size=4, save_every=0)
+    cfg.save(tmp_path / "cfg.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29600 + os.getpid() % 1000), "-m", "rge_demo", "train", "--config", str(tmp_path / "cfg.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [r["step"] for r in metrics(cfg.output_dir)] == [1, 2] and (Path(cfg.output_dir) / "model").is_dir()
+    with open(Path(cfg.output_dir) / ".train.lock", "a") as held:
+        import fcntl
+
+        fcntl.flock(held, fcntl.LOCK_EX)
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert again.returncode != 0
+    assert again.stderr.count("another training process is running on this folder") == 2  # both ranks say it
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path, tiny_dir):
+    cfg = config(tmp_path, tiny_dir, "baseline", data=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match="missing.jsonl"):
+        train(cfg)
+    assert not Path(cfg.output_dir).exists()  # no folder holding only the lock file
+
+
 @pytest.mark.slow  # distributed: three processes, ~45 s of CPU
 def test_two_processes_give_the_single_process_loss_and_gradient(tiny_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

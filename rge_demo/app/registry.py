@@ -102,21 +102,24 @@ class ModelAccess:
         with self._lock:
             known = {s.name: s for s in self.manager.specs()}
             if text in known:
+                if known[text].kind == "hub" and not self.visible(owner, text):
+                    self._add(owner, known[text])  # a hub id is public: naming it is enough
                 self.check(owner, text)
                 return known[text]
             if names_a_folder(text):
                 path = Path(text).expanduser().resolve()
                 spec = next((s for s in known.values() if s.source == str(path)), None)
-                own_job = self._in_job_of(owner, path)  # OwnershipError: another session's job
-                operators = path == Path(self.manager.settings.model).expanduser().resolve()  # RGE_MODEL's folder
-                if spec is None and not own_job and not operators:
-                    check_server_folder(text, self.manager.settings.model_roots, "models", "RGE_MODEL_ROOTS",
-                                        "load a model from the list")
                 entry = self._private.get(spec.name) if spec is not None else None
                 if spec is not None and entry is None:
                     return spec  # a shared model named by its folder
                 if entry is not None and entry.get("job") and owner not in entry["owners"]:
                     raise OwnershipError(f"model {spec.name} belongs to another session")
+                own_job = self._in_job_of(owner, path)  # OwnershipError: another session's job
+                operators = path == Path(self.manager.settings.model).expanduser().resolve()  # RGE_MODEL's folder
+                # Another session's folder is no exception: it may have been added under wider roots.
+                if not (own_job or operators or (entry is not None and owner in entry["owners"])):
+                    check_server_folder(text, self.manager.settings.model_roots, "models", "RGE_MODEL_ROOTS",
+                                        "load a model from the list")
             spec = self.manager.resolve(text)  # UnknownModel (a ModelError) for anything else
             self._add(owner, spec)
             return spec

@@ -41,7 +41,7 @@ from rge_demo.training.worker import DONE, Job
 
 from .datasets import SAMPLE_UPLOAD, DatasetStore, DatasetVersion
 from .jobs import JobQueue
-from .registry import ModelAccess
+from .registry import ModelAccess, names_a_folder
 from .sessions import browser_secret, owner_id, session_key
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class Workbench:
         names = set(self.model_names(key))
         hub_error = WorkbenchError(f"base model {text!r} is a hub id: training starts from a local checkpoint "
                                    "folder (no downloads here); download it first and give its folder")
-        if text in names or text in {s.name for s in self.manager.specs()} or Path(text).expanduser().is_dir():
+        if text in names or text in {s.name for s in self.manager.specs()} or names_a_folder(text):
             spec = self.resolve_model(key, text)  # another session's model: OwnershipError
         elif looks_like_hub_id(text):
             raise hub_error

@@ -10,6 +10,7 @@ from pathlib import Path
 from rge_demo.errors import RGEUserError
 
 STAGES = ("cold-start", "rge", "baseline", "leakage", "eg-rl", "embedder")
+RUN_FIELDS = ("stage", "init", "data", "lora")  # what a resume must share with the run it continues
 CHECKPOINTS = "checkpoints"  # a run's checkpoint folder: step-NNNNNN/ each, written as step-NNNNNN.tmp/ first
 
 

@@ -41,7 +41,7 @@ from rge_demo.embedding.encoder import Row, collate, emb_token_id, process_rows
 from rge_demo.embedding.profiles import profile_for
 from rge_demo.embedding.prompts import EMB_TOKEN, prompt_text
 
-from .config import CHECKPOINTS, ConfigError, TrainConfig, latest_checkpoint
+from .config import CHECKPOINTS, RUN_FIELDS, ConfigError, TrainConfig, latest_checkpoint
 from .data import DataError, Pair, by_task, load_pairs, split_pairs, world_pairs
 from .losses import info_nce, rge_loss, token_ce
 
@@ -482,9 +482,6 @@ def _probe_record(ctx: StepContext, probe: list[Pair]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- train
-RUN_FIELDS = ("stage", "init", "data", "lora")  # what a resume must share with the run it continues
-
-
 def check_same_run(cfg: TrainConfig, out: Path) -> None:
     """Refuse to resume the run in ``out`` with a config that defines another run (another stage,
     starting point, data or LoRA choice): the checkpoint would be continued as something it is not."""
@@ -507,16 +504,23 @@ def check_same_run(cfg: TrainConfig, out: Path) -> None:
 def run_folder_lock(out: Path):
     """The run's folder to this process alone while it trains: a second trainer started on it (the
     same command twice, a job started again after an app crash) stops with a sentence instead of
-    writing the same checkpoints. An advisory lock on ``out/.train.lock``, gone with the process."""
+    writing the same checkpoints. An advisory lock on ``out/.train.lock``, gone with the process; a
+    folder made for it alone is removed again when the run fails before writing anything."""
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a") as f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(f"{out}: another training process is running on this folder; wait for it "
-                                  "to end (or stop it), then run this again to resume") from None
-        yield
+    try:
+        with open(out / LOCK_FILE, "a") as f:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ConfigError(f"{out}: another training process is running on this folder; wait for it "
+                                      "to end (or stop it), then run this again to resume") from None
+            yield
+    except BaseException:
+        if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
@@ -525,12 +529,23 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
 
     ``on_step(record)`` sees every metrics record; ``should_stop()`` is polled each step and ends
     the run cleanly with a checkpoint (status "cancelled"). The main process holds the folder's lock
-    (:func:`run_folder_lock`) throughout.
+    (:func:`run_folder_lock`) throughout; when it cannot, every process stops with its sentence.
     """
     from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
 
-    lock = run_folder_lock(Path(cfg.output_dir)) if PartialState().is_main_process else contextlib.nullcontext()
-    with lock:
+    state = PartialState(cpu=not torch.cuda.is_available())  # as the Accelerator in _train will see it
+    with contextlib.ExitStack() as held:
+        problem = None
+        if state.is_main_process:
+            try:
+                held.enter_context(run_folder_lock(Path(cfg.output_dir)))
+            except ConfigError as e:
+                problem = str(e)
+        if state.num_processes > 1:
+            problem = broadcast_object_list([problem])[0]
+        if problem:
+            raise ConfigError(problem)
         return _train(cfg, on_step, should_stop)
 
 

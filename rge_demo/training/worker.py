@@ -38,7 +38,7 @@ from pathlib import Path
 from rge_demo.data.items import atomic_write_text, process_lock
 from rge_demo.errors import RGEUserError
 
-from .config import TrainConfig, latest_checkpoint
+from .config import RUN_FIELDS, TrainConfig, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,9 @@ class JobManager:
             job = self.job(job_id)
             if job.status not in ("cancelled", "failed"):
                 raise JobError(f"job {job_id} is {job.status}: only cancelled or failed jobs resume")
+            if defining := sorted(set(overrides) & set(RUN_FIELDS)):
+                raise JobError(f"job {job_id}: a resume continues the same run; {', '.join(defining)} cannot change "
+                               "(start a new job instead)")
             if overrides:
                 cfg = TrainConfig.from_file(job.config_path, **overrides)
                 atomic_write_text(job.config_path, json.dumps(cfg.to_dict(), indent=2) + "\n")
