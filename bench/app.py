@@ -75,6 +75,7 @@ class BrowserSession:
         dep = next(d for d in config["dependencies"] if d.get("api_name") == api_name)
         self.fn_index = dep["id"]
         self.session_hash = uuid.uuid4().hex
+        self.phases: list[tuple[float, ...]] = []  # per compare: upload, join, join -> direct side, -> done
 
     def submit(self, *data) -> None:
         r = self.http.post("gradio_api/queue/join", json={
@@ -106,12 +107,18 @@ def one_compare(client, gallery: Gallery, i: int) -> tuple[float, float]:
     first = None
     if isinstance(client, BrowserSession):
         image = client.upload(gallery.image_path(q.image)) if q.image else None
+        uploaded = time.perf_counter()
         client.submit(gallery.name, image, q.text, q.instruction, q.target_id, 5, None, None)  # model, session: state
+        joined, direct = time.perf_counter(), None
         for m in client.messages():
             # the first update carries the direct side; the next ones the rationale (output 1) as it grows
+            if direct is None and m["msg"] == "process_generating":
+                direct = time.perf_counter()
             if first is None and m["msg"] == "process_generating" and m["output"]["data"][1]:
                 first = time.perf_counter() - t0
-        return first or float("nan"), time.perf_counter() - t0
+        done = time.perf_counter()
+        client.phases.append((uploaded - t0, joined - uploaded, (direct or done) - joined, done - (direct or done)))
+        return first or float("nan"), done - t0
     image = handle_file(str(gallery.image_path(q.image))) if q.image else None
     job = client.submit(gallery.name, image, q.text, q.instruction, q.target_id, 5, api_name="/compare")
     for update in job:
@@ -268,9 +275,19 @@ def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, 
                 blocks: dict[str, list] = {"1 user": [], f"{args.users} users": []}
                 if early:
                     blocks[f"1 user, first {args.start_up:g} s"] = early
+                for c in (client, *users):
+                    if isinstance(c, BrowserSession):
+                        c.phases.clear()  # the warm-up compares are not counted
                 for _ in range(args.repeats):
                     blocks["1 user"] += [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
                     blocks[f"{args.users} users"] += concurrent_compares(users, gallery, args.runs)
+                if args.client == "browser":  # where a compare's time goes, as the client sees it
+                    for label, sessions in (("1 user", [client]), (f"{args.users} users", users)):
+                        phases = list(zip(*[p for c in sessions for p in c.phases]))
+                        print(f"{label}: median upload {statistics.median(phases[0]) * 1e3:.1f} ms, join "
+                              f"{statistics.median(phases[1]) * 1e3:.1f} ms, join -> direct side "
+                              f"{statistics.median(phases[2]) * 1e3:.1f} ms, direct side -> done "
+                              f"{statistics.median(phases[3]) * 1e3:.1f} ms")
             finally:
                 app.stop()
     return blocks
