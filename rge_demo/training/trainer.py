@@ -489,6 +489,7 @@ def check_same_run(cfg: TrainConfig, out: Path) -> None:
         saved = TrainConfig.from_file(out / "config.json")
     except ConfigError:
         return  # no readable record of the run: nothing to compare with
+
     def same(a, b) -> bool:  # a folder or file given as another spelling of the same path is the same
         return a == b or (isinstance(a, str) and isinstance(b, str) and Path(a).exists()
                           and Path(a).resolve() == Path(b).resolve())
