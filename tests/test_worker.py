@@ -125,7 +125,7 @@ def test_cancel_then_resume_past_a_half_written_metrics_line(tmp_path, tiny_dir,
     assert queue.progress(OWNER, job.id)["step"] == stopped  # the app's reader skips it
 
     with pytest.raises(JobError, match="a resume continues the same run; lora, stage cannot change"):
-        queue.resume(OWNER, job.id, stage="leakage", lora=True)  # it would continue the checkpoint as another run
+        queue.resume(OWNER, job.id, stage="leakage", lora=True, data=job.config().data)  # data as it was: fine
     assert queue.manager.job(job.id).status == "cancelled" and job.config().stage == "rge"
     queue.resume(OWNER, job.id, steps=stopped)  # total = cold start (1) + steps: one more step
     p = wait(queue, job.id, lambda p: p["status"] in ("finished", "failed"))

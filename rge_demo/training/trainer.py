@@ -23,6 +23,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -505,23 +506,38 @@ def check_same_run(cfg: TrainConfig, out: Path) -> None:
 def run_folder_lock(out: Path):
     """The run's folder to this process alone while it trains: a second trainer started on it (the
     same command twice, a job started again after an app crash) stops with a sentence instead of
-    writing the same checkpoints. An advisory lock on ``out/.train.lock``, gone with the process; a
-    folder made for it alone is removed again when the run fails before writing anything."""
-    made = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    writing the same checkpoints. An advisory lock on ``out/.train.lock``, gone with the process. A
+    folder this call made is removed again, still under the lock, when the run fails before writing
+    anything."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(out / LOCK_FILE, "a") as f:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise ConfigError(f"{out}: another training process is running on this folder; wait for it "
-                                      "to end (or stop it), then run this again to resume") from None
+        out.mkdir()
+        made = True
+    except FileExistsError:
+        made = False
+    busy = ConfigError(f"{out}: another training process is running on this folder; wait for it to end (or "
+                       "stop it), then run this again to resume")
+    try:
+        f = open(out / LOCK_FILE, "a")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:  # the folder went with another start that failed meanwhile
+        raise busy from None
+    with f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise busy from None
+            try:  # the file locked must still be the folder's: not one a failed start removed meanwhile
+                if os.fstat(f.fileno()).st_ino != os.stat(out / LOCK_FILE).st_ino:
+                    raise busy
+            except FileNotFoundError:
+                raise busy from None
+        try:
             yield
-    except BaseException:
-        if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        except BaseException:
+            if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
@@ -546,6 +562,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None,
         if state.num_processes > 1:
             problem = broadcast_object_list([problem])[0]
         if problem:
+            if state.num_processes > 1:
+                state.destroy_process_group()  # else torch may abort the process on its way out
             raise ConfigError(problem)
         return _train(cfg, on_step, should_stop)
 

@@ -248,10 +248,12 @@ class JobManager:
             job = self.job(job_id)
             if job.status not in ("cancelled", "failed"):
                 raise JobError(f"job {job_id} is {job.status}: only cancelled or failed jobs resume")
-            if defining := sorted(set(overrides) & set(RUN_FIELDS)):
-                raise JobError(f"job {job_id}: a resume continues the same run; {', '.join(defining)} cannot change "
-                               "(start a new job instead)")
             if overrides:
+                run = job.config()
+                if changed := sorted(k for k in (*RUN_FIELDS, "output_dir") if k in overrides
+                                     and overrides[k] != getattr(run, k)):
+                    raise JobError(f"job {job_id}: a resume continues the same run; {', '.join(changed)} cannot "
+                                   "change (start a new job instead)")
                 cfg = TrainConfig.from_file(job.config_path, **overrides)
                 atomic_write_text(job.config_path, json.dumps(cfg.to_dict(), indent=2) + "\n")
             job.status, job.queued_at, job.error, job.returncode = "queued", time.time(), "", None
