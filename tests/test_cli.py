@@ -223,14 +223,14 @@ NONPOSITIVE = [
     (["eval", "--tasks", "count", "--queries", "1", "--device", "bogus"], "device 'bogus' is not a device: use auto, cpu, cuda, cuda:N or mps"),
     # a flag the chosen mode would ignore without a word
     (["sample", "--gallery", "{gallery}", "--target", "a", "--text", "x", "--split", "ood"],
-     "--split: for --world, not --gallery"),
-    (["sample", "--world", "count", "--text", "x", "--target", "a"], "--text, --target: for --gallery, not --world"),
+     "--split is for --world, not --gallery"),
+    (["sample", "--world", "count", "--text", "x", "--target", "a"], "--text, --target are for --gallery, not --world"),
     (["search", "--gallery", "{gallery}", "--text", "a", "--query", "b"], "give the query text once: --text or --query"),
     (["eval", "--mmeb", "{tmp}", "--queries", "3"], "--n/--queries is for the world; use --limit with --mmeb"),
     (["train", "--stage", "rge", "--reasoner", "{tmp}"], "reasoner is for stage embedder; this run's stage is rge"),
     (["train", "--stage", "embedder", "--embedder", "{tmp}"], "embedder is for stage eg-rl; this run's stage is embedder"),
     (["train", "--stage", "baseline", "--group-size", "3", "--kl-beta", "0"],
-     "--group-size, --kl-beta: for stage eg-rl; this run's stage is baseline"),
+     "--group-size, --kl-beta are for stage eg-rl; this run's stage is baseline"),
 ]
 
 

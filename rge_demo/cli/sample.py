@@ -39,7 +39,7 @@ def cmd_sample(args) -> int:
         source, owner = "--gallery", "--world"
         given = {"--split": args.split is not None, "--limit": args.limit is not None}
     if stray := [flag for flag, on in given.items() if on]:
-        raise UsageError(f"{', '.join(stray)}: for {owner}, not {source}")
+        raise UsageError(f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} for {owner}, not {source}")
     sampling.check_options(args.n, args.temperature, args.seed)  # a sentence before the model loads
     names = comma_list(args.k, "--k")
     try:

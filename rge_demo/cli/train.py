@@ -58,7 +58,8 @@ def config_from_args(args: argparse.Namespace):
         cfg = TrainConfig.from_dict(overrides, source="command line")
     given = [f"--{k.replace('_', '-')}" for k in EG_RL_ONLY if k in overrides]
     if given and cfg.stage != "eg-rl":  # the run would ignore them without a word
-        raise UsageError(f"{', '.join(given)}: for stage eg-rl; this run's stage is {cfg.stage}")
+        raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for stage eg-rl; "
+                         f"this run's stage is {cfg.stage}")
     return cfg
 
 
