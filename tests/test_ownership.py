@@ -14,7 +14,7 @@ import gradio as gr
 import pytest
 
 from rge_demo.app.sessions import CONNECTION_PREFIX, SECRET_FILE, browser_secret, new_key, owner_id, session_key
-from rge_demo.app.workbench import Workbench
+from rge_demo.app.workbench import Workbench, WorkbenchError
 from rge_demo.config import Settings
 from rge_demo.errors import OwnershipError, RGEUserError, SessionKeyError
 from rge_demo.models.loading import ModelError
@@ -172,12 +172,43 @@ def test_model_folders_by_path_only_under_the_operators_roots(tmp_path, tiny_dir
             assert narrowed.resolve_model(A, str(inside)).name == "m" and "m" not in narrowed.model_names(B)
         finally:
             narrowed.close()
-        # A hub id is public: a second session naming it gets it too.
+        # A hub id is public: a second session naming it gets it too, and keeps it after a restart.
         assert off.resolve_model(A, "someone/some-model").kind == "hub"
         assert off.resolve_model(B, "someone/some-model").name == "someone/some-model"
+        restarted = Workbench(tmp_path / "jobs", ModelManager(Settings(cache_dir=tmp_path / "cache", device="cpu")),
+                              background=False, max_running=0)
+        try:
+            assert "someone/some-model" in restarted.model_names(B)
+        finally:
+            restarted.close()
     finally:
         off.close()
         on.close()
+
+
+def test_the_apps_working_directory_changes_no_answer(tmp_path, tiny_dir, monkeypatch):
+    """A name or an owner/name text is never read as a folder of the app's working directory: whether
+    such a folder is there does not change what a session is told, nor what it loads."""
+    from rge_demo.models.loading import CheckpointError, ModelError
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_dir, tmp_path / "secret")
+    shutil.copytree(tiny_dir, tmp_path / "org" / "name")
+    bench = Workbench(tmp_path / "jobs", ModelManager(Settings(cache_dir=tmp_path / "cache", device="cpu")),
+                      background=False, max_running=0)
+    try:
+        for name in ("secret", "nosuch"):  # bare names: not registered, whatever the folder holds
+            with pytest.raises(ModelError, match=f"^{name}: not a registered model"):
+                bench.resolve_model(A, name)
+        spec = bench.resolve_model(A, "org/name")  # a hub id, though ./org/name is a model folder
+        assert (spec.kind, spec.source) == ("hub", "org/name")
+        with pytest.raises(CheckpointError, match="org/name"):
+            spec.folder()  # looked up in the hub cache only (offline here), not in ./org/name
+        for name in ("org/name", "org/none"):  # the Train tab's base model: a hub id either way
+            with pytest.raises(WorkbenchError, match=f"base model '{name}' is a hub id"):
+                bench.init_folder(A, name)
+    finally:
+        bench.close()
 
 
 def test_session_keys(bench, tmp_path):

@@ -328,13 +328,13 @@ class Demo:
         """The Compare tab's task presets, from the model's prompt profile: ``{"profile", "description",
         "tasks": {name: {"meta_task", "query", "candidate"}}}`` (read from config.json if not loaded)."""
         from rge_demo.embedding.profiles import DEFAULT_PROFILE, ProfileError, get_profile, profile_for_folder
-        from rge_demo.models.loading import ModelError, resolve_source
+        from rge_demo.models.loading import ModelError
 
         name = model_name or self.default_model
         profile = next((m.profile for m in self.manager.loaded() if name in (m.name, m.spec.source)), None)
         if profile is None:
             try:
-                profile = profile_for_folder(resolve_source(self.manager.resolve(name).source))
+                profile = profile_for_folder(self.manager.resolve(name).folder())
             except (ModelError, ProfileError) as e:
                 log.warning("prompt profile of %s: %s; showing the %s presets", name, e, DEFAULT_PROFILE)
                 profile = get_profile(DEFAULT_PROFILE)

@@ -29,10 +29,10 @@ REGISTRY_FILE = "models.json"
 
 
 def names_a_folder(text: str) -> bool:
-    """Whether a model a request names is a folder: a path (``/``, ``~``, ``.``), a relative path that is
-    not a hub id (``owner/name``), or a folder that is there (a hub id shadowed by a local folder)."""
-    return (text.startswith(("/", "~", ".")) or ("/" in text and not looks_like_hub_id(text))
-            or Path(text).expanduser().is_dir())
+    """Whether a model a request names is a folder: a path (``/``, ``~``, ``.``) or a relative path that
+    is not a hub id (``owner/name``). Decided from the text alone: whatever the app's working directory
+    holds changes no answer (``./owner/name`` names such a folder)."""
+    return text.startswith(("/", "~", ".")) or ("/" in text and not looks_like_hub_id(text))
 
 
 class ModelAccess:
@@ -57,10 +57,11 @@ class ModelAccess:
                 owners = [str(o) for o in entry.get("owners", [])]
             except (KeyError, TypeError):
                 continue
-            if not Path(source).is_dir():
+            hub = not Path(source).is_absolute() and looks_like_hub_id(source)  # folders are kept resolved
+            if not hub and not Path(source).is_dir():
                 log.warning("model %s: its folder %s is gone; left out", name, source)
                 continue
-            spec = self.manager.register(source, name=name, description=str(entry.get("description", "")))
+            spec = self.manager.register(source, name=name, description=str(entry.get("description", "")), hub=hub)
             self._private[spec.name] = {"source": spec.source, "owners": owners,
                                         "description": spec.description, "job": entry.get("job", "")}
 
@@ -120,7 +121,9 @@ class ModelAccess:
                 if not (own_job or operators or (entry is not None and owner in entry["owners"])):
                     check_server_folder(text, self.manager.settings.model_roots, "models", "RGE_MODEL_ROOTS",
                                         "load a model from the list")
-            spec = self.manager.resolve(text)  # UnknownModel (a ModelError) for anything else
+                spec = self.manager.resolve(text)
+            else:  # a hub id, never a folder of the working directory; UnknownModel (a ModelError) otherwise
+                spec = self.manager.register(text, hub=True)
             self._add(owner, spec)
             return spec
 

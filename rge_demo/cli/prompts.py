@@ -12,12 +12,12 @@ def load_prompting(args):
     """``(spec, profile, processor)`` of ``--model`` without loading its weights: what ``prompts`` needs."""
     from rge_demo.config import get_settings
     from rge_demo.embedding.profiles import profile_for_folder
-    from rge_demo.models.loading import check_checkpoint, load_processor, resolve_source
+    from rge_demo.models.loading import check_checkpoint, load_processor
     from rge_demo.models.manager import ModelManager
 
     settings = get_settings()
     spec = ModelManager(settings).resolve(args.model or settings.model)
-    folder = resolve_source(spec.source)
+    folder = spec.folder()
     check_checkpoint(folder)
     profile = profile_for_folder(folder)  # ProfileError: a user error
     try:

@@ -198,19 +198,20 @@ def hub_reachable(timeout: float = _PROBE_TIMEOUT_S) -> bool:
     return ok.is_set()
 
 
-def resolve_source(path_or_id: str | os.PathLike) -> Path:
+def resolve_source(path_or_id: str | os.PathLike, *, hub: bool = False) -> Path:
     """A local folder holding the checkpoint: the folder itself, or a hub id's snapshot.
 
     A hub id is looked up in the local cache first; it is downloaded only when the hub is
     reachable and offline mode is off. Raises :class:`CheckpointError` otherwise, at once.
+    ``hub``: the text is a hub id only, never a folder of the working directory spelt the same.
     """
     text = str(path_or_id)
     path = Path(text).expanduser()
-    if path.is_dir():
+    if not hub and path.is_dir():
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: no config.json here; this is not a model folder")
         return path.resolve()
-    if path.exists():
+    if not hub and path.exists():
         raise CheckpointError(f"{path}: is a file; give the checkpoint's folder")
     if not looks_like_hub_id(text):
         raise CheckpointError(f"{text}: no such folder, and not a hub id (owner/name)")

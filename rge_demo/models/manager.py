@@ -77,6 +77,11 @@ class ModelSpec:
         """Local folders must exist; a hub id counts as available (it may need a download)."""
         return self.kind == "hub" or (Path(self.source) / "config.json").is_file()
 
+    def folder(self) -> Path:
+        """The checkpoint's folder: the local one, or the hub id's snapshot (a hub model never reads a
+        folder of the working directory that happens to be spelt like it)."""
+        return resolve_source(self.source, hub=self.kind == "hub")
+
     @property
     def availability(self) -> str:
         if self.kind == "hub":
@@ -160,11 +165,13 @@ class ModelManager:
         with self._lock:
             return list(self._specs.values())
 
-    def register(self, path_or_id: str | os.PathLike, name: str | None = None, description: str = "") -> ModelSpec:
-        """Add a local folder or a hub id to the registry (idempotent for the same source)."""
+    def register(self, path_or_id: str | os.PathLike, name: str | None = None, description: str = "", *,
+                 hub: bool = False) -> ModelSpec:
+        """Add a local folder or a hub id to the registry (idempotent for the same source); ``hub``: the
+        text is a hub id only, whatever the working directory holds."""
         text = str(path_or_id)
         path = Path(text).expanduser()
-        if path.is_dir():
+        if not hub and path.is_dir():
             source, kind = str(path.resolve()), "local"
             default_name = path.resolve().name
         elif looks_like_hub_id(text):
@@ -223,7 +230,7 @@ class ModelManager:
                 self._unload_locked(spec.name)
             if not spec.available:
                 raise ModelNotAvailable(f"model {spec.name!r} is {spec.availability}")
-            folder = resolve_source(spec.source)
+            folder = spec.folder()
             self._evict_for(estimate_memory_bytes(folder, resolve_dtype(dtype, self.device), quantization),
                             keep=spec.name)
             t0 = time.perf_counter()
