@@ -13,6 +13,16 @@ from rge_demo.app.demo import SAMPLE_GALLERIES
 pytestmark = pytest.mark.slow  # the app in a subprocess
 
 
+@pytest.fixture(scope="module")
+def app(taught_dir, tmp_path_factory):
+    """The app on the taught model, streaming every rationale token (RGE_STREAM_INTERVAL=0)."""
+    from apprunner import RunningApp
+
+    running = RunningApp(taught_dir, tmp_path_factory.mktemp("test_app-cache"), extra_env={"RGE_STREAM_INTERVAL": "0"})
+    yield running
+    running.stop()
+
+
 def query(name="vqa-count", i=0):
     g = Gallery.load(SAMPLE_GALLERIES / name)
     q = g.queries[i]
@@ -32,6 +42,11 @@ def test_compare_streams_and_marks_the_right_answer(client):
     assert len(updates) >= 2  # the direct result first, then the reasoning side
     direct_html, rationale, reason_html, moved, cost = job.outputs()[-1][:5]
     assert "Direct (no reasoning)" in direct_html and "right answer at rank" in direct_html
+    # Mid-stream updates (one per token here) carry the rationale, not the finished direct column
+    # again; the last update is whole, as an API caller reads it.
+    middle = job.outputs()[1:-1]
+    assert len(middle) >= 2 and all(u[1] for u in middle)
+    assert not any(isinstance(u[0], str) for u in middle)
     assert "right answer at rank" in reason_html and "What moved" in moved
     assert rationale.strip() and "generated tokens" in cost
 

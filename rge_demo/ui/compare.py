@@ -156,11 +156,19 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         g = demo.gallery(gallery, key)
         target_id = demo.target_for(g, target_id, key)
         facts = None
+        shown = (None, None, None)
         for c in demo.compare(gallery, image, query_text, instruction, k, target_id, model_name, session_key=key):
             if facts is None:
                 facts = compare_views.scene_facts_of(g, image, query_text) or {}
             d, r, m = comparison_html(c, g.root, target_id, rationale_note(c, facts or None))
-            yield d, c.rationale, r, m, status_line(g, int(k), c.cost_line()), c
+            status = status_line(g, int(k), c.cost_line())
+            if c.done:  # the last update is whole: it is what an API caller reads
+                yield d, c.rationale, r, m, status, c
+                continue
+            # While the rationale streams, send only what changed (mostly the rationale and the status).
+            fresh = [new if new != old else gr.skip() for new, old in zip((d, r, m), shown)]
+            shown = (d, r, m)
+            yield fresh[0], c.rationale, fresh[1], fresh[2], status, gr.skip()
 
     @friendly
     def on_reembed(gallery, image, query_text, instruction, target_id, k, rationale, previous, model_name,
