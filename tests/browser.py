@@ -20,7 +20,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 90_000  # one wait on this loaded 2-core machine; the whole module takes well under this per step
 SAVED_RUN = REPO / "assets" / "runs" / "rge-micro"
-TOURS = REPO / "assets" / "tours"
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):

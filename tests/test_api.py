@@ -12,8 +12,6 @@ from rge_demo.data.items import Gallery
 
 pytestmark = pytest.mark.slow  # the app in a subprocess
 
-TOURS = REPO / "assets" / "tours"
-SAVED_RUN = REPO / "assets" / "runs" / "rge-micro"
 
 
 def readme_endpoints() -> dict[str, list[str]]:
@@ -53,8 +51,6 @@ def test_reembed_works_without_a_comparison_first(client):
 
 
 def test_replay_stop_replays_the_stop_asked_for(client):
-    if not ((SAVED_RUN / "reason" / "cases.jsonl").is_file() and (TOURS / "rge-micro-reasoning-helps.json").is_file()):
-        pytest.skip("the saved run and tours are not there")
     first = client.predict("rge-micro-reasoning-helps", 1, api_name="/replay_stop")
     second = client.predict("rge-micro-reasoning-helps", 2, api_name="/replay_stop")
     assert "Stop 1." in first and "Stop 2." in second

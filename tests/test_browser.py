@@ -1,12 +1,11 @@
 """A real browser clicks through every tab (plumbing and screenshots: tests/browser.py)."""
 
 import json
-import os
 import re
 
 import pytest
 from apprunner import REPO
-from browser import SAVED_RUN, SHOTS, TOURS, choose, expect, tab, visible
+from browser import SHOTS, choose, expect, tab, visible
 
 from bench.map import point_xy
 
@@ -111,8 +110,6 @@ def test_explore_map_click_lasso_colour_and_search(page, app):
 
 
 def test_failures_replay_line_follows_the_tour(page, app):
-    if not ((SAVED_RUN / "reason" / "cases.jsonl").is_file() and any(TOURS.glob("*.json"))):
-        pytest.skip("the saved run assets/runs/rge-micro and the tours assets/tours/*.json are not there")
     with tab(page, app, "Failures", "3a-failures-replay"):
         replay = page.get_by_role("button", name="Replay this stop with the model in use (before / after)")
         replay.click()  # no tour open yet
@@ -132,10 +129,6 @@ def test_failures_replay_line_follows_the_tour(page, app):
 
 
 def test_failures_tour(page, app):
-    if not ((SAVED_RUN / "reason" / "cases.jsonl").is_file() and any(TOURS.glob("*.json"))):
-        if os.environ.get("CI"):
-            pytest.fail("the saved run assets/runs/rge-micro or the tours assets/tours/*.json are missing")
-        pytest.skip("the saved run assets/runs/rge-micro and the tours assets/tours/*.json are not there yet")
     with tab(page, app, "Failures", "3-failures-tour"):
         choose(page, "Saved evaluation run (reasoning + direct)", "rge-micro")
         page.get_by_role("button", name="Load run", exact=True).click()

@@ -400,6 +400,10 @@ def test_one_progress_bar(capsys):
 
 def test_sampling_options_are_refused_before_the_model_loads_or_a_run_is_written(taught_dir, tmp_path, env, capsys):
     out = tmp_path / "run"
+    missing = tmp_path / "no-model-here"  # a model that would fail to load: the option is refused first
+    assert main(["eval", "--model", str(missing), "--tasks", "count", "--split", "ind", "--queries", "2",
+                 "--samples", "2", "--seed", "-1", "--out", str(out)]) == 2
+    assert "error: the seed must be a whole number >= 0, got -1" in capsys.readouterr().err and not out.exists()
     assert main(["eval", "--model", str(taught_dir), "--tasks", "count", "--split", "ind", "--queries", "2",
                  "--samples", "2", "--seed", "-1", "--out", str(out)]) == 2
     assert "error: the seed must be a whole number >= 0, got -1" in capsys.readouterr().err and not out.exists()
@@ -407,7 +411,7 @@ def test_sampling_options_are_refused_before_the_model_loads_or_a_run_is_written
                  "--limit", "1"]) == 2
     assert "error: --mode oracle embeds each query with its oracle rationale: world tasks only" in capsys.readouterr().err
     for t in ("inf", "1e-300"):
-        assert main(["sample", "--model", str(taught_dir), "--world", "count", "-n", "2", "--limit", "1",
+        assert main(["sample", "--model", str(missing), "--world", "count", "-n", "2", "--limit", "1",
                      "--temperature", t]) == 2
         assert "error: the temperature must be in [0.01, 5]" in capsys.readouterr().err
 

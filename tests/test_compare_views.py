@@ -48,8 +48,11 @@ def test_scene_facts_of_a_world_gallery_query_only(demo, tmp_path):
     shutil.copy(image, copy)
     assert V.scene_facts_of(g, str(copy), q.text) == facts
     assert V.scene_facts_of(g, str(copy), q.text + " please") is None  # another question
-    other = str(g.image_path(g.queries[1].image))
-    assert V.scene_facts_of(g, other, q.text) in (None, world.scene_facts(g.queries[1].meta))
+    q1 = g.queries[1]
+    other = str(g.image_path(q1.image))
+    assert q1.image != q.image and q1.text != q.text
+    assert V.scene_facts_of(g, other, q.text) is None  # another scene asked this query's question
+    assert V.scene_facts_of(g, other, q1.text) == world.scene_facts(q1.meta)
     assert V.scene_facts_of(g, None, q.text) is None
 
 

@@ -11,7 +11,9 @@ from rge_demo.embedding.profiles import get_profile
 from rge_demo.embedding.prompts import EMB_TOKEN, EmbedInput, from_mmeb_text, instruction_for, prompt_text
 
 
-def test_prompt_follows_reference_layout(tiny):
+def test_micro_prompt_layout_image_first_and_emb_last(tiny):
+    """The micro profile's chat layout (the reference profile's inline image and newline rule:
+    tests/test_profiles.py and tests/test_golden_prompts.py)."""
     _, processor = tiny
     inp = EmbedInput("Represent the given image with the following question:", "How many?", colour_image("red"))
     direct = prompt_text(processor, inp, direct=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -46,7 +47,7 @@ def test_missing_file(tmp_path):
 
 
 def test_directory(tmp_path):
-    with pytest.raises(ImageError, match="directory"):
+    with pytest.raises(ImageError, match="is a directory, not an image file"):
         load_image(tmp_path)
 
 
@@ -207,6 +208,7 @@ def test_sources_agree_and_file_is_closed(tmp_path):
     src.save(path)
     data = path.read_bytes()
     ref = np.asarray(src)
+    fds = set(os.listdir("/proc/self/fd"))
     results = [
         load_image(path),
         load_image(str(path)),
@@ -220,7 +222,8 @@ def test_sources_agree_and_file_is_closed(tmp_path):
     for im in results:
         assert im.mode == "RGB" and im.size == (30, 20)
         assert (np.asarray(im) == ref).all()
-    path.unlink()  # nothing holds the file open (matters on Windows, harmless elsewhere)
+    assert set(os.listdir("/proc/self/fd")) <= fds  # loading by path left no file open
+    path.unlink()
     assert (np.asarray(results[0]) == ref).all()  # pixels were fully loaded
 
 

@@ -34,7 +34,10 @@ def test_umap_deterministic_with_seed():
     b = P.project(items, direct, reason, method="umap", seed=3)
     assert a.method == "umap" and a.coords.shape == (42, 2) and np.isfinite(a.coords).all()
     np.testing.assert_array_equal(a.coords, b.coords)
-    assert P.wait_umap(0) in (True, False)  # state query never blocks
+    # The app's warm-up: one tiny fit in the background (in the UMAP worker), then ready.
+    P.warm_umap_in_background()
+    assert P.wait_umap(120) is True and P.umap_state() == "ready"
+    assert P.warm_umap_in_background() is None  # warmed once per process
 
 
 @pytest.mark.slow

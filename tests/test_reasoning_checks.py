@@ -52,5 +52,5 @@ def test_answer_swap_on_the_tiny_model(tiny):
     out = answer_swap(Encoder(*tiny), tasks, seed=0)
     for key in ("overall", "task=count", "task=ground/split=ind"):
         assert out[key]["follows"]["n"] == (12 if key == "overall" else 6)
-        assert 0 <= out[key]["follows"]["mean"] + out[key]["stays"]["mean"] <= 1  # never both
     assert out == answer_swap(Encoder(*tiny), tasks, seed=0)  # deterministic
+    # That the swapped rationale is what gets embedded: tests/test_shipped.py, on rge-micro.

@@ -82,3 +82,14 @@ def test_the_shipped_embed_rl_run_is_browsable_and_its_reasoner_pairs_with_rge_m
     case = cases[0]
     out = pair.reason([demo.make_input(case.image, case.text, case.instruction)])[0]
     assert out.rationale == case.rationale  # greedy: the saved run's T-CoT again
+
+
+def test_rge_micro_follows_a_swapped_answer(rge_micro):
+    """The answer-swap measure embeds the swapped rationale: rge-micro's <emb> reads the stated answer,
+    so its top-1 follows the swap (measured 97 % on the held-out seeds); unswapped, it would stay."""
+    from rge_demo.analysis.eval_tasks import world_tasks
+    from rge_demo.analysis.reasoning import answer_swap
+
+    out = answer_swap(rge_micro, world_tasks(["count", "chart_diff"], ("ind",), n=10, seed=7), seed=0)
+    assert out["overall"]["follows"]["n"] == 20
+    assert out["overall"]["follows"]["mean"] >= 0.8 and out["overall"]["stays"]["mean"] <= 0.2, out["overall"]

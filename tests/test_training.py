@@ -260,7 +260,7 @@ def test_direct_share_trains_a_minority_of_queries_in_direct_mode(tmp_path, tiny
     cfg = config(tmp_path, tiny_dir, "rge", cold_start_steps=0, steps=2, direct_share=0.25, batch_size=8)
     rows = metrics(train(cfg).output_dir)
     assert all(r["phase"] == "joint" and r["contrastive_loss"] > 0 for r in rows)
-    assert all("rationale_tokens" in r for r in rows)  # 6 of 8 queries still reasoned
+    assert all(r["direct_queries"] == 2 and r["reasoned_queries"] == 6 for r in rows)  # 6 of 8 still reasoned
 
 
 def test_the_trainer_uses_the_checkpoints_prompt_profile(tiny):

@@ -341,6 +341,8 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str,
             lm_parts = (q_lm[0] + t_lm[0], q_lm[1] + t_lm[1])
         # The first ``n_direct`` queries of the (randomly drawn) batch are embedded in direct mode.
         n_direct = round(cfg.direct_share * len(pairs)) if phase in ("joint", "leakage") else 0
+        if phase in ("joint", "leakage"):
+            stats["direct_queries"] = n_direct
         if phase == "joint":
             ids, emitted = ctx.generate(q_rows[n_direct:]) if n_direct < len(pairs) else ([], [])
             suffixes = [[ctx.emb_id]] * n_direct + [r + [ctx.emb_id] for r in ids]
@@ -351,7 +353,8 @@ def compute_loss(ctx: StepContext, pairs: list[Pair], phase: str,
                 if q_swap is not None:
                     swap = ctx.contrastive(q_swap, t, keys, positives)
             if ids:
-                stats.update(rationale_tokens=sum(map(len, ids)) / len(ids), emitted_emb=sum(emitted) / len(ids),
+                stats.update(reasoned_queries=len(ids), rationale_tokens=sum(map(len, ids)) / len(ids),
+                             emitted_emb=sum(emitted) / len(ids),
                              samples=[ctx.tok.decode(r, skip_special_tokens=True) for r in ids[:2]])
         elif phase == "leakage":
             q = q_oracle
