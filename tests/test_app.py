@@ -71,10 +71,14 @@ def test_evaluate_endpoint(client):
 def test_bad_image_gives_clear_error_and_app_keeps_serving(client, app, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    tracebacks = app.log_path.read_text(errors="replace").count("Traceback")
     q, job = compare(client, image=handle_file(str(bad)))
     with pytest.raises(Exception, match=r"'broken\.png': not an image") as e:
         job.result()
     assert "cannot identify" not in str(e.value) and "Traceback" not in str(e.value)  # not PIL's own error
+    # The server log keeps one line for a refused request, not a traceback.
+    app.wait_for_log("on_run refused: image 'broken.png': not an image", timeout=30)
+    assert app.log_path.read_text(errors="replace").count("Traceback") == tracebacks
     assert app.alive()
     q, job = compare(client)
     assert job.result()[1].strip()

@@ -21,10 +21,11 @@ def friendly(fn):
     """Show expected errors as a gr.Error toast with their message; log anything else and say so."""
 
     def convert(e: Exception) -> gr.Error:
-        if isinstance(e, gr.Error):
-            return e
-        if isinstance(e, EXPECTED):
-            return gr.Error(public_message(e))
+        if isinstance(e, (gr.Error, *EXPECTED)):  # the person is told; the server log keeps one line, no traceback
+            refusal = e if isinstance(e, gr.Error) else gr.Error(public_message(e))
+            refusal.print_exception = False
+            log.info("%s refused: %s", fn.__name__, refusal.message)
+            return refusal
         log.exception("unexpected error in %s", fn.__name__)
         return gr.Error(f"internal error ({type(e).__name__}, logged on the server); the app keeps running")
 
