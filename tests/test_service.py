@@ -1,5 +1,7 @@
 """The tabs' actions as plain functions (rge_demo.app.demo.Demo) on the real tiny model."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -208,20 +210,31 @@ def test_a_saved_case_replays_with_another_model(demo):
 
     cases = load_pair(RUNS_DIR / "rge-micro" / "reason", RUNS_DIR / "rge-micro" / "direct")
     case = next(c for c in cases if c.task == "count")
-    replay = demo.replay_case(case)  # the session's model: the tiny taught one
+    seed = json.loads((RUNS_DIR / "rge-micro" / "reason" / "summary.json").read_text())["seed"]
+    assert seed != 0  # the shipped runs are on held-out seeds: a replay must not draw from seed 0
+    replay = demo.replay_case(case, seed=seed)  # the session's model: the tiny taught one
     assert replay["before_direct_rank"] == case.direct_rank and replay["before_reason_rank"] == case.reason_rank
     # The same world query (count-<split>-<n>), evaluated by the taught model in each mode, gives the replay.
     split, number = case.query_id.split("-")[1], int(case.query_id.split("-")[2])
-    task = world_tasks(["count"], (split,), n=number + 1)[0]
+    task = world_tasks(["count"], (split,), n=number + 1, seed=seed)[0]
     one = dataclasses.replace(task, queries=[task.queries[number]])
     assert one.queries[0].id == case.query_id
     now = {mode: evaluate(demo.model().encoder, [one], mode=mode).cases[0] for mode in ("direct", "reason")}
     assert (replay["direct_rank"], replay["reason_rank"]) == (now["direct"]["rank"], now["reason"]["rank"])
     assert replay["rationale"] == now["reason"]["rationale"] and replay["model"] == demo.model().name
+    with pytest.raises(UserError, match="cannot be drawn again from the world with seed 0: the saved query differs"):
+        demo.replay_case(case, seed=0)
     for bad in ("not-a-world-query", "juggling-ind-0001", "count-train-0001"):
         case.query_id = bad
         with pytest.raises(UserError, match="cannot be replayed"):
-            demo.replay_case(case)
+            demo.replay_case(case, seed=seed)
+
+
+def test_a_tour_stop_replayed_with_its_own_model_gives_the_saved_ranks(demo):
+    """Same model, same query (drawn from the run's seed): the replay's ranks are the saved ones."""
+    for stop in (1, 4):
+        r = demo.replay_stop("rge-micro-reasoning-helps", stop, "rge-micro")
+        assert (r["direct_rank"], r["reason_rank"]) == (r["before_direct_rank"], r["before_reason_rank"]), r
 
 
 def test_a_model_loaded_in_bfloat16_stays_bfloat16_for_every_tab(taught_dir, tmp_path):

@@ -7,6 +7,7 @@ Indexes are cached per (model fingerprint, gallery), query vectors per (fingerpr
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import threading
@@ -572,23 +573,33 @@ class Demo:
     def replay_stop(self, tour_id, stop, model_name: str | None = None) -> dict:
         """Stop ``stop`` (1-based) of a tour run again with a model: :meth:`replay_case` plus the tour."""
         t, stop, case, _ = self.tour_stop(tour_id, stop)
-        return {**self.replay_case(case, model_name), "tour": t.id, "tour_model": t.model, "stop": stop}
+        info = self.failure_runs.info(t.model)  # the tour's run: its world seed and token budget
+        return {**self.replay_case(case, model_name, seed=info.get("seed", 0), max_new_tokens=info.get("max_new_tokens")),
+                "tour": t.id, "tour_model": t.model, "stop": stop}
 
-    def replay_case(self, case, model_name: str | None = None) -> dict:
-        """Run one saved world case again with another model, in both modes (a tour's before/after)."""
+    def replay_case(self, case, model_name: str | None = None, seed: int = 0, max_new_tokens: int | None = None) -> dict:
+        """Run one saved world case again with another model, in both modes (a tour's before/after), under
+        its run's conditions: ``seed``, the world seed the query is drawn again from, and the token budget
+        (``None``: the model's)."""
         import dataclasses
 
         from rge_demo.analysis.evaluate import evaluate, world_tasks
 
         try:
             task, split, number = case.query_id.rsplit("-", 2)
-            full = world_tasks([task], (split,), n=int(number) + 1)[0]
+            full = world_tasks([task], (split,), n=int(number) + 1, seed=int(seed))[0]
             index = int(number)
         except (ValueError, KeyError):
             raise UserError(f"case {case.query_id!r} is not a synthetic-world test query: it cannot be replayed") from None
         one = dataclasses.replace(full, queries=[full.queries[index]])
+        again = one.queries[0]
+        saved = (case.text, case.instruction, case.meta or None)
+        if (again.item.text, again.item.instruction, json.loads(json.dumps(again.facts)) or None) != saved:
+            raise UserError(f"case {case.query_id!r} cannot be drawn again from the world with seed {seed}: "
+                            "the saved query differs, so it cannot be replayed")
         loaded = self.model(model_name)
-        now = {mode: evaluate(loaded.encoder, [one], mode=mode, model_name=loaded.name).cases[0]
+        now = {mode: evaluate(loaded.encoder, [one], mode=mode, model_name=loaded.name,
+                              max_new_tokens=max_new_tokens).cases[0]
                for mode in ("direct", "reason")}
         return {"model": loaded.name, "direct_rank": now["direct"]["rank"], "reason_rank": now["reason"]["rank"],
                 "rationale": now["reason"]["rationale"], "before_direct_rank": case.direct_rank,
