@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SENTENCE_SEP = ". "
 CLAUSE_SEP = ", "
+MAX_PARTS = 64  # parts left out at most: the batched forward holds one row per part (RGE rationales have ~5-30)
 LEVELS = ("sentence", "clause")
 
 
@@ -156,6 +157,10 @@ def attribute(encoder: Encoder, inp: EmbedInput, rationale: str, candidates: np.
         raise AttributionError(f"wrong candidate {wrong} must be another of the {len(candidates)} candidates")
     sentences, clauses = variants(rationale)
     own = [p for p in clauses if p.level == "clause"]  # clauses of multi-clause sentences: rows of their own
+    if len(sentences) + len(own) > MAX_PARTS:
+        raise AttributionError(f"the rationale has {len(sentences)} sentences and {len(own)} clauses within them; "
+                               f"attribution leaves out at most {MAX_PARTS} parts (one row each in one forward): "
+                               "shorten it")
     texts = [rationale] + [p.without for p in sentences] + [p.without for p in own]
     vecs = encoder.with_rationale([inp] * len(texts), texts)  # (1 + S + C, D): ONE forward
     scores = vecs @ candidates.T  # (rows, N)
