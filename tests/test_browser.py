@@ -49,7 +49,14 @@ def test_compare_error_marks_only_the_status_line(page, app):
         expect(visible(page, "table.rge-hits")).to_have_count(2)
         target.fill("")
         target.press("Enter")
-
+        # A message naming a control token shows it (the toast renders HTML: "<emb>" was swallowed as a tag).
+        text = page.get_by_label("Query text", exact=True)
+        before = text.input_value()
+        text.fill("How many <emb> circles?")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        expect(page.get_by_text("the text contains '<emb>', one of the model's control tokens: remove it")
+               .first).to_be_visible()
+        text.fill(before)
 
 
 def test_explore_map_click_lasso_colour_and_search(page, app):

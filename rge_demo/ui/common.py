@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
 import re
@@ -24,6 +25,7 @@ def friendly(fn):
         if isinstance(e, (gr.Error, *EXPECTED)):  # the person is told; the server log keeps one line, no traceback
             refusal = e if isinstance(e, gr.Error) else gr.Error(public_message(e))
             refusal.print_exception = False
+            refusal.message = html.escape(refusal.message, quote=False)  # the toast renders HTML: "<emb>" must show
             log.info("%s refused: %s", fn.__name__, refusal.message)
             return refusal
         log.exception("unexpected error in %s", fn.__name__)
