@@ -213,6 +213,8 @@ def test_search_grid_and_export_read_back_equal(mixed_cases, tmp_path):
         back = F.read_export(path)
         assert back.equals(want), path
     assert json.loads(want["reason_topk"][0]) == cases[0].reason_topk
+    cases[0].image = "/srv/app/assets/runs/r/reason/images/q0.png"  # an absolute path on the server
+    assert F.export_frame(cases[:1])["image"][0] == "q0.png"  # the export names the file, not server folders
     with pytest.raises(ValueError, match="export format"):
         F.write_export(cases, tmp_path / "out", formats=("xlsx",))
 

@@ -266,7 +266,8 @@ def export_frame(cases: Iterable[Case]) -> pd.DataFrame:
     rows = []
     for c in cases:
         rows.append({"query_id": c.query_id, "dataset": c.dataset, "task": c.task, "meta_task": c.meta_task,
-                     "split": c.split, "instruction": c.instruction, "text": query_of(c), "image": c.image or "",
+                     "split": c.split, "instruction": c.instruction, "text": query_of(c),
+                     "image": Path(c.image).name if c.image else "",  # the file's name: no server folders
                      "target_id": c.target_id, "target_label": c.target_label, "direct_rank": c.direct_rank,
                      "reason_rank": c.reason_rank, "outcome": outcome(c), "failure_kinds": "; ".join(tag_case(c)),
                      "rationale": c.rationale, "tokens": c.tokens, "forced": c.forced, "seconds": float(c.seconds),
