@@ -142,6 +142,21 @@ def test_sample_set_read_outs_on_known_vectors():
     assert d["pass_at"]["2"] == pytest.approx(0.833333, abs=1e-5) and d["oracle_rank"] == 1
 
 
+def test_the_map_does_not_magnify_float_noise():
+    """Eight samples equal to the greedy rationale (up to float noise) plot as one spot, not a spread."""
+    pool = np.eye(3, dtype=np.float32)
+    same = [_result([1, 0.5, 1e-7 * i], "x. answer a") for i in range(8)]
+    s = sampling.sample_set(same, _result([1, 0.5, 0]).vector, _result([1, 0.5, 0], "x. answer a"), pool, target=0,
+                            ks=[1], temperature=1.0, seed=0)
+    layout = sampling.samples_figure(s).layout
+    for axis in (layout.xaxis, layout.yaxis):
+        assert axis.range[1] - axis.range[0] >= sampling.MIN_SPAN  # autoscaled, 1e-7 would fill the plot
+    wide = sampling.samples_figure(sampling.sample_set(
+        [_result([1, 0, 0]), _result([0, 1, 0]), _result([0, 0, 1])], pool[0], _result([1, 1, 0]), pool, target=0,
+        ks=[1], temperature=1.0, seed=0)).layout
+    assert wide.xaxis.range[1] - wide.xaxis.range[0] > 1  # real spread: the axes follow the points
+
+
 def test_sampling_columns_over_world_tasks(tiny):
     enc = Encoder(*tiny)
     tasks = world_tasks(["count"], splits=("ind",), n=2)

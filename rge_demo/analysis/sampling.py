@@ -346,6 +346,9 @@ def sampling_columns(encoder: Encoder, tasks: Sequence[EvalTask], n: int = 8, te
 
 
 # ------------------------------------------------------------------------------------- figure
+MIN_SPAN = 0.05  # the sampling map's narrowest axis, in embedding units (cosine distances of unit vectors)
+
+
 def samples_figure(s: SampleSet, title: str | None = None):
     """A small plotly map of ``s.projection``: the ``n`` samples (green where they rank the right
     candidate first, red elsewhere; hover: rank, cosine, stated answer) beside the direct, greedy and
@@ -371,11 +374,18 @@ def samples_figure(s: SampleSet, title: str | None = None):
             x=[x], y=[y], mode="markers+text", name=f"{key} (rank {point.rank})", text=[key], textposition="top center",
             hoverinfo="text", hovertext=[f"{key}: rank {point.rank}, cosine {point.cosine:+.3f}"],
             marker={"size": 15, "symbol": symbol, "color": colour, "line": {"width": 1, "color": "black"}}))
+    # Axes at least MIN_SPAN wide: near-equal embeddings (a model that samples one rationale N times)
+    # must not be magnified into a spread by autoscaling float noise.
+    every = np.vstack([xy, *(np.asarray(s.projection[k]).reshape(1, 2) for k in ("direct", "greedy", "centroid"))])
+    low, high = every.min(axis=0), every.max(axis=0)
+    half = np.maximum((high - low) * 0.6, MIN_SPAN / 2)
+    centre = (low + high) / 2
     spread = "-" if s.spread is None else f"{s.spread:.3f}"
     fig.update_layout(template="plotly_white", height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       title={"text": title or f"{len(s.samples)} samples at T={s.temperature:g}: spread "
                                                f"(mean pairwise cosine) {spread}", "font": {"size": 14}},
                       legend={"itemsizing": "constant", "font": {"size": 11}, "orientation": "h",
                               "yanchor": "top", "y": -0.02, "xanchor": "left", "x": 0},
-                      xaxis={"visible": False}, yaxis={"visible": False})
+                      xaxis={"visible": False, "range": [centre[0] - half[0], centre[0] + half[0]]},
+                      yaxis={"visible": False, "range": [centre[1] - half[1], centre[1] + half[1]]})
     return fig
