@@ -272,3 +272,22 @@ def test_the_tabs_pass_the_browser_key(tmp_path, tiny_dir):
         assert spec.name in demo.workbench.model_names(A) and spec.name not in demo.workbench.model_names(B)
     finally:
         demo.workbench.close()
+
+
+def test_a_model_that_fails_to_load_does_not_join_the_list(bench, tiny_dir, tmp_path):
+    """The Models tab and the Reasoner field load through use_model: a hub id that cannot be fetched
+    (offline) or a broken folder is refused and stays off the session's list and the registry."""
+    broken = shutil.copytree(tiny_dir, tmp_path / "broken")
+    (broken / "config.json").write_text("{not json")
+    for name in ("someorg/some-model", str(broken)):
+        with pytest.raises(ModelError):
+            bench.use_model(A, name, lambda spec: bench.manager.load(spec.name))
+        assert not {"someorg/some-model", "broken"} & set(bench.model_names(A))
+        assert not {"someorg/some-model", "broken"} & {s.name for s in bench.manager.specs()}
+    assert bench.use_model(A, "tiny", lambda spec: bench.manager.load(spec.name)).name == "tiny"
+    fine = shutil.copytree(tiny_dir, tmp_path / "fine")
+    assert bench.use_model(A, str(fine), lambda spec: bench.manager.load(spec.name)).name == "fine"
+    assert "fine" in bench.model_names(A) and "fine" not in bench.model_names(B)
+    with pytest.raises(ModelError):  # a model already on the list stays there when a later load fails
+        bench.use_model(A, "fine", lambda spec: bench.manager.load(str(broken)))
+    assert "fine" in bench.model_names(A)

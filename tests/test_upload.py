@@ -288,3 +288,48 @@ def test_a_zip_with_its_manifest_and_flat_images(tmp_path):
     archive = make_zip(tmp_path / "all.zip", [("manifest.jsonl", jsonl(GOOD).encode()), ("a.png", png())])
     path, root = unpack_upload(tmp_path / "job", archive=archive)
     assert validate(path, root).ok
+
+
+# ------------------------------------------------------------------------------- control tokens
+@pytest.mark.parametrize("field, text, token", [
+    ("query_text", "a <emb> b", "<emb>"),
+    ("target_text", "y <|image_pad|>", "<|image_pad|>"),
+    ("rationale", "two shapes.<|im_end|> answer two", "<|im_end|>"),
+    ("query_instruction", "<|vision_start|>Represent the image", "<|vision_start|>"),
+    ("target_instruction", "Represent <|endoftext|> the answer", "<|endoftext|>"),
+])
+def test_a_control_token_in_a_text_the_model_reads_makes_the_row_invalid(tmp_path, field, text, token):
+    """QA: {"query_text": "a <emb> b", ...} was counted valid and trained on; now it is a problem row
+    naming the field and the token, skipped or blocking the build like any other bad row."""
+    images = {"images/a.png": png(), "images/b.png": png("blue")}
+    bad = {**GOOD, "query_image": "images/b.png", field: text}
+    report = validate(write_upload(tmp_path / "up", jsonl(GOOD, bad), images=images))
+    assert [(p.line, p.field) for p in report.problems] == [(2, field)]
+    problem = report.problems[0].problem
+    assert f"{field} contains {token!r}, one of the model's control tokens" in problem and "remove it" in problem
+    assert [r["line"] for r in report.ok_rows] == [1] and not report.ok
+    with pytest.raises(UploadError, match=r"choose to skip the rows on line\(s\) \[2\]"):
+        build_dataset(report, tmp_path / "job")
+    pairs_path = build_dataset(report, tmp_path / "job", skip_bad=True)
+    assert token not in pairs_path.read_text() and len(load_pairs(pairs_path)) == 1
+
+
+def test_the_qa_manifest_with_emb_in_a_query_is_refused(tmp_path):
+    report = validate(write_upload(tmp_path / "up", jsonl({"query_text": "a <emb> b", "target_text": "y"})))
+    assert problems_of(report) == [(1, "query_text", "query_text contains '<emb>', one of the model's control "
+                                                     "tokens (it would be read as that token, not as text): remove it")]
+    assert not report.ok_rows
+    with pytest.raises(UploadError, match="problem"):
+        build_dataset(report, tmp_path / "job")
+
+
+def test_uploads_refuse_the_same_control_tokens_as_compare(tiny):
+    """The validator's list is the tokenizer's added tokens that the Encoder (Compare's check) refuses."""
+    from rge_demo.data.upload import control_tokens
+    from rge_demo.embedding.encoder import Encoder
+
+    encoder = Encoder(*tiny)
+    assert set(control_tokens()) == set(encoder._control)
+    for token in control_tokens():
+        with pytest.raises(ValueError, match="control tokens"):
+            encoder.check_text(f"a {token} b", "text")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import sys
+import threading
 import time
 
 import gradio as gr
@@ -20,6 +22,7 @@ from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.models.loading import ModelError
 from rge_demo.models.manager import ModelManager, default_specs
 from rge_demo.training.data import load_pairs
+from rge_demo.training.worker import JobError
 
 KEY, OTHER = new_key(), new_key()
 
@@ -258,3 +261,144 @@ def test_an_eg_rl_job_runs_in_the_worker_with_its_reward_curve(bench):
     m = p["metrics"]
     assert m["reward"].between(0, 1.5).all() and (m["kl"] >= 0).all()
     assert {"reward", "retrieval_reward", "kl"} <= {t.name for t in loss_figure(m).data}
+
+
+# --------------------------------------------------------------- QA: control tokens, double launch, failed validation
+BASELINE = dict(base_model="tiny", stage="baseline", steps=5, batch_size=2, lr=1e-3, a_lm=0.1, a_con=1.0,
+                temperature=0.03, lora=False, max_new_tokens=8, val_share=0.0)
+
+
+def test_an_upload_with_a_control_token_lists_the_row_and_builds_without_it(idle_bench, tmp_path):
+    bench = idle_bench
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text('{"query_text": "a <emb> b", "target_text": "y"}\n'
+                        '{"query_text": "a b", "target_text": "z"}\n')
+    folder, report = bench.new_upload(KEY, manifest)
+    problems, counts = bench.report_tables(report)
+    assert problems.values.tolist() == [[1, "query_text", "query_text contains '<emb>', one of the model's control "
+                                         "tokens (it would be read as that token, not as text): remove it"]]
+    assert counts.values.tolist() == [["retrieval", 1]] and "1 valid, 1 problem(s)" in report.summary()
+    with pytest.raises(UploadError, match=r"skip the rows on line\(s\) \[1\]"):
+        bench.build(KEY, folder.name, report)
+    version = bench.build(KEY, folder.name, report, skip_bad=True)
+    assert "<emb>" not in version.path.read_text() and version.n_pairs == 1
+
+
+def test_a_rationale_with_a_control_token_is_not_saved_and_an_old_dataset_with_one_is_not_trained(idle_bench):
+    bench = idle_bench
+    folder, report = bench.sample_upload(KEY)
+    v1 = bench.build(KEY, folder.name, report)
+    row = next(r["row"] for r in v1.rows() if not r.get("rationale"))
+    with pytest.raises(DatasetError, match=rf"rationale for row {row} contains '<emb>', one of the model's control"):
+        bench.save_drafts(KEY, v1.id, pd.DataFrame([{"row": row, "rationale": "two. <emb> answer two"}]))
+    assert bench.datasets(KEY) == [v1.id]  # nothing was saved
+
+    # A version built before uploads were checked (QA's data/v1.jsonl held "a <emb> b") is refused at launch.
+    rows = [{k: v for k, v in r.items() if k != "row"} for r in v1.rows()]
+    rows[3]["query_text"] = "a <emb> b"
+    data = folder / "data"
+    (data / "v2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "v2.json").write_text(json.dumps({**json.loads((data / "v1.json").read_text()), "version": 2}))
+    with pytest.raises(WorkbenchError, match=rf"dataset {folder.name}/v2, row 3: query_text contains '<emb>'"):
+        bench.launch(KEY, f"{folder.name}/v2", name="old", **BASELINE)
+    assert bench.jobs_table(KEY).empty
+
+
+def test_a_second_launch_of_a_queued_job_name_is_refused(idle_bench):
+    """QA: two quick clicks on Launch made two identical jobs."""
+    bench = idle_bench
+    folder, report = bench.sample_upload(KEY)
+    dataset = bench.build(KEY, folder.name, report).id
+    first = bench.launch(KEY, dataset, name="long", **BASELINE)
+    assert first.status == "queued"
+    with pytest.raises(JobError, match=rf"^job 'long' is already queued \({first.id}\): cancel it or choose another "
+                                       "name$"):
+        bench.launch(KEY, dataset, name="long", **BASELINE)
+    other = bench.launch(KEY, dataset, name="short", **BASELINE)  # another name: fine
+    unnamed = bench.launch(KEY, dataset, name="", **BASELINE)  # the default name counts as a name too
+    with pytest.raises(JobError, match=f"is already queued \\({unnamed.id}\\)"):
+        bench.launch(KEY, dataset, name="", **BASELINE)
+    bench.cancel(KEY, first.id)
+    again = bench.launch(KEY, dataset, name="long", **BASELINE)  # the first one is cancelled: fine
+    assert len({first.id, other.id, unnamed.id, again.id}) == 4
+    assert bench.jobs_table(KEY)["name"].tolist() == ["long", "short", unnamed.name, "long"]
+
+
+def test_two_launches_arriving_together_make_one_job(idle_bench):
+    bench = idle_bench
+    folder, report = bench.sample_upload(KEY)
+    dataset = bench.build(KEY, folder.name, report).id
+    start = threading.Barrier(4)
+    outcomes: list = []
+
+    def click():
+        start.wait()
+        try:
+            outcomes.append(bench.launch(KEY, dataset, name="long", **BASELINE))
+        except JobError as e:
+            outcomes.append(e)
+
+    threads = [threading.Thread(target=click) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    jobs = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(outcomes) == 4 and len(jobs) == 1, outcomes
+    assert all("is already queued" in str(o) for o in outcomes if o not in jobs)
+    assert bench.jobs_table(KEY)["id"].tolist() == [jobs[0].id]
+
+
+def run_click(blocks: gr.Blocks, api_name: str, page: dict, *args):
+    """What the browser does on the click that ends in ``api_name`` (called with ``args``): every step
+    of its chain in order (``.then`` steps run after the previous one, failed or not), each writing its
+    outputs to ``page`` (component id -> value) unless it raised. Returns the error raised, if any."""
+    fns = blocks.fns.values()
+    last = next(f for f in fns if f.api_name == api_name)
+    chain = [last]
+    while chain[0].trigger_after is not None:
+        chain.insert(0, blocks.fns[chain[0].trigger_after])
+    error = None
+    for f in chain:
+        values = [page.get(c._id) for c in f.inputs] if f is not last else list(args)
+        if "request" in inspect.signature(f.fn).parameters:
+            values.append(None)
+        try:
+            out = f.fn(*values)
+        except gr.Error as e:
+            error = e
+            continue
+        out = out if isinstance(out, tuple) else (out,)
+        page.update({c._id: v for c, v in zip(f.outputs, out)})
+    return error
+
+
+def test_build_after_a_failed_validation_does_not_build_the_previous_upload(tmp_path, tiny_dir):
+    """QA: sample upload built, then a corrupt zip failed validation, and Build made a new version of
+    the sample upload without a word. The failed validation now leaves no upload for Build."""
+    from rge_demo.app.demo import Demo
+    from rge_demo.ui import train
+
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu", model_roots=(tmp_path,)),
+                galleries_dir=tmp_path)
+    try:
+        with gr.Blocks() as blocks:
+            _, _, outputs = train.build(demo, gr.State(None))
+        upload_box = outputs[1]
+        page: dict = {}
+        assert run_click(blocks, "sample_upload", page, KEY) is None
+        sample = page[upload_box._id]
+        assert sample and "40 valid" in demo.workbench.restore(KEY)["summary"]
+        build = next(f.fn for f in blocks.fns.values() if f.api_name == "build_dataset")
+        build(KEY, sample, None, False, None)  # v1
+
+        corrupt = tmp_path / "corrupt.zip"
+        corrupt.write_bytes(b"PK\x03\x04 this is not a zip")
+        error = run_click(blocks, "validate_upload", page, KEY, None, str(corrupt))
+        assert error is not None and "corrupt.zip" in str(error) and "internal error" not in str(error)
+        assert page[upload_box._id] == ""  # the page no longer holds the sample upload
+        with pytest.raises(gr.Error, match="no upload yet"):
+            build(KEY, page[upload_box._id], None, False, None)
+        assert demo.workbench.datasets(KEY) == [f"{sample}/v1"]  # no silent v2
+    finally:
+        demo.workbench.close()

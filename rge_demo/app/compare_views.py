@@ -204,8 +204,8 @@ def tcot_view(demo: Demo, gallery_name: str, image, text: str, instruction: str,
     target_id = Demo.check_target(gallery, target_id)
     inp = demo.make_input(image, text, instruction)
     # A name this session may use, or a folder it may name (the Models tab's rule: RGE_MODEL_ROOTS, ownership)
-    reasoner_name = demo.workbench.resolve_model(session_key, reasoner_name).name
-    embedder, reasoner = demo.model(model_name), demo.model(reasoner_name)
+    embedder = demo.model(model_name)
+    reasoner = demo.workbench.use_model(session_key, reasoner_name, lambda spec: demo.model(spec.name))
     index = demo.index(gallery.name, model_name, session_key=session_key)
     t0 = time.perf_counter()
     out = ReasonerEmbedder(reasoner.encoder, embedder.encoder).reason([inp])[0]

@@ -45,7 +45,9 @@ import pandas as pd
 
 from rge_demo.config import ASSETS_DIR
 from rge_demo.data.items import atomic_write_text
-from rge_demo.data.upload import Problem, UploadError, ValidationReport, build_dataset, unpack_upload, validate
+from rge_demo.data.upload import (
+    Problem, UploadError, ValidationReport, build_dataset, control_token_in, unpack_upload, validate,
+)
 from rge_demo.errors import RGEUserError
 
 from .sessions import check_owner, file_lock
@@ -320,6 +322,9 @@ class DatasetStore:
             if len(text) > MAX_RATIONALE_CHARS:
                 raise DatasetError(f"rationale for row {i}: {len(text):,} characters, over the limit of "
                                    f"{MAX_RATIONALE_CHARS:,}")
+            if token := control_token_in(text):
+                raise DatasetError(f"rationale for row {i} contains {token!r}, one of the model's control tokens: "
+                                   "remove it")
             if text:
                 edits[int(i)] = text
         with file_lock(folder / ".lock"):

@@ -5,6 +5,9 @@ The process side (the queue on disk, starting, signalling and reaping trainer pr
 (:func:`rge_demo.app.sessions.owner_id`): a session lists, watches, cancels, resumes and evaluates
 its own jobs only; jobs from before sessions had owners are read-only for everyone.
 
+A session cannot queue a second job under the name of one of its jobs that is queued or running
+(:meth:`JobQueue.submit`): a double click on Launch makes one job, not two.
+
 Retention (:meth:`JobQueue.sweep`, run from the queue's polling thread): once a job has been
 finished, failed or cancelled for longer than the retention time, its scratch files go, i.e. the
 trainer's checkpoints that nothing can use any more: every checkpoint of a finished job that has
@@ -33,7 +36,7 @@ from rge_demo.training.config import CHECKPOINTS, TrainConfig
 from rge_demo.training.worker import ACTIVE, DONE, LOG_FILE, METRICS_FILE, Job, JobError, JobManager, tail
 
 from .messages import public_message  # the server's own paths are not shown (a log names its python)
-from .sessions import check_owner
+from .sessions import check_owner, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ METRIC_COLUMNS = ["step", "phase", "loss", "lm_loss", "contrastive_loss", "direc
 JOB_COLUMNS = ["id", "name", "dataset", "status", "attempts", "checkpoint", "error"]
 RESULTS_FILE = "before_after.csv"
 TRASH = ".deleting-"  # scratch being deleted is renamed to this prefix under the jobs root first
+SUBMIT_LOCK = ".submit.lock"  # held around "is a job of this name queued or running?" + submit
+WAITING = ("queued", "running")  # a job of this name in one of these states refuses a launch of the same name
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -195,7 +200,16 @@ class JobQueue:
 
     # -- requests ------------------------------------------------------------------------------
     def submit(self, owner: str, cfg: TrainConfig, name: str, dataset: str = "") -> Job:
-        return self.manager.submit(cfg, name=name, owner=owner, dataset=dataset)
+        """Queue a job of ``owner``; refused while one of its jobs of the same name is queued or running
+        (a double click on Launch). The check and the submit hold one lock across threads and processes,
+        so two requests arriving together make one job."""
+        with file_lock(self.manager.root / SUBMIT_LOCK):
+            self.manager.poll()  # reap a job that just ended: it no longer blocks its name
+            for job in self.manager.jobs():
+                if job.owner == owner and job.name == name and job.status in WAITING:
+                    raise JobError(f"job {name!r} is already {job.status} ({job.id}): cancel it or choose another "
+                                   "name")
+            return self.manager.submit(cfg, name=name, owner=owner, dataset=dataset)
 
     def cancel(self, owner: str, job_id: str) -> Job:
         return self.manager.cancel(self.job(owner, job_id, change=True).id)

@@ -152,6 +152,18 @@ class ModelAccess:
             self._add(owner, spec, job=job)
             return spec
 
+    def forget(self, owner: str, name: str) -> None:
+        """Take a model ``owner`` added (not a trained one) off ``owner``'s list; the last owner gone, off
+        the registry too (a name that failed to load must not stay in the list)."""
+        with self._lock:
+            entry = self._private.get(name)
+            if entry is None or entry.get("job") or owner not in entry["owners"]:
+                return
+            entry["owners"].remove(owner)
+            if not entry["owners"] and self.manager.unregister(name):
+                del self._private[name]
+            self._save()
+
     def _add(self, owner: str, spec, job: str = "") -> None:
         entry = self._private.setdefault(spec.name, {"source": spec.source, "owners": [],
                                                      "description": spec.description, "job": job})

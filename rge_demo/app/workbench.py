@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rge_demo.data.upload import ValidationReport
+from rge_demo.data.upload import ValidationReport, control_token_in
 from rge_demo.errors import RGEUserError
 from rge_demo.models.loading import check_checkpoint, looks_like_hub_id
 from rge_demo.training import drafting
@@ -84,6 +84,17 @@ def _float(name: str, value, lo: float, hi: float, *, open_lo: bool = False) -> 
             or number > hi:
         raise WorkbenchError(f"{name} must be a number in {span}, got {value!r}")
     return number
+
+
+def _check_control_tokens(dataset: str, pairs) -> None:
+    """Refuse a dataset whose texts hold one of the model's control tokens (the trainer would read the token)."""
+    for row, p in enumerate(pairs):
+        for what, text in (("query_text", p.query.text), ("query_instruction", p.query.instruction),
+                           ("target_text", p.target.text), ("target_instruction", p.target.instruction),
+                           ("rationale", p.rationale)):
+            if token := control_token_in(text or ""):
+                raise WorkbenchError(f"dataset {dataset}, row {row}: {what} contains {token!r}, one of the model's "
+                                     "control tokens; fix the upload, validate it and build again")
 
 
 def loss_figure(metrics: pd.DataFrame, title: str = ""):
@@ -275,6 +286,18 @@ class Workbench:
             raise WorkbenchError("choose a model")
         return self.models.resolve(owner_id(key), text)
 
+    def use_model(self, key: str, name_or_path: str, use):
+        """``use(spec)`` for a model this session may use (:meth:`resolve_model`); a folder or hub id named
+        for the first time joins the session's list only if ``use`` succeeds (loading it, typically)."""
+        known = set(self.model_names(key))
+        spec = self.resolve_model(key, name_or_path)
+        try:
+            return use(spec)
+        except BaseException:
+            if spec.name not in known:
+                self.models.forget(owner_id(key), spec.name)
+            raise
+
     def base_models(self, key: str) -> list[str]:
         """Model names this session can start a job from (local checkpoints that are here)."""
         return [s.name for s in self.models.specs(owner_id(key)) if s.kind != "hub" and s.available]
@@ -333,6 +356,7 @@ class Workbench:
         version = self.dataset(key, dataset)  # this session's version, or an error
         pairs = load_pairs(version.path)  # DataError names the line
         n_val = int(round(len(pairs) * val_share))
+        _check_control_tokens(version.id, pairs)  # a version built before uploads were checked for them
         if len(pairs) - n_val < 1:
             raise WorkbenchError(f"validation share {val_share:g} leaves no training pair out of {len(pairs)}")
         if stage in ("cold-start", "rge"):

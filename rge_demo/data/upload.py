@@ -9,7 +9,9 @@ manifest's paths (e.g. ``images/x.png``) resolve. Nothing is trusted:
 * :func:`extract_zip` (from :mod:`rge_demo.data.safezip`) checks every entry in the central
   directory BEFORE writing anything, then counts the bytes again while streaming.
 * :func:`validate` reports every problem as a row ``(line, field, problem)``; images are decoded
-  through :func:`rge_demo.data.images.load_image` with a pixel bound (decompression bombs).
+  through :func:`rge_demo.data.images.load_image` with a pixel bound (decompression bombs). A text
+  the model reads that holds one of its control tokens (``<emb>``, ``<|image_pad|>``...) is such a
+  problem: the processor would read it as the token, as Compare refuses it too.
 * :func:`build_dataset` writes only valid rows; with problems it refuses unless told to skip them.
 
 Pickle-capable files (``.pkl``, ``.pt``, ``.npy``...) are refused: an upload is data, never code.
@@ -18,6 +20,7 @@ Pickle-capable files (``.pkl``, ``.pt``, ``.npy``...) are refused: an upload is 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -35,7 +38,7 @@ from rge_demo.data.safezip import (  # noqa: F401  (re-exported: part of the upl
     IGNORED_PARTS, IMAGE_SUFFIXES, MANIFEST_NAMES, UploadError, UploadLimits, extract_zip,
 )
 from rge_demo.data.sample_upload import make_sample_upload  # noqa: F401  (part of this module's API)
-from rge_demo.embedding.prompts import INSTRUCTIONS
+from rge_demo.embedding.prompts import EMB_TOKEN, INSTRUCTIONS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,23 @@ PAIR_FIELDS = ("query_text", "query_image", "target_text", "target_image", "rati
 TEXT_FIELDS = ("query_text", "target_text", "rationale", "task", "meta_task", "query_instruction",
                "target_instruction", "target_id")
 IMAGE_FIELDS = ("query_image", "target_image")
+MODEL_TEXT_FIELDS = ("query_text", "query_instruction", "target_text", "target_instruction", "rationale")
+"""The text fields that reach the model's prompts (so must hold no control token)."""
+
+
+@functools.cache
+def control_tokens() -> tuple[str, ...]:
+    """The model's control tokens, longest first: the tokens the shipped tokenizers add
+    (:data:`rge_demo.models.micro.SPECIAL_TOKENS`, the Qwen chat and vision tokens and ``<emb>``), which
+    the Encoder's ``check_text`` refuses in Compare's texts. Imported on first use: it loads transformers."""
+    from rge_demo.models.micro import SPECIAL_TOKENS
+
+    return tuple(sorted(set(SPECIAL_TOKENS) | {EMB_TOKEN}, key=len, reverse=True))
+
+
+def control_token_in(text: str) -> str | None:
+    """The first control token ``text`` holds (see :func:`control_tokens`), else None."""
+    return next((t for t in control_tokens() if t in text), None)
 
 
 def find_manifest(root: str | os.PathLike) -> Path:
@@ -299,6 +319,10 @@ def _check_row(n: int, rec: dict, root: Path, limits: UploadLimits, report: Vali
             report.add(n, k, f"{len(v):,} characters, over the limit of {limits.max_text_chars:,}")
             continue
         clean[k] = v.strip() if k in TEXT_FIELDS else v
+    for k in MODEL_TEXT_FIELDS:
+        if k in clean and (token := control_token_in(clean[k])):
+            report.add(n, k, f"{k} contains {token!r}, one of the model's control tokens (it would be read as "
+                             "that token, not as text): remove it")
     if clean.get("meta_task") and clean["meta_task"] not in INSTRUCTIONS:
         report.add(n, "meta_task", f"unknown task kind {clean['meta_task']!r}; use one of {sorted(INSTRUCTIONS)}")
     hashes = {}

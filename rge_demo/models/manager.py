@@ -191,6 +191,15 @@ class ModelManager:
             log.info("registered model %r -> %s", name, source)
             return spec
 
+    def unregister(self, name: str) -> bool:
+        """Drop a user-added model that is not loaded from the registry; True when it was dropped."""
+        with self._lock:
+            if name in self._loaded or name not in self._specs or name in {s.name for s in default_specs()}:
+                return False
+            del self._specs[name]
+            log.info("unregistered model %r", name)
+            return True
+
     def resolve(self, name_or_path: str | os.PathLike) -> ModelSpec:
         """The spec for a registry name or source; other folders / hub ids are registered first."""
         text = str(name_or_path)

@@ -51,11 +51,14 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         """Load a model (registry name, folder or hub id) and use it in this session."""
         dt, q = dtype, quantization
         key = session_of(session_key, request)
-        spec = bench.resolve_model(key, name)  # a new folder joins this browser's list only
-        progress(0.1, desc=f"loading {spec.name}")
-        loaded = demo.load_model(spec.name, dt, None if q == "none" else q,
-                                 progress=lambda gallery, done, total: progress(
-                                     0.5, desc=f"embedding gallery {gallery}: {done}/{total}"))
+
+        def load(spec):
+            progress(0.1, desc=f"loading {spec.name}")
+            return demo.load_model(spec.name, dt, None if q == "none" else q,
+                                   progress=lambda gallery, done, total: progress(
+                                       0.5, desc=f"embedding gallery {gallery}: {done}/{total}"))
+
+        loaded = bench.use_model(key, name, load)  # a new folder or hub id joins this browser's list once it loads
         return (loaded.name, *tables(loaded.name, key), gr.update(choices=bench.model_names(key)))
 
     @friendly

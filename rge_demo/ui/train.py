@@ -64,8 +64,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     # (a) upload and validation ------------------------------------------------------------------
     gr.Markdown("### 1. Upload and validate")
     with gr.Row():
-        manifest = gr.File(label="Manifest (.jsonl / .csv)", file_types=[".jsonl", ".csv"], type="filepath")
-        archive = gr.File(label="Zip: images, or manifest + images", file_types=[".zip"], type="filepath")
+        manifest = gr.File(label="Manifest (.jsonl / .csv)", file_types=[".jsonl", ".csv"], type="filepath",
+                           elem_id="train-manifest")
+        archive = gr.File(label="Zip: images, or manifest + images", file_types=[".zip"], type="filepath",
+                          elem_id="train-zip")
     with gr.Row():
         validate_btn = gr.Button("Validate upload", variant="primary")
         sample_btn = gr.Button("Try the sample upload")
@@ -166,6 +168,11 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                 bench.dataset_summary(key, r["dataset"]) if r["dataset"] else "",
                 r["jobs"], gr.update(choices=list(r["jobs"]["id"]), value=r["job"]),
                 gr.update(choices=bases, value=_default_base(demo, bases)))
+
+    def forget_upload():
+        """A new upload is being validated: the page drops the one it showed, so a validation that fails
+        leaves no upload for Build (which then says so) instead of the previous one."""
+        return "", None, "", pd.DataFrame(columns=PROBLEM_COLUMNS), pd.DataFrame(columns=COUNT_COLUMNS)
 
     @friendly
     def on_validate(session_key, manifest_path, archive_path, request: gr.Request):
@@ -287,9 +294,11 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     detail_out = [status, curve, samples, log_tail]
     report_out = [upload_id, report_state, summary, problems, counts]
     # A failed request marks only a message line with gradio's error badge (tables and pickers stay usable).
-    validate_btn.click(on_validate, [session, manifest, archive], report_out, api_name="validate_upload",
-                       show_progress_on=summary)
-    sample_btn.click(on_sample, session, report_out, api_name="sample_upload", show_progress_on=summary)
+    forget = dict(fn=forget_upload, inputs=None, outputs=report_out, show_progress="hidden", concurrency_limit=None,
+                  api_visibility="private")
+    validate_btn.click(**forget).then(on_validate, [session, manifest, archive], report_out, api_name="validate_upload",
+                                      show_progress_on=summary)
+    sample_btn.click(**forget).then(on_sample, session, report_out, api_name="sample_upload", show_progress_on=summary)
     build_btn.click(on_build, [session, upload_id, report_state, skip], [dataset, dataset_info],
                     api_name="build_dataset", show_progress_on=dataset_info)
     dataset.change(on_dataset, [session, dataset], dataset_info, api_visibility="private")
