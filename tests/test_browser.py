@@ -109,6 +109,9 @@ def test_explore_map_click_lasso_colour_and_search(page, app):
         page.get_by_label("Search labels, texts and rationales").fill("[(*")  # echoed as typed, not as markup
         page.get_by_label("Search labels, texts and rationales").press("Enter")
         expect(page.get_by_text(re.compile(r"points? match \[\(\*\.?$"))).to_be_visible()
+        page.get_by_label("Search labels, texts and rationales").fill("")  # emptied: clears, no "0 points match ."
+        page.get_by_label("Search labels, texts and rationales").press("Enter")
+        expect(page.get_by_text("Search cleared: type words to ring the points that hold them.")).to_be_visible()
 
         # UMAP: either it is ready, or the app says it is warming up and shows PCA meanwhile.
         page.get_by_label("umap", exact=True).check()

@@ -182,9 +182,13 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         """Points whose label, text or rationale contains the text: ringed on the map, shown in the grid."""
         if proj is None:
             return gr.HTML(), gr.HTML(), "Press **Project** first.", gr.HTML()
+        if not (text or "").strip():  # an emptied search clears the rings and the grid
+            return _grid_html([], 0), "", "Search cleared: type words to ring the points that hold them.", \
+                gr.HTML(selected=[])
         hits = X.search(proj, text)
         cells, first, _ = show(proj, hits) if hits else (_grid_html([], 0), "", "")
-        return cells, first, f"{len(hits)} point{'s' * (len(hits) != 1)} match {md_literal(text)}.", \
+        shown = text if len(text) <= 80 else text[:79] + "…"  # a pasted page is not echoed whole
+        return cells, first, f"{len(hits)} point{'s' * (len(hits) != 1)} match {md_literal(shown)}.", \
             gr.HTML(selected=hits)
 
     private = {"api_visibility": "private"}

@@ -11,8 +11,8 @@ from .common import friendly
 from .train import session_of
 
 HELP = """Bring your own gallery. It is yours alone (other sessions do not see it), embedded in the
-background with the model in use, and then searchable in Compare (and over the API's `/search`).
-Explore and Failures still show the sample galleries only.
+background with the model in use, and then searchable in Compare (and over the API's `/search`),
+mapped in Explore and evaluated in Failures (its queries that have a right answer).
 
 * **A zip**: images with `labels.csv` or `labels.jsonl` (columns `file`, `label`, optional `text`;
   a row with `query` set to yes becomes a query whose right answer is the item of its label), a
