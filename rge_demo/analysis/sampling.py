@@ -378,8 +378,8 @@ def samples_figure(s: SampleSet, title: str | None = None):
     # must not be magnified into a spread by autoscaling float noise.
     every = np.vstack([xy, *(np.asarray(s.projection[k]).reshape(1, 2) for k in ("direct", "greedy", "centroid"))])
     low, high = every.min(axis=0), every.max(axis=0)
-    half = np.maximum((high - low) * 0.6, MIN_SPAN / 2)
-    centre = (low + high) / 2
+    half = np.maximum((high - low) * np.array([0.6, 0.7]), MIN_SPAN / 2)  # room for the labels above points
+    centre = (low + high) / 2 + np.array([0.0, 0.1]) * (high - low)
     spread = "-" if s.spread is None else f"{s.spread:.3f}"
     fig.update_layout(template="plotly_white", height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       title={"text": title or f"{len(s.samples)} samples at T={s.temperature:g}: spread "
