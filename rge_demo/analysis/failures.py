@@ -206,11 +206,16 @@ def _top1(topk: list[dict]) -> str:
     return str(topk[0].get("label") or topk[0].get("id", "")) if topk else ""
 
 
+def shorten(text: str, n: int) -> str:
+    """``text`` cut to at most ``n`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
 def cases_table(cases: Iterable[Case], max_rationale: int = 80) -> pd.DataFrame:
     """One row per case, compact columns for a UI table."""
     rows = []
     for c in cases:
-        r = c.rationale if len(c.rationale) <= max_rationale else c.rationale[: max_rationale - 1] + "…"
+        r = shorten(c.rationale, max_rationale)
         rows.append({"query_id": c.query_id, "task": c.task, "split": c.split, "outcome": outcome(c),
                      "answer": c.target_label, "direct rank": c.direct_rank, "reasoning rank": c.reason_rank,
                      "direct top-1": _top1(c.direct_topk), "reasoning top-1": _top1(c.reason_topk),

@@ -138,8 +138,7 @@ def _top1(topk: list[dict]) -> str:
 
 
 def _short(text: str, n: int = 90) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+    return F.shorten(" ".join(text.split()), n)
 
 
 def _step(rationale: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 import plotly
 
+from rge_demo.analysis.failures import shorten
 from rge_demo.analysis.projection import umap_state
 from rge_demo.app import explore as X
 from rge_demo.app.demo import Demo
@@ -187,7 +188,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                 gr.HTML(selected=[])
         hits = X.search(proj, text)
         cells, first, _ = show(proj, hits) if hits else (_grid_html([], 0), "", "")
-        shown = text if len(text) <= 80 else text[:79] + "…"  # a pasted page is not echoed whole
+        shown = shorten(text, 80)  # a pasted page is not echoed whole
         return cells, first, f"{len(hits)} point{'s' * (len(hits) != 1)} match {md_literal(shown)}.", \
             gr.HTML(selected=hits)
 
