@@ -168,3 +168,36 @@ def test_sample_and_attribute_endpoints(client, app):
     assert "Attributed 2 sentences" in status and 'class="rge-part"' in html
     assert [s["text"] for s in out["sentences"]] == ["circles 1", "answer three"]
     assert app.alive()
+
+
+def in_use(pg):
+    """The Models tab's "In use in this session" line (written by the page's load event, then by each choice)."""
+    pg.get_by_role("tab", name="Models", exact=True).click()
+    return pg.locator("#models-status")
+
+
+def test_the_model_in_use_outlives_a_page_reload_in_this_browser_only(page, app, taught_dir):
+    """Galleries asks for a reload to list a new gallery; that reload used to drop the model chosen in Models."""
+    default = f"In use in this session: {taught_dir.name}"  # the registry name, not the folder
+    with tab(page, app, "Models", "c6-models-chosen"):
+        choose(page, "Model: registry name or hub id (folders: off, RGE_MODEL_ROOTS)", "rge-micro")
+        page.get_by_role("button", name="Load and use", exact=True).click()
+        expect(page.locator("#models-status")).to_contain_text("In use in this session: rge-micro")
+        page.wait_for_function("localStorage.getItem('rge-demo-model') !== null")  # the browser stored it
+    page.reload()
+    expect(page.locator("#prompt-profile")).to_contain_text("Model: rge-micro")  # Compare follows it too
+    with tab(page, app, "Models", "c6-models-after-reload"):
+        expect(in_use(page)).to_contain_text("In use in this session: rge-micro")
+    other = page.context.browser.new_page()  # another browser: its own storage, so the app's default
+    try:
+        other.goto(app.url)
+        expect(in_use(other)).to_contain_text(default)
+    finally:
+        other.close()
+    stored = page.evaluate("localStorage.getItem('rge-demo-model')")
+    page.get_by_role("button", name="Unload", exact=True).click()  # back to the app's default, reload or not
+    expect(page.locator("#models-status")).to_contain_text(default)
+    page.wait_for_function("s => localStorage.getItem('rge-demo-model') !== s", arg=stored)
+    page.reload()
+    expect(in_use(page)).to_contain_text(default)
+    expect(page.locator("#prompt-profile")).to_contain_text(f"Model: {taught_dir.name}")

@@ -34,13 +34,8 @@ MAX_SEED = 2**31 - 1
 
 def model_line(demo: Demo, model_name: str | None = None) -> str:
     """``Model: **rge-micro** · prompt profile: **micro** (6 task presets)`` for the session's model."""
-    name = model_name or demo.default_model
-    try:
-        name = demo.manager.resolve(name).name
-    except Exception:  # an unreachable hub id: keep the name as given (presets() falls back too)
-        pass
     p = demo.presets(model_name)
-    return f"Model: **{name}** · prompt profile: **{p['profile']}** ({len(p['tasks'])} task presets)"
+    return f"Model: **{demo.model_label(model_name)}** · prompt profile: **{p['profile']}** ({len(p['tasks'])} task presets)"
 
 
 # ------------------------------------------------------------------------------ scene facts

@@ -211,6 +211,14 @@ class Demo:
     def default_model(self) -> str:
         return self.settings.model
 
+    def model_label(self, name: str | None = None) -> str:
+        """The registry name a tab shows for a model name or source (the default model when None)."""
+        name = name or self.default_model
+        try:
+            return self.manager.resolve(name).name
+        except Exception:  # an unreachable hub id: keep the name as given (presets() falls back too)
+            return name
+
     def model(self, name: str | None = None) -> LoadedModel:
         """The model a tab uses: as loaded (with the dtype and quantization chosen when it was), or
         loaded now with the app's settings (RGE_DTYPE)."""

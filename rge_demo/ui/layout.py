@@ -29,6 +29,7 @@ def build_blocks(demo: Demo) -> gr.Blocks:
         model_state = gr.State(None)  # per-session model choice; None means the app's default
         # per-browser key: the owner of its uploads, datasets, jobs, models and galleries
         session = train.session_state(demo)
+        remembered = models.remembered_model(demo)  # the model in use, across page reloads
         with gr.Tabs() as tabs:  # a link to a case (?run=&case=) selects Failures on page load
             with gr.Tab("Compare", id="compare"):
                 on_compare = compare.build(demo, model_state, session)
@@ -39,7 +40,7 @@ def build_blocks(demo: Demo) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 restore_train = train.build(demo, model_state, session)
             with gr.Tab("Models", id="models"):
-                on_load = models.build(demo, model_state, session)
+                on_load = models.build(demo, model_state, session, remembered)
             with gr.Tab("Galleries", id="galleries"):
                 on_galleries = galleries.build(demo, model_state, session)
         # the session key first (made on a browser's first visit), then the lists it owns; a tab

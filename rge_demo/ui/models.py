@@ -13,14 +13,25 @@ from .train import session_of
 STATUS_COLUMNS = ["name", "source", "device", "dtype", "quantization", "parameters", "memory_mb", "loaded_at"]
 
 
-def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None):
+def remembered_model(demo: Demo) -> gr.BrowserState:
+    """``{"name": ...}``, the model this browser used last, kept in its storage (encrypted with the app's secret).
+    Create it outside the tabs: a component inside a tab not shown yet is not mounted, so its stored value
+    would not reach the page's load event."""
+    return gr.BrowserState(None, storage_key="rge-demo-model", secret=demo.workbench.browser_secret)
+
+
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None,
+          remembered: gr.BrowserState | None = None):
     """Lay out the tab; returns (fn, inputs, outputs) for the page's load event.
 
     ``session`` is the browser's key: the lists show the shared models and those this browser added.
+    ``remembered`` (:func:`remembered_model`) keeps the model in use across page reloads: the load event
+    puts it back into ``model_state`` if this session still sees it.
     """
     bench = demo.workbench
     session = session if session is not None else gr.State(None)
-    gr.Markdown("The model chosen here is used by every tab in this browser session.")
+    remembered = remembered if remembered is not None else gr.State(None)
+    gr.Markdown("The model chosen here is used by every tab in this browser, across page reloads.")
     current = gr.Markdown(elem_id="models-status")
     status = gr.Dataframe(headers=STATUS_COLUMNS, label="Loaded models", interactive=False)
     catalog = gr.Dataframe(label="Registry", interactive=False)
@@ -41,8 +52,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         catalog_rows = bench.visible_catalog(session_key, getattr(request, "session_hash", None))
         visible = {r["name"] for r in catalog_rows}
         rows = [r for r in demo.model_status() if r["name"] in visible]
-        using = model_name or demo.default_model
-        return (f"**In use in this session:** `{using}`",
+        return (f"**In use in this session:** `{demo.model_label(model_name)}`",
                 pd.DataFrame(rows, columns=STATUS_COLUMNS) if rows else pd.DataFrame(columns=STATUS_COLUMNS),
                 pd.DataFrame(catalog_rows))
 
@@ -84,8 +94,18 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     model_state.change(model_list, [model_state, session], [current, status, catalog], show_progress_on=current,
                        api_visibility="private")
 
-    def on_page(model_name, session_key, request: gr.Request):
-        names = bench.visible_catalog(session_key, getattr(request, "session_hash", None))
-        return (*tables(model_name, session_key, request), gr.update(choices=[r["name"] for r in names]))
+    # stored as {"name": ...}: the browser does not store a bare None, so an unload would not be remembered
+    model_state.change(lambda name: {"name": name}, model_state, remembered, api_visibility="private")
 
-    return on_page, [model_state, session], [current, status, catalog, source]
+    def on_page(model_name, last_used, session_key, request: gr.Request):
+        """The tables, and the model this browser used last, if this session still sees it."""
+        names = [r["name"] for r in bench.visible_catalog(session_key, getattr(request, "session_hash", None))]
+        name = model_name or (last_used or {}).get("name")
+        gone = name if name and name not in names else None
+        name = None if gone else name
+        using, *rest = tables(name, session_key, request)
+        if gone:
+            using += f" (`{gone}`, the model this browser used last, is no longer available)"
+        return (name, using, *rest, gr.update(choices=names, value=name or demo.default_model))
+
+    return on_page, [model_state, remembered, session], [model_state, current, status, catalog, source]
