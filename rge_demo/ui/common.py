@@ -49,6 +49,19 @@ def friendly(fn):
     return wrapper
 
 
+class Slider(gr.Slider):
+    """``gr.Slider`` whose out-of-range refusal names the field: an API call with 1000 for "Queries per task
+    and split" is told so, not gradio's bare "Value 1000 is greater than maximum value 100."."""
+
+    is_template = True  # the browser draws it as the plain slider it is
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error as e:
+            raise gr.Error(f"{self.label}: {e.message}", print_exception=False) from None
+
+
 def gpu(fn):
     """``spaces.GPU`` on Hugging Face ZeroGPU Spaces; a no-op elsewhere."""
     try:
