@@ -49,17 +49,20 @@ def friendly(fn):
     return wrapper
 
 
-class Slider(gr.Slider):
+def slider(*args, **kwargs) -> gr.Slider:
     """``gr.Slider`` whose out-of-range refusal names the field: an API call with 1000 for "Queries per task
     and split" is told so, not gradio's bare "Value 1000 is greater than maximum value 100."."""
+    component = gr.Slider(*args, **kwargs)
+    plain = component.preprocess
 
-    is_template = True  # the browser draws it as the plain slider it is
-
-    def preprocess(self, payload):
+    def preprocess(payload):  # on the instance: a subclass would make gradio write a .pyi beside this file
         try:
-            return super().preprocess(payload)
+            return plain(payload)
         except gr.Error as e:
-            raise gr.Error(f"{self.label}: {e.message}", print_exception=False) from None
+            raise gr.Error(f"{component.label}: {e.message}", print_exception=False) from None
+
+    component.preprocess = preprocess
+    return component
 
 
 def gpu(fn):
