@@ -322,6 +322,14 @@ def test_a_second_launch_of_a_queued_job_name_is_refused(idle_bench):
     again = bench.launch(KEY, dataset, name="long", **BASELINE)  # the first one is cancelled: fine
     assert len({first.id, other.id, unnamed.id, again.id}) == 4
     assert bench.jobs_table(KEY)["name"].tolist() == ["long", "short", unnamed.name, "long"]
+    # resuming the cancelled one while its namesake waits would make two again (QA)
+    with pytest.raises(JobError, match=rf"^job 'long' is already queued \({again.id}\)"):
+        bench.resume(KEY, first.id)
+    assert bench.jobs_table(KEY).set_index("id")["status"][first.id] == "cancelled"
+    bench.cancel(KEY, again.id)
+    assert bench.resume(KEY, first.id).status == "queued"  # its namesake is cancelled now: fine
+    with pytest.raises(JobError, match=rf"^job 'long' is already queued \({first.id}\)"):
+        bench.resume(KEY, again.id)
 
 
 def test_two_launches_arriving_together_make_one_job(idle_bench):

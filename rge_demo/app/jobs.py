@@ -204,18 +204,26 @@ class JobQueue:
         (a double click on Launch). The check and the submit hold one lock across threads and processes,
         so two requests arriving together make one job."""
         with file_lock(self.manager.root / SUBMIT_LOCK):
-            self.manager.poll()  # reap a job that just ended: it no longer blocks its name
-            for job in self.manager.jobs():
-                if job.owner == owner and job.name == name and job.status in WAITING:
-                    raise JobError(f"job {name!r} is already {job.status} ({job.id}): cancel it or choose another "
-                                   "name")
+            self._refuse_namesake(owner, name)
             return self.manager.submit(cfg, name=name, owner=owner, dataset=dataset)
 
     def cancel(self, owner: str, job_id: str) -> Job:
         return self.manager.cancel(self.job(owner, job_id, change=True).id)
 
     def resume(self, owner: str, job_id: str, **overrides) -> Job:
-        return self.manager.resume(self.job(owner, job_id, change=True).id, **overrides)
+        """Queue a cancelled or failed job again; refused, like a launch, while another job of its name waits."""
+        job = self.job(owner, job_id, change=True)
+        with file_lock(self.manager.root / SUBMIT_LOCK):
+            self._refuse_namesake(owner, job.name, but=job.id)
+            return self.manager.resume(job.id, **overrides)
+
+    def _refuse_namesake(self, owner: str, name: str, but: str = "") -> None:
+        """JobError if a job of ``owner`` named ``name`` (other than ``but``) is queued or running."""
+        self.manager.poll()  # reap a job that just ended: it no longer blocks its name
+        for job in self.manager.jobs():
+            if job.owner == owner and job.name == name and job.id != but and job.status in WAITING:
+                raise JobError(f"job {name!r} is already {job.status} ({job.id}): cancel it or choose another "
+                               "name")
 
     # -- watching ------------------------------------------------------------------------------
     def progress(self, owner: str, job_id: str, last: int = 500) -> dict:
