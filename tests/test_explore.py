@@ -36,7 +36,8 @@ def test_every_query_point_carries_its_rank_outcome_and_rank_change(demo, proj):
         assert reason.tokens is not None and reason.task and reason.split
         assert reason.hallucinations is not None  # world scenes: checked
         assert direct.hallucinations is None and direct.tokens is None
-    assert proj.arrows == [(n + j, n + q + j) for j in range(q)]
+    moved = [j for j in range(q) if np.abs(proj.vectors[n + j] - proj.vectors[n + q + j]).max() > 1e-6]
+    assert moved and proj.arrows == [(n + j, n + q + j) for j in moved]  # no arrow where reasoning moved nothing
 
 
 def test_colour_and_size_by_every_field_restyle_without_re_projecting(demo, proj):
@@ -62,6 +63,20 @@ def test_colour_names_are_drawn_in_their_colour_and_the_palette_stays_readable()
     assert len({k[1] for k in key[:-1]}) == 20  # no colour repeats before "other"
     colours, key = numeric_colours([-3, 0, 3, None], diverging=True)
     assert colours[0] != colours[2] and colours[3] == "#c0c0c0" and sum(k[2] for k in key) == 4
+
+
+def test_whole_numbers_get_whole_number_bins():
+    """Rank changes were keyed "-3.43 .. -2.29": bins a rank change cannot fall in."""
+    _, key = numeric_colours([-3, 0, 3, None], diverging=True)
+    assert [(k[0], k[2]) for k in key] == [("-3", 1), ("-2", 0), ("-1", 0), ("0", 1), ("1", 0), ("2", 0), ("3", 1),
+                                            ("-", 1)]
+    colours, key = numeric_colours([-12, 0, 5, 1, -1], diverging=True)
+    assert [k[0] for k in key] == ["-12 .. -9", "-8 .. -5", "-4 .. -1", "0", "1 .. 4", "5 .. 8", "9 .. 12"]
+    assert [k[2] for k in key] == [1, 0, 1, 1, 1, 1, 0] and colours[3] == key[4][1]  # 1 is in "1 .. 4"
+    _, key = numeric_colours([0, 128, 17, 33])  # token counts
+    assert key[0][0] == "0 .. 17" and key[-1][0] == "110 .. 128" and [k[2] for k in key] == [2, 1, 0, 0, 0, 0, 1]
+    _, key = numeric_colours([0.1, 0.5, 0.9])  # fractions keep fractional bins
+    assert key[0][0] == "0.1 .. 0.214" and len(key) == 7
 
 
 def test_search_selection_neighbours_and_payload(proj):

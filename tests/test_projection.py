@@ -34,6 +34,14 @@ def test_umap_deterministic_with_seed():
     b = P.project(items, direct, reason, method="umap", seed=3)
     assert a.method == "umap" and a.coords.shape == (42, 2) and np.isfinite(a.coords).all()
     np.testing.assert_array_equal(a.coords, b.coords)
+    # A query whose reasoning vector equals its direct one is one point (UMAP put equal inputs apart: QA saw
+    # arrows where reasoning moved nothing); the others stay where the fit put them.
+    same = reason.copy()
+    same[:3] = direct[:3]
+    c = P.project(items, direct, same, method="umap", seed=3)
+    np.testing.assert_array_equal(c.of("query-reason")[:3], c.of("query-direct")[:3])
+    assert (c.of("query-reason")[3:] != c.of("query-direct")[3:]).any(axis=1).all()
+    assert P.unmoved(direct, same).tolist() == [True] * 3 + [False] * 3
     # The app's warm-up: one tiny fit in the background (in the UMAP worker), then ready.
     P.warm_umap_in_background()
     assert P.wait_umap(120) is True and P.umap_state() == "ready"
@@ -123,6 +131,10 @@ def test_figure_arrows_and_frame():
     assert len(fig.layout.annotations) == 4
     fig = P.projection_figure(res, labels, colour_by="correct", correct=correct, thumbnails=[None] * 12)
     assert len(fig.layout.annotations) == 4 and sum(len(t.x) for t in fig.data) == 20
+    same = reason.copy()
+    same[1] = direct[1]  # reasoning did not move query 1: no arrow
+    res_same = P.project(items, direct, same, method="pca")
+    assert len(P.projection_figure(res_same, labels).layout.annotations) == 3
     frame = P.projection_frame(res, labels, correct=correct, ids=[f"id{i}" for i in range(20)])
     assert list(frame.columns) == ["x", "y", "kind", "label", "correct", "id", "hover"]
     assert len(frame) == 20 and set(frame["correct"]) == {"-", "right", "wrong"}

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 KINDS = ("item", "query-direct", "query-reason")
 METHODS = ("umap", "pca")
 MIN_UMAP_POINTS = 5
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a query reasoning did not move sits on one point
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#7b4173", "#3182bd", "#e6550d")
 CORRECT_COLOURS = {"right": "#2ca02c", "wrong": "#d62728", "-": "#b0b0b0"}
@@ -126,10 +126,29 @@ def project(items: np.ndarray, queries_direct: np.ndarray | None, queries_reason
     x = l2_normalize(x, what="projection input")
     if method == "umap" and len(x) >= MIN_UMAP_POINTS:
         try:
-            return ProjectionResult(_umap_2d(x, seed), kinds, "umap", seed)
+            return _unmoved_on_one_point(ProjectionResult(_umap_2d(x, seed), kinds, "umap", seed), x)
         except ImportError as e:
             log.warning("umap-learn unavailable (%s); projecting with PCA", e)
-    return ProjectionResult(pca_2d(x), kinds, "pca", seed)
+    return _unmoved_on_one_point(ProjectionResult(pca_2d(x), kinds, "pca", seed), x)
+
+
+def unmoved(direct: np.ndarray, reason: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """(Q,) bool: the queries whose reasoning vector equals their direct one (reasoning did not move them)."""
+    if direct is None or reason is None or len(direct) != len(reason):
+        return np.zeros(0 if direct is None else len(direct), dtype=bool)
+    return np.abs(np.asarray(direct, np.float32) - np.asarray(reason, np.float32)).max(axis=1, initial=0) <= tol
+
+
+def _unmoved_on_one_point(result: ProjectionResult, x: np.ndarray) -> ProjectionResult:
+    """A query whose two vectors are equal gets one position: UMAP places equal inputs apart, which drew an
+    arrow where reasoning moved nothing."""
+    direct, reason = result.kinds == "query-direct", result.kinds == "query-reason"
+    same = unmoved(x[direct], x[reason])
+    if same.any():
+        coords = np.array(result.coords, dtype=np.float32)
+        coords[np.flatnonzero(reason)[same]] = coords[np.flatnonzero(direct)[same]]
+        result.coords = coords
+    return result
 
 
 # ----------------------------------------------------------------------------- warming UMAP
@@ -331,6 +350,8 @@ def projection_figure(result: ProjectionResult, labels: Sequence[str], colour_by
                         "line": {"width": 1.5 if kind != "item" else 0, "color": colour[g]}}))
     direct, reason = result.of("query-direct"), result.of("query-reason")
     for (x0, y0), (x1, y1) in zip(direct, reason):
+        if (x0, y0) == (x1, y1):  # reasoning did not move it
+            continue
         fig.add_annotation(x=float(x1), y=float(y1), ax=float(x0), ay=float(y0), xref="x", yref="y",
                            axref="x", ayref="y", showarrow=True, arrowhead=2, arrowsize=1, arrowwidth=1,
                            arrowcolor="rgba(80,80,80,0.55)", text="")
@@ -398,10 +419,23 @@ def categorical_colours(values: Sequence[str]) -> tuple[list[str], list[list]]:
     return [colour[v] for v in values], key
 
 
+def _integer_bins(lo: int, hi: int, bins: int, diverging: bool) -> list[tuple[int, int]]:
+    """At most ``bins`` inclusive integer ranges covering lo..hi: one per value when they fit; diverging,
+    0 alone in the middle and the two sides split alike."""
+    if hi - lo + 1 <= bins:
+        return [(v, v) for v in range(lo, hi + 1)]
+    if diverging:  # lo == -hi
+        side = _integer_bins(1, hi, (bins - 1) // 2, False)
+        return [(-b, -a) for a, b in reversed(side)] + [(0, 0)] + side
+    starts = sorted({int(np.floor(e)) for e in np.linspace(lo, hi + 1, bins + 1)[:-1]})
+    return [(a, b - 1) for a, b in zip(starts, [*starts[1:], hi + 1])]
+
+
 def numeric_colours(values: Sequence[float | None], diverging: bool = False, bins: int = 7
                     ) -> tuple[list[str], list[list]]:
     """Per-value colours on a sequential (Viridis) or, centred on 0, diverging (RdBu) scale; None
-    is grey. The key holds one entry per bin: ``[[range, colour, count], ...]``."""
+    is grey. The key holds one entry per bin: ``[[range, colour, count], ...]``. Whole numbers (ranks,
+    rank changes, token counts) get whole-number bins: "2 .. 4", or one bin per value when few."""
     from plotly.colors import sample_colorscale
 
     x = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
@@ -412,13 +446,20 @@ def numeric_colours(values: Sequence[float | None], diverging: bool = False, bin
     if diverging:
         m = max(abs(lo), abs(hi), 1.0)
         lo, hi = -m, m
-    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    if np.all(finite == np.round(finite)):
+        ranges = _integer_bins(int(np.floor(lo)), int(np.ceil(hi)), bins, diverging)
+        starts = np.array([a for a, _ in ranges], dtype=np.float64)
+        labels = [f"{a}" if a == b else f"{a} .. {b}" for a, b in ranges]
+    else:
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+        starts = edges[:-1]
+        labels = [f"{edges[b]:.3g} .. {edges[b + 1]:.3g}" for b in range(bins)]
+    n = len(starts)
     scale = "RdBu" if diverging else "Viridis"
-    palette = sample_colorscale(scale, [i / (bins - 1) for i in range(bins)], colortype="rgb")
-    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+    palette = sample_colorscale(scale, [i / max(n - 1, 1) for i in range(n)], colortype="rgb")
+    which = np.clip(np.searchsorted(starts, x, side="right") - 1, 0, n - 1)
     colours = [FIXED_COLOURS["-"] if np.isnan(v) else palette[b] for v, b in zip(x, which)]
-    key = [[f"{edges[b]:.3g} .. {edges[b + 1]:.3g}", palette[b], int(((which == b) & np.isfinite(x)).sum())]
-           for b in range(bins)]
+    key = [[labels[b], palette[b], int(((which == b) & np.isfinite(x)).sum())] for b in range(n)]
     if np.isnan(x).any():
         key.append(["-", FIXED_COLOURS["-"], int(np.isnan(x).sum())])
     return colours, key

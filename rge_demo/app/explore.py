@@ -133,8 +133,10 @@ def build_projection(demo, gallery_name: str, model_name: str | None = None, met
                 hallucinations=mention_check(qv.rationales[i], facts) if facts is not None else None,
                 tokens=qv.tokens[i] if reasoning else None))
     n, q = len(index.items), len(queries)
+    moved = ~P.unmoved(direct, reason)  # a query reasoning did not move gets no arrow (one point: P.project)
     return Projection(result, points, np.concatenate([index.matrix, direct, reason]) if q else index.matrix,
-                      gallery=gallery.name, model=loaded.name, arrows=[(n + j, n + q + j) for j in range(q)])
+                      gallery=gallery.name, model=loaded.name,
+                      arrows=[(n + j, n + q + j) for j in range(q) if moved[j]])
 
 
 def neighbours(projection: Projection, point: int, k: int = 5) -> list[tuple[PointInfo, float]]:
