@@ -297,6 +297,7 @@ def test_a_zip_with_its_manifest_and_flat_images(tmp_path):
     ("rationale", "two shapes.<|im_end|> answer two", "<|im_end|>"),
     ("query_instruction", "<|vision_start|>Represent the image", "<|vision_start|>"),
     ("target_instruction", "Represent <|endoftext|> the answer", "<|endoftext|>"),
+    ("query_text", "How many <|image_1|> shapes?", "<|image_1|>"),  # MMEB's placeholder: an image slot
 ])
 def test_a_control_token_in_a_text_the_model_reads_makes_the_row_invalid(tmp_path, field, text, token):
     """QA: {"query_text": "a <emb> b", ...} was counted valid and trained on; now it is a problem row

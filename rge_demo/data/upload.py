@@ -38,7 +38,7 @@ from rge_demo.data.safezip import (  # noqa: F401  (re-exported: part of the upl
     IGNORED_PARTS, IMAGE_SUFFIXES, MANIFEST_NAMES, UploadError, UploadLimits, extract_zip,
 )
 from rge_demo.data.sample_upload import make_sample_upload  # noqa: F401  (part of this module's API)
-from rge_demo.embedding.prompts import EMB_TOKEN, INSTRUCTIONS
+from rge_demo.embedding.prompts import EMB_TOKEN, INSTRUCTIONS, MMEB_IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,12 @@ MODEL_TEXT_FIELDS = ("query_text", "query_instruction", "target_text", "target_i
 @functools.cache
 def control_tokens() -> tuple[str, ...]:
     """The model's control tokens, longest first: the tokens the shipped tokenizers add
-    (:data:`rge_demo.models.micro.SPECIAL_TOKENS`, the Qwen chat and vision tokens and ``<emb>``), which
-    the Encoder's ``check_text`` refuses in Compare's texts. Imported on first use: it loads transformers."""
+    (:data:`rge_demo.models.micro.SPECIAL_TOKENS`, the Qwen chat and vision tokens and ``<emb>``) and MMEB's
+    ``<|image_1|>`` (an image slot under the reference profile), which the Encoder's ``check_text`` refuses
+    in Compare's texts. Imported on first use: it loads transformers."""
     from rge_demo.models.micro import SPECIAL_TOKENS
 
-    return tuple(sorted(set(SPECIAL_TOKENS) | {EMB_TOKEN}, key=len, reverse=True))
+    return tuple(sorted(set(SPECIAL_TOKENS) | {EMB_TOKEN, MMEB_IMAGE_PLACEHOLDER}, key=len, reverse=True))
 
 
 def control_token_in(text: str) -> str | None:

@@ -51,7 +51,7 @@ from transformers import (
 from rge_demo.errors import RGEUserError
 
 from .profiles import profile_for
-from .prompts import EMB_TOKEN, EmbedInput, prompt_text
+from .prompts import EMB_TOKEN, MMEB_IMAGE_PLACEHOLDER, EmbedInput, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,9 @@ class Encoder:
         specials = set(self.tokenizer.all_special_ids) | set(self.tokenizer.added_tokens_decoder)
         self.suppress = sorted(specials - {self.emb_id})
         # Added tokens are split out of any text before BPE: in a user's text they would act as the tokens.
-        self._control = sorted({t.content for t in self.tokenizer.added_tokens_decoder.values()} | {EMB_TOKEN},
-                               key=len, reverse=True)
+        # MMEB's "<|image_1|>" too: the reference profile turns it into an image slot wherever it stands
+        self._control = sorted({t.content for t in self.tokenizer.added_tokens_decoder.values()}
+                               | {EMB_TOKEN, MMEB_IMAGE_PLACEHOLDER}, key=len, reverse=True)
         self.forward_passes = 0  # counts model calls (the benchmark's warm-cache check reads it)
         self.last_capture: EmbCapture | None = None  # the latest generate's read-out (benchmarks read its size)
 
