@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -503,23 +504,33 @@ class Demo:
         return self.failure_runs.read(run, runs[run][0].parent)
 
     def run_evaluation(self, tasks: list[str], split: str, n: int, model_name: str | None = None,
-                       progress: Callable[[str, int, int], None] | None = None) -> tuple[str, list]:
-        """Evaluate a model on world test splits in both modes, save the runs, return (run name, cases)."""
+                       progress: Callable[[str, int, int], None] | None = None,
+                       session_key: str | None = None) -> tuple[str, list]:
+        """Evaluate a model on world test splits in both modes, save the runs, return (run name, cases).
+        A run of a shared model is shared; one of a model only this session sees (one it fine-tuned or
+        loaded from a folder) is the session's alone, like the model."""
         from rge_demo.analysis.evaluate import evaluate, world_tasks
+        from rge_demo.app.sessions import owner_id
 
         if split not in ("ind", "ood", "all"):
             raise UserError(f"split must be ind, ood or all, got {split!r}")
         n = check_int(n, "queries per task", 1, 500)
         tasks = self.check_tasks(tasks)
         loaded = self.model(model_name)
+        shared = self.workbench.models.visible("", loaded.name)
         eval_tasks = world_tasks(tasks or None, splits=("ind", "ood") if split == "all" else (split,), n=n)
-        name, out = self._new_run_folder(loaded.name, tasks, split, n)
-        for mode in ("direct", "reason"):
-            run = evaluate(loaded.encoder, eval_tasks, mode=mode, cache=self.cache, fingerprint=loaded.fingerprint,
-                           model_name=loaded.name,
-                           progress=(lambda d, t, m=mode: progress(m, d, t)) if progress else None)
-            run.save(out / mode)
-        return name, self.load_cases(name)
+        name, out = self.failure_runs.new_folder(self._world_run_name(loaded.name, tasks, split, n),
+                                                 None if shared else owner_id(session_key))
+        try:
+            for mode in ("direct", "reason"):
+                run = evaluate(loaded.encoder, eval_tasks, mode=mode, cache=self.cache, fingerprint=loaded.fingerprint,
+                               model_name=loaded.name,
+                               progress=(lambda d, t, m=mode: progress(m, d, t)) if progress else None)
+                run.save(out / mode)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)  # no half-written run is listed
+            raise
+        return name, (self.load_cases(name) if shared else self.failure_runs.load(name, session_key))
 
     @staticmethod
     def check_tasks(tasks) -> list[str]:
@@ -536,19 +547,16 @@ class Demo:
             raise UserError(f"unknown world task {unknown[0]!r}; choose from {', '.join(known)}")
         return sorted(set(tasks))
 
-    def _new_run_folder(self, model: str, tasks: list[str], split: str, n: int) -> tuple[str, Path]:
-        """A new run's name and folder: the model, its tasks, split and size, and a number when that
-        name is taken (a run never overwrites another). The folder is made here, so two requests
-        cannot pick the same name."""
+    @staticmethod
+    def _world_run_name(model: str, tasks: list[str], split: str, n: int) -> str:
+        """A world run's name: the model, its tasks, split and size (a number follows when it is taken)."""
         if not tasks or len(tasks) == len(world_task_names()):
             what = "all-tasks"
         else:
             what = "+".join(tasks)
             if len(what) > 60:
                 what = f"{tasks[0]}+{len(tasks) - 1}-more"
-        from rge_demo.app.failure_runs import new_run_folder
-
-        return new_run_folder(self.settings.cache_dir / "runs", f"{model}-{what}-{split}-{n}", set(self.saved_runs()))
+        return f"{model}-{what}-{split}-{n}"
 
     # -- tours ---------------------------------------------------------------------------------
     @functools.cached_property

@@ -260,7 +260,8 @@ class FailureRuns:
         loaded = demo.model(model_name)
         shared = gallery.name in demo.galleries
         n = sum(len(t.queries) for t in tasks)
-        name, out = self._new_folder(loaded.name, gallery.name, n, None if shared else owner_id(session_key))
+        name, out = self.new_folder(f"{loaded.name}-gallery-{gallery.name}-{n}",
+                                    None if shared else owner_id(session_key))
         try:
             for mode in ("direct", "reason"):
                 run = evaluate(loaded.encoder, tasks, mode=mode, cache=demo.cache, fingerprint=loaded.fingerprint,
@@ -270,19 +271,17 @@ class FailureRuns:
                 copy_query_images(run, out / mode)
                 run.save(out / mode)
         except BaseException:
-            import shutil
-
             shutil.rmtree(out, ignore_errors=True)  # no half-written run is listed
             raise
         log.info("gallery %s evaluated with %s: run %s (%d queries)", gallery.name, loaded.name, name, n)
         return name, (demo.load_cases(name) if shared else self.load(name, session_key))
 
-    def _new_folder(self, model: str, gallery: str, n: int, owner: str | None) -> tuple[str, Path]:
-        """A new run's name (``<model>-gallery-<gallery>-<n>``, then ``-2``, ...) and its folder, made here."""
+    def new_folder(self, name: str, owner: str | None) -> tuple[str, Path]:
+        """A new run's name (``name``, then ``-2``, ...) and its folder, made here: shared (``<cache>/runs``)
+        when ``owner`` is None, else that owner's."""
         root = Path(self.demo.settings.cache_dir) / "runs" if owner is None else self.root / owner
         with self._lock:
-            return new_run_folder(root, f"{model}-gallery-{gallery}-{n}",
-                                  set(self.demo.saved_runs()) | set(self._own_runs()))
+            return new_run_folder(root, name, set(self.demo.saved_runs()) | set(self._own_runs()))
 
 
 def new_run_folder(root: Path, name: str, taken: set[str]) -> tuple[str, Path]:

@@ -178,13 +178,17 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     @gpu
     @friendly
     def on_evaluate(tasks, split, queries_per_task, model_name, outcome, task, meta_task, split_filter,
-                    failure_kind, search="", progress=gr.Progress()):
-        """Evaluate the model in use on world tasks in both modes; saves a new run, shows its cases."""
+                    failure_kind, search="", session_key=None, request: gr.Request = None, progress=gr.Progress()):
+        """Evaluate the model in use on world tasks in both modes; saves a new run (the session's only when
+        the model is) and shows its cases. ``session_key`` (optional) names the session."""
+        key = session_of(session_key, request)
         name, cases = demo.run_evaluation(tasks, split, queries_per_task, model_name,
-                                          progress=lambda mode, d, t: progress(d / max(t, 1), desc=f"{mode} mode"))
+                                          progress=lambda mode, d, t: progress(d / max(t, 1), desc=f"{mode} mode"),
+                                          session_key=key)
         df, text, shown = refresh(cases, outcome, task, meta_task, split_filter, failure_kind, search)
-        return (cases, df, f"Saved as run **{name}**. {text}", shown, choices_of(cases),
-                gr.update(choices=demo.failure_runs.names(None), value=name))
+        whose = " (yours only: made with your model)" if demo.failure_runs.is_own(name) else ""
+        return (cases, df, f"Saved as run **{name}**{whose}. {text}", shown, choices_of(cases),
+                gr.update(choices=demo.failure_runs.names(key), value=name))
 
     @gpu
     @friendly
@@ -304,7 +308,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     for event, kw in ((load.click, {"api_name": "load_run"}), (run.input, private)):
         event(on_load, [run, *filters, session], [*loaded, link, view, case_id, attribution], show_progress_on=summary,
               **kw).success(after_load, *follow, **private)
-    evaluate.click(on_evaluate, [tasks, split, n, model_state, *filters], [*loaded, run], api_name="evaluate",
+    evaluate.click(on_evaluate, [tasks, split, n, model_state, *filters, session], [*loaded, run], api_name="evaluate",
                    concurrency_id="model", show_progress_on=summary).success(after_load, *follow, **private)
     evaluate_g.click(on_evaluate_gallery, [galleries, model_state, *filters, session], [*loaded, run],
                      api_name="evaluate_gallery", concurrency_id="model",
