@@ -16,6 +16,7 @@ import pandas as pd
 from rge_demo.app.sessions import is_key, new_key, session_key
 from rge_demo.app.workbench import COUNT_COLUMNS, DRAFT_COLUMNS, LAUNCH_STAGES, PROBLEM_COLUMNS, loss_figure
 from rge_demo.app.demo import Demo
+from rge_demo.app.jobs import JOB_COLUMNS
 
 from .common import friendly, gpu, slider
 
@@ -93,6 +94,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     dataset_info = gr.Markdown()
     drafts = gr.Dataframe(headers=DRAFT_COLUMNS, interactive=True,
                           static_columns=[0, 1, 2, 3], wrap=True, max_height=320,
+                          column_widths=["6%", "10%", "30%", "14%", "40%"],  # the rationale is what one edits
                           label="Drafts: edit the rationale column, then save (each should end in 'answer <target>')")
     save_btn = gr.Button("Save rationales into the dataset (a new version)")
 
@@ -118,7 +120,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
 
     # (d) jobs -----------------------------------------------------------------------------------
     gr.Markdown("### 4. Jobs (one runs at a time; the others wait in the queue)")
-    jobs = gr.Dataframe(label="Jobs (this browser's)", interactive=False, max_height=220, wrap=True)
+    jobs = gr.Dataframe(label="Jobs (this browser's)", interactive=False, max_height=220, wrap=True,
+                        headers=JOB_COLUMNS, column_widths=["22%", "16%", "16%", "8%", "8%", "12%", "18%"])
     with gr.Row():
         job = gr.Dropdown([], value=None, label="Job", scale=3, allow_custom_value=True)
         refresh_btn = gr.Button("Refresh", scale=0)
