@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -509,28 +508,16 @@ class Demo:
         """Evaluate a model on world test splits in both modes, save the runs, return (run name, cases).
         A run of a shared model is shared; one of a model only this session sees (one it fine-tuned or
         loaded from a folder) is the session's alone, like the model."""
-        from rge_demo.analysis.evaluate import evaluate, world_tasks
-        from rge_demo.app.sessions import owner_id
+        from rge_demo.analysis.evaluate import world_tasks
 
         if split not in ("ind", "ood", "all"):
             raise UserError(f"split must be ind, ood or all, got {split!r}")
         n = check_int(n, "queries per task", 1, 500)
         tasks = self.check_tasks(tasks)
         loaded = self.model(model_name)
-        shared = self.workbench.models.visible("", loaded.name)
         eval_tasks = world_tasks(tasks or None, splits=("ind", "ood") if split == "all" else (split,), n=n)
-        name, out = self.failure_runs.new_folder(self._world_run_name(loaded.name, tasks, split, n),
-                                                 None if shared else owner_id(session_key))
-        try:
-            for mode in ("direct", "reason"):
-                run = evaluate(loaded.encoder, eval_tasks, mode=mode, cache=self.cache, fingerprint=loaded.fingerprint,
-                               model_name=loaded.name,
-                               progress=(lambda d, t, m=mode: progress(m, d, t)) if progress else None)
-                run.save(out / mode)
-        except BaseException:
-            shutil.rmtree(out, ignore_errors=True)  # no half-written run is listed
-            raise
-        return name, (self.load_cases(name) if shared else self.failure_runs.load(name, session_key))
+        return self.failure_runs.save_evaluation(loaded, eval_tasks, self._world_run_name(loaded.name, tasks, split, n),
+                                                 session_key, progress=progress)
 
     @staticmethod
     def check_tasks(tasks) -> list[str]:

@@ -243,37 +243,54 @@ class FailureRuns:
         matrix = embed_candidates(loaded.encoder, cands, 32, self.demo.cache, loaded.fingerprint, lambda _: None)
         return [c.label for c in cands], [c.id for c in cands], matrix
 
-    # -- a gallery's evaluation ---------------------------------------------------------------------
+    # -- new evaluations -----------------------------------------------------------------------------
     def evaluate_gallery(self, gallery_name, session_key: str | None, model_name: str | None = None,
                          progress: Callable[[str, int, int], None] | None = None) -> tuple[str, list]:
         """Evaluate the model on a gallery's queries with a right answer, in both modes; save the run pair.
 
-        A sample gallery's run is shared (``<cache>/runs``); a run of the session's own gallery is the
-        session's alone (``<cache>/user-runs/<owner>``). Returns (run name, cases).
+        A sample gallery's run is shared (``<cache>/runs``); a run of the session's own gallery (or made
+        with its own model) is the session's alone (``<cache>/user-runs/<owner>``). Returns (run name, cases).
         """
-        from rge_demo.analysis.evaluate import evaluate
         from rge_demo.analysis.gallery_eval import copy_query_images, gallery_tasks
 
         demo = self.demo
         gallery = demo.gallery(gallery_name, session_key)  # another session's gallery is refused here
         tasks = gallery_tasks(gallery)
         loaded = demo.model(model_name)
-        shared = gallery.name in demo.galleries
         n = sum(len(t.queries) for t in tasks)
-        name, out = self.new_folder(f"{loaded.name}-gallery-{gallery.name}-{n}",
-                                    None if shared else owner_id(session_key))
+
+        def finish(run, folder: Path) -> None:
+            run.info["gallery"] = gallery.name
+            copy_query_images(run, folder)
+
+        name, cases = self.save_evaluation(loaded, tasks, f"{loaded.name}-gallery-{gallery.name}-{n}", session_key,
+                                           gallery.name in demo.galleries, progress, finish)
+        log.info("gallery %s evaluated with %s: run %s (%d queries)", gallery.name, loaded.name, name, n)
+        return name, cases
+
+    def save_evaluation(self, loaded, tasks, name: str, session_key: str | None, shared_data: bool = True,
+                        progress: Callable[[str, int, int], None] | None = None,
+                        finish: Callable[[object, Path], None] | None = None) -> tuple[str, list]:
+        """Evaluate ``loaded`` on ``tasks`` in both modes and save the run pair as a new run ``name`` (then
+        ``-2``, ...); ``finish(run, folder)`` runs before each run is saved. The run is shared when its data
+        and its model are (a model another session cannot see makes it the session's own). A run that
+        fails midway is removed. Returns (run name, cases)."""
+        from rge_demo.analysis.evaluate import evaluate
+
+        demo = self.demo
+        shared = shared_data and demo.workbench.models.visible("", loaded.name)
+        name, out = self.new_folder(name, None if shared else owner_id(session_key))
         try:
             for mode in ("direct", "reason"):
                 run = evaluate(loaded.encoder, tasks, mode=mode, cache=demo.cache, fingerprint=loaded.fingerprint,
                                model_name=loaded.name,
                                progress=(lambda d, t, m=mode: progress(m, d, t)) if progress else None)
-                run.info["gallery"] = gallery.name
-                copy_query_images(run, out / mode)
+                if finish is not None:
+                    finish(run, out / mode)
                 run.save(out / mode)
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)  # no half-written run is listed
             raise
-        log.info("gallery %s evaluated with %s: run %s (%d queries)", gallery.name, loaded.name, name, n)
         return name, (demo.load_cases(name) if shared else self.load(name, session_key))
 
     def new_folder(self, name: str, owner: str | None) -> tuple[str, Path]:
