@@ -195,7 +195,8 @@ def test_the_model_in_use_outlives_a_page_reload_in_this_browser_only(page, app,
     finally:
         other.close()
     stored = page.evaluate("localStorage.getItem('rge-demo-model')")
-    page.get_by_role("button", name="Unload", exact=True).click()  # back to the app's default, reload or not
+    choose(page, "Model: registry name or hub id (folders: off, RGE_MODEL_ROOTS)", taught_dir.name)
+    page.get_by_role("button", name="Load and use", exact=True).click()  # back to the app's default, reload or not
     expect(page.locator("#models-status")).to_contain_text(default)
     page.wait_for_function("s => localStorage.getItem('rge-demo-model') !== s", arg=stored)
     page.reload()

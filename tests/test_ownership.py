@@ -291,3 +291,36 @@ def test_a_model_that_fails_to_load_does_not_join_the_list(bench, tiny_dir, tmp_
     with pytest.raises(ModelError):  # a model already on the list stays there when a later load fails
         bench.use_model(A, "fine", lambda spec: bench.manager.load(str(broken)))
     assert "fine" in bench.model_names(A)
+
+
+def test_a_session_cannot_reload_or_unload_a_model_other_sessions_use(tmp_path, tiny_dir):
+    """QA: one visitor's "Load and use" as float16 reloaded the shared default for everyone, and its
+    "Unload" unloaded it for everyone. A model one session alone added stays that session's to change."""
+    from rge_demo.app.demo import Demo
+    from rge_demo.ui.layout import build_blocks
+
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(tiny_dir), device="cpu", model_roots=(tmp_path,)),
+                galleries_dir=tmp_path)
+    try:
+        blocks = build_blocks(demo)
+        load, unload = fn(blocks, "load_model"), fn(blocks, "unload_model")
+        shared = demo.model().name
+        with pytest.raises(gr.Error, match=rf"'{shared} is shared with other sessions and loaded as float32, no "
+                                           "quantization: loading it as bfloat16, no quantization would change it"):
+            load(shared, "bfloat16", "none", A, None)
+        with pytest.raises(gr.Error, match=rf"'{shared} is shared with other sessions: unloading it would unload it"):
+            unload(shared, None, A, None)
+        assert demo.model().dtype == "float32" and shared in {m.name for m in demo.manager.loaded()}
+        assert load(shared, "auto", "none", A, None)[0] == shared  # as it is loaded: fine
+
+        mine = str(shutil.copytree(tiny_dir, tmp_path / "a-copy"))
+        name = load(mine, "float32", "none", A, None)[0]
+        assert load(name, "bfloat16", "none", A, None)[0] == name  # A's alone: A may change it
+        assert demo.model(name).dtype == "bfloat16"
+        unload(name, name, A, None)
+        assert name not in {m.name for m in demo.manager.loaded()}
+        load(mine, "float32", "none", B, None)  # B names the same folder: now the two share it
+        with pytest.raises(gr.Error, match=f"'{name} is shared with other sessions and loaded as float32"):
+            load(name, "bfloat16", "none", A, None)
+    finally:
+        demo.workbench.close()

@@ -87,6 +87,11 @@ class ModelAccess:
         with self._lock:
             return [row for row in self.manager.catalog() if self.visible(owner, row["name"])]
 
+    def sole_owner(self, owner: str, name: str) -> bool:
+        """Whether ``name`` is ``owner``'s alone (shared models and those two sessions added are not)."""
+        entry = self._private.get(name)
+        return entry is not None and entry["owners"] == [owner]
+
     def check(self, owner: str, name: str) -> None:
         """Refuse a model that another session added."""
         if not self.visible(owner, name):

@@ -33,7 +33,7 @@ import pandas as pd
 
 from rge_demo.data.upload import ValidationReport, control_token_in
 from rge_demo.errors import RGEUserError
-from rge_demo.models.loading import check_checkpoint, looks_like_hub_id
+from rge_demo.models.loading import ModelError, check_checkpoint, looks_like_hub_id
 from rge_demo.training import drafting
 from rge_demo.training.config import TrainConfig
 from rge_demo.training.data import load_pairs
@@ -278,6 +278,31 @@ class Workbench:
     def check_model(self, key: str, name: str) -> None:
         """Refuse a model another session added or fine-tuned."""
         self.models.check(owner_id(key), str(name or ""))
+
+    def check_change(self, key: str, name: str, dtype: str = "auto", quantization: str | None = None, *,
+                     unload: bool = False) -> None:
+        """Refuse to reload with other settings (``dtype``, ``quantization``) or to ``unload`` a loaded model
+        that other sessions may be using: one model object serves every session, so that would change it
+        for them too. A model this session alone added or fine-tuned is its to change."""
+        owner = owner_id(key)
+        try:
+            name = self.manager.resolve(name).name  # a model named by its folder
+        except ModelError:
+            return  # not a model: loading or unloading it says so
+        if self.models.sole_owner(owner, name):
+            return
+        if unload:
+            if any(m.name == name for m in self.manager.loaded()):
+                raise WorkbenchError(f"{name} is shared with other sessions: unloading it would unload it for them "
+                                     "too (the app unloads the least recently used model itself when memory runs "
+                                     "short)")
+            return
+        current = self.manager.loaded_otherwise(name, dtype, quantization)
+        if current is not None:
+            raise WorkbenchError(f"{name} is shared with other sessions and loaded as {current.dtype}, "
+                                 f"{current.quantization or 'no quantization'}: loading it as {dtype}, "
+                                 f"{quantization or 'no quantization'} would change it for them too; load it with "
+                                 "dtype auto and no quantization, or load your own copy from a folder")
 
     def resolve_model(self, key: str, name_or_path: str):
         """The spec of a model this session may use; a new folder or hub id joins this session's list only."""

@@ -224,6 +224,15 @@ class ModelManager:
             return rows
 
     # -- loading -------------------------------------------------------------------------------
+    def loaded_otherwise(self, name_or_path: str | os.PathLike, dtype: str = "auto",
+                         quantization: str | None = None) -> LoadedModel | None:
+        """The loaded model that :meth:`load` with these settings would reload (None: not loaded, or loaded so)."""
+        want = str(resolve_dtype(dtype, self.device)).removeprefix("torch.")
+        with self._lock:
+            current = self._loaded.get(self.resolve(name_or_path).name)
+            return current if current is not None and (current.dtype, current.quantization) != (want, quantization) \
+                else None
+
     def load(self, name_or_path: str | os.PathLike, dtype: str = "auto", quantization: str | None = None,
              *, add_emb_token: bool = False) -> LoadedModel:
         """Load (or return the already loaded) model; evicts least recently used models over budget."""

@@ -63,6 +63,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         key = session_of(session_key, request)
 
         def load(spec):
+            bench.check_change(key, spec.name, dt, None if q == "none" else q)  # not under other sessions' feet
             progress(0.1, desc=f"loading {spec.name}")
             return demo.load_model(spec.name, dt, None if q == "none" else q,
                                    progress=lambda gallery, done, total: progress(
@@ -73,8 +74,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
 
     @friendly
     def on_unload(name, model_name, session_key, request: gr.Request):
-        """Unload a loaded model (this session's, or a shared one)."""
-        bench.check_model(session_of(session_key, request), name)
+        """Unload a loaded model of this session's (a shared one is refused: other sessions use it)."""
+        key = session_of(session_key, request)
+        bench.check_model(key, name)
+        bench.check_change(key, name, unload=True)
         demo.unload_model(name)
         using = None if name == model_name else model_name
         return (using, *tables(using, session_key, request))
