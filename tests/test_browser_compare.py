@@ -202,3 +202,20 @@ def test_the_model_in_use_outlives_a_page_reload_in_this_browser_only(page, app,
     page.reload()
     expect(in_use(page)).to_contain_text(default)
     expect(page.locator("#prompt-profile")).to_contain_text(f"Model: {taught_dir.name}")
+
+
+def test_a_file_that_is_not_an_image_is_named_after_a_gallery_switch(page, app, tmp_path):
+    """QA: switching gallery updates the image input, and gradio's copy of it then opened uploads with PIL:
+    a text file named .png gave "Could not preprocess input component ..." instead of the app's sentence."""
+    fake = tmp_path / "fake.png"
+    fake.write_text("just some text")
+    with tab(page, app, "Compare", "c7-compare-not-an-image"):
+        choose(page, "Gallery to search", "classification")
+        choose(page, "Gallery to search", "vqa-count")
+        page.locator(".rge-image-input input[type=file]").first.set_input_files(str(fake))
+        page.get_by_role("button", name="Compare", exact=True).click()
+        expect(page.get_by_text("image 'fake.png': not an image, or a format PIL cannot read").first).to_be_visible()
+        expect(page.get_by_text("Could not preprocess")).to_have_count(0)
+        for close in page.get_by_label("Close", exact=True).all():
+            if close.is_visible():
+                close.click()

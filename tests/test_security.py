@@ -246,3 +246,25 @@ def test_lone_surrogates_and_k_above_the_gallery_size(app, client):
                                 q.text, q.instruction, None, 5, api_name="/compare")
     assert status.startswith(f"k=5 but the gallery has {len(small.items)} items: showing {len(small.items)}.")
     assert app.alive()
+
+
+def test_a_components_session_copy_keeps_the_apps_preprocessing(files):
+    """QA: after a gallery switch (a handler returning gr.update() for the image), gradio rebuilt the
+    session's image input from its constructor arguments, dropping the app's preprocessing: a text file
+    named .png reached PIL and the page showed gradio's "Could not preprocess input component" message."""
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    from rge_demo.ui.common import image_input
+
+    with gr.Blocks():
+        image = image_input(label="Query image (optional)")
+        slider = gr.Slider(2, 100, value=10, step=1, label="Queries per task and split")
+    for component in (image, type(image)(**image.constructor_args)):  # as gradio copies it for a session
+        assert component.preprocess(ImageData(path=str(files / "notes.png"))) == str(files / "notes.png")
+    with pytest.raises(gr.Error, match="^'Queries per task and split: Value 1000 is greater than maximum value 100"):
+        type(slider)(**slider.constructor_args).preprocess(1000)
+    with gr.Blocks():
+        plain = gr.Image(type="filepath")  # not the app's input: gradio's own preprocessing, unchanged
+    with pytest.raises(Exception, match="cannot identify image file"):
+        plain.preprocess(ImageData(path=str(files / "notes.png")))

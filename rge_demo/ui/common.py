@@ -49,22 +49,6 @@ def friendly(fn):
     return wrapper
 
 
-def slider(*args, **kwargs) -> gr.Slider:
-    """``gr.Slider`` whose out-of-range refusal names the field: an API call with 1000 for "Queries per task
-    and split" is told so, not gradio's bare "Value 1000 is greater than maximum value 100."."""
-    component = gr.Slider(*args, **kwargs)
-    plain = component.preprocess
-
-    def preprocess(payload):  # on the instance: a subclass would make gradio write a .pyi beside this file
-        try:
-            return plain(payload)
-        except gr.Error as e:
-            raise gr.Error(f"{component.label}: {e.message}", print_exception=False) from None
-
-    component.preprocess = preprocess
-    return component
-
-
 def gpu(fn):
     """``spaces.GPU`` on Hugging Face ZeroGPU Spaces; a no-op elsewhere."""
     try:
@@ -96,6 +80,9 @@ def _image_path(component: gr.Image, payload):
     return str(payload.path)
 
 
+IMAGE_INPUT_CLASS = "rge-image-input"  # marks the app's image inputs (see image_input)
+
+
 def image_input(value=None, **kwargs) -> gr.Image:
     """The app's image input: gr.Image (the page shows the preview, decoded by the browser) whose
     handler gets the uploaded file's path without the server opening it.
@@ -104,13 +91,46 @@ def image_input(value=None, **kwargs) -> gr.Image:
     its ``image_mode``, decodes and converts all its pixels: before any handler could refuse it. A
     12000x12000 PNG of 140 KB then costs seconds of CPU and ~700 MB, and a corrupt file fails with
     PIL's message and the server's path. Here the path goes on untouched; the app's ``load_image``
-    checks the pixel count from the header first and names the problem in a sentence. (An instance
-    attribute, not a subclass: gradio writes a ``.pyi`` file next to every component subclass.)
+    checks the pixel count from the header first and names the problem in a sentence.
+
+    The component carries :data:`IMAGE_INPUT_CLASS` and ``gr.Image.preprocess`` is patched below to
+    honour it. Not an instance attribute: a handler that updates a component (``gr.update()``) makes
+    gradio rebuild the session's copy from its constructor arguments, which dropped it (QA: after a
+    gallery switch a text file named .png reached PIL). Not a subclass: gradio writes a ``.pyi`` file
+    next to every component subclass.
     """
     kwargs.setdefault("sources", ["upload", "clipboard"])
-    component = gr.Image(value, type="filepath", image_mode=None, **kwargs)
-    component.preprocess = functools.partial(_image_path, component)
-    return component
+    classes = kwargs.pop("elem_classes", None) or []
+    classes = [classes] if isinstance(classes, str) else list(classes)
+    return gr.Image(value, type="filepath", image_mode=None, elem_classes=[*classes, IMAGE_INPUT_CLASS], **kwargs)
+
+
+def _install_preprocess_patches() -> None:
+    """Class-level, so gradio's per-session copies of a component keep them (see :func:`image_input`):
+    the app's image inputs pass the upload's path on unopened, and a slider's out-of-range refusal names
+    its field ("Queries per task and split: Value 1000 is greater than maximum value 100.", not gradio's
+    bare sentence)."""
+    if getattr(gr.Image.preprocess, "_rge", False):
+        return
+    plain_image, plain_slider = gr.Image.preprocess, gr.Slider.preprocess
+
+    def image_preprocess(self, payload):
+        classes = [self.elem_classes] if isinstance(self.elem_classes, str) else self.elem_classes or []
+        return _image_path(self, payload) if IMAGE_INPUT_CLASS in classes else plain_image(self, payload)
+
+    def slider_preprocess(self, payload):
+        try:
+            return plain_slider(self, payload)
+        except gr.Error as e:
+            raise gr.Error(f"{self.label}: {e.message}", print_exception=False) from None
+
+    for cls, fn in ((gr.Image, image_preprocess), (gr.Slider, slider_preprocess)):
+        fn._rge = True
+        functools.update_wrapper(fn, getattr(cls, "preprocess"), updated=())
+        cls.preprocess = fn
+
+
+_install_preprocess_patches()
 
 
 def md_literal(text: str) -> str:

@@ -11,7 +11,7 @@ from rge_demo.analysis.sampling import samples_figure
 from rge_demo.app import compare_views
 from rge_demo.app.demo import Demo, k_note
 
-from .common import EXPECTED, friendly, gpu, image_input, slider
+from .common import EXPECTED, friendly, gpu, image_input
 from .render import attribution_html, comparison_html, hits_html, moves_html, note_html, samples_html
 from .train import session_of
 
@@ -65,7 +65,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
             target = gr.Dropdown(_target_choices(demo.gallery(first)) if first else [], value=default and default["target_id"],
                                  allow_custom_value=True,
                                  label="Right answer (optional: marks its rank)")
-            k = slider(1, 20, value=5, step=1, label="k")
+            k = gr.Slider(1, 20, value=5, step=1, label="k")
             run = gr.Button("Compare", variant="primary")
         with gr.Column(scale=2):
             cost = gr.Markdown(elem_id="compare-status")

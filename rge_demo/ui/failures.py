@@ -17,7 +17,7 @@ from rge_demo.app.messages import public_message
 from rge_demo.app.explore import small_thumbnail
 from rge_demo.app.failure_runs import case_link, parse_case_link
 
-from .common import friendly, gpu, md_literal, slider
+from .common import friendly, gpu, md_literal
 from .render import STYLE, attribution_html, thumbnail
 from .train import session_of
 
@@ -87,7 +87,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         with gr.Row():
             tasks = gr.Dropdown(world_task_names(), multiselect=True, label="World tasks (empty: all)")
             split = gr.Radio(["ind", "ood", "all"], value="all", label="Split")
-            n = slider(2, 100, value=10, step=1, label="Queries per task and split")
+            n = gr.Slider(2, 100, value=10, step=1, label="Queries per task and split")
             evaluate = gr.Button("Evaluate (both modes)", variant="primary")
         with gr.Row():
             galleries = gr.Dropdown(demo.gallery_names(None), value=None, scale=3, allow_custom_value=True,

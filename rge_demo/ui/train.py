@@ -18,7 +18,7 @@ from rge_demo.app.workbench import COUNT_COLUMNS, DRAFT_COLUMNS, LAUNCH_STAGES, 
 from rge_demo.app.demo import Demo
 from rge_demo.app.jobs import JOB_COLUMNS
 
-from .common import friendly, gpu, slider
+from .common import friendly, gpu
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         temperature = gr.Number(0.03, label="Temperature")
     with gr.Row():
         max_new = gr.Number(32, precision=0, label="Max new tokens (rationale budget)")
-        val_share = slider(0.0, 0.9, value=0.2, step=0.05, label="Validation share (held out for before/after)")
+        val_share = gr.Slider(0.0, 0.9, value=0.2, step=0.05, label="Validation share (held out for before/after)")
         lora = gr.Checkbox(label="LoRA (q/k/v/o adapters instead of a full fine-tune)", value=False)
         launch_btn = gr.Button("Launch", variant="primary")
 
