@@ -65,6 +65,18 @@ def test_colour_names_are_drawn_in_their_colour_and_the_palette_stays_readable()
     assert colours[0] != colours[2] and colours[3] == "#c0c0c0" and sum(k[2] for k in key) == 4
 
 
+def test_labels_that_are_not_colours_do_not_take_a_named_colours_hue():
+    """QA (vqa-ood): "one" was drawn #e15759 beside "red" #d62728, "three" beside "blue", and so on."""
+    from rge_demo.analysis.projection import _lab
+
+    values = ["red", "blue", "green", "yellow", "one", "two", "three", "four", "zero", "five"]
+    colours, key = categorical_colours(values)
+    assert colours[:4] == [NAMED_COLOURS[c] for c in ("red", "blue", "green", "yellow")]
+    assert len(set(colours)) == len(values)
+    gaps = [float(np.linalg.norm(_lab(a) - _lab(b))) for a in colours[:4] for b in colours[4:]]
+    assert min(gaps) >= 30  # CIE76: each number's colour tells apart from every named colour
+
+
 def test_whole_numbers_get_whole_number_bins():
     """Rank changes were keyed "-3.43 .. -2.29": bins a rank change cannot fall in."""
     _, key = numeric_colours([-3, 0, 3, None], diverging=True)

@@ -398,18 +398,35 @@ def _named_colour(value: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+def _lab(colour: str) -> np.ndarray:
+    """CIE L*a*b* (D65) of a ``#rrggbb`` colour."""
+    rgb = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    rgb = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ rgb
+    f = (xyz / np.array([0.9505, 1.0, 1.089]))
+    f = np.where(f > 0.008856, np.cbrt(f), 7.787 * f + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _alike(a: str, b: str, distance: float = 30.0) -> bool:
+    """Whether two ``#rrggbb`` colours are hard to tell apart on a map (CIE76 distance under ``distance``)."""
+    return float(np.linalg.norm(_lab(a) - _lab(b))) < distance
+
+
 def categorical_colours(values: Sequence[str]) -> tuple[list[str], list[list]]:
     """Per-value colours and the key ``[[name, colour, count], ...]`` (most frequent first).
 
     Values naming exactly one colour word are drawn in that colour, outcomes in fixed colours; the
-    rest get readable palette colours by frequency, and past 20 groups the rarest share "other".
+    rest get readable palette colours by frequency, skipping hues the named ones took ("one" is not
+    drawn red beside "red"), and past the palette's colours the rarest share "other".
     """
     counts: dict[str, int] = {}
     for v in values:
         counts[v] = counts.get(v, 0) + 1
     order = sorted(counts, key=lambda v: (-counts[v], v))
     named = {v: FIXED_COLOURS.get(v) or _named_colour(v) for v in order}
-    colour, palette = {}, iter(CATEGORICAL)
+    taken = {c for c in named.values() if c}
+    colour, palette = {}, iter([c for c in CATEGORICAL if not any(_alike(c, t) for t in taken)])
     for v in order:
         colour[v] = named[v] or next(palette, OTHER)
     key = [[v, colour[v], counts[v]] for v in order if colour[v] != OTHER]
