@@ -219,3 +219,25 @@ def test_a_file_that_is_not_an_image_is_named_after_a_gallery_switch(page, app, 
         for close in page.get_by_label("Close", exact=True).all():
             if close.is_visible():
                 close.click()
+
+
+def test_the_task_preset_follows_an_example_and_a_gallery_switch(page, app):
+    """QA: the grounding example left the preset on majority_shape; switching to the classification
+    gallery kept the count preset and its VQA instruction."""
+    import json
+
+    from apprunner import REPO
+
+    examples = json.loads((REPO / "assets" / "examples.json").read_text())
+    grounding = next(i for i, e in enumerate(examples) if e["gallery"] == "grounding")
+    preset = page.get_by_label("Task preset (the loaded model's prompt profile)", exact=True)
+    instruction = page.get_by_label("Task instruction", exact=True)
+    with tab(page, app, "Compare", "c8-compare-presets"):
+        page.get_by_text("Examples: click one to run it").scroll_into_view_if_needed()
+        page.locator(".table-wrap tr.tr-body").nth(grounding).click()
+        expect(preset).to_have_value("ground")
+        expect(instruction).to_have_value("Represent the given image with the following request:")
+        expect(page.get_by_text("writing the rationale")).to_have_count(0)
+        choose(page, "Gallery to search", "classification")
+        expect(preset).to_have_value("majority_shape")
+        expect(instruction).to_have_value("Represent the given image for classification with the following question:")

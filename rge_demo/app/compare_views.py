@@ -1,6 +1,8 @@
 """The Compare tab's extra views, as plain functions over a :class:`~rge_demo.app.demo.Demo`.
 
 * :func:`model_line`: the model in use and its prompt profile.
+* :func:`preset_for_instruction`, :func:`preset_for_gallery`: the task preset that goes with an
+  instruction an example filled in, or with a gallery just chosen.
 * :func:`scene_facts_of`: the synthetic world's ground truth of a query, when the query is one of a
   world gallery's own (matched by its image bytes and text), for the hallucination flag.
 * :func:`sample_view`: N sampled rationales of one query at a temperature
@@ -36,6 +38,22 @@ def model_line(demo: Demo, model_name: str | None = None) -> str:
     """``Model: **rge-micro** · prompt profile: **micro** (6 task presets)`` for the session's model."""
     p = demo.presets(model_name)
     return f"Model: **{demo.model_label(model_name)}** · prompt profile: **{p['profile']}** ({len(p['tasks'])} task presets)"
+
+
+def preset_for_instruction(demo: Demo, model_name: str | None, instruction: str, current: str | None) -> str | None:
+    """The preset whose query instruction is ``instruction``: ``current`` if it is one of them (several
+    tasks share an instruction), else the first; None when no preset has it."""
+    tasks = demo.presets(model_name)["tasks"]
+    matching = [name for name, t in tasks.items() if t["query"] == instruction]
+    return current if current in matching else next(iter(matching), None)
+
+
+def preset_for_gallery(demo: Demo, model_name: str | None, gallery: Gallery, current: str | None) -> str | None:
+    """The preset for a gallery just chosen: ``current`` if it is one of its queries' tasks, else the first
+    of them that has a preset; None when none has (the instruction is left as it is)."""
+    tasks = demo.presets(model_name)["tasks"]
+    own = [name for name in tasks if name in {q.task for q in gallery.queries}]
+    return current if current in own else next(iter(own), None)
 
 
 # ------------------------------------------------------------------------------ scene facts

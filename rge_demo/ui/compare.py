@@ -119,12 +119,15 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         except EXPECTED:
             return None
 
-    def on_gallery(gallery_name, target_id, browser_key, request: gr.Request):
+    def on_gallery(gallery_name, target_id, current_preset, model_name, browser_key, request: gr.Request):
+        """The gallery's query and answer pickers, and a task preset of its queries (the instruction follows)."""
         g = own_gallery(gallery_name, browser_key, request)
         if g is None:
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         keep = target_id if target_id in g else None
-        return (gr.update(choices=_query_choices(g), value=None), gr.update(choices=_target_choices(g), value=keep))
+        preset = compare_views.preset_for_gallery(demo, model_name, g, current_preset)
+        return (gr.update(choices=_query_choices(g), value=None), gr.update(choices=_target_choices(g), value=keep),
+                preset or gr.update())
 
     def on_pick(gallery_name, query_id, model_name, browser_key, request: gr.Request):
         """The picked query's image, text, instruction and right answer; the task preset follows its task
@@ -208,7 +211,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         return line, attribution_html(att), att.to_dict()
 
     private = {"api_visibility": "private"}  # UI-only events: not API endpoints
-    gallery.change(on_gallery, [gallery, target, session], [pick, target], **private)
+    gallery.change(on_gallery, [gallery, target, preset, model_state, session], [pick, target, preset], **private)
     pick.change(on_pick, [gallery, pick, model_state, session], [image, text, instruction, target, preset], **private)
     preset.change(lambda p, m: demo.presets(m)["tasks"].get(p, {}).get("query", gr.update()), [preset, model_state],
                   instruction, **private)
@@ -269,7 +272,9 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     if examples:
         ex = gr.Examples(examples, [gallery, image, text, instruction, target],
                          label="Examples: click one to run it (the first ones: reasoning helps)")
-        # One click fills the inputs, then runs the comparison.
+        # One click fills the inputs (the preset follows the example's instruction), then runs the comparison.
+        ex.load_input_event.then(lambda ins, cur, m: compare_views.preset_for_instruction(demo, m, ins, cur),
+                                 [instruction, preset, model_state], preset, **private)
         ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="encode", concurrency_limit=ENCODE_LIMIT,
                                  show_progress_on=cost, **private)
     return on_page, [gallery, session], [gallery]
