@@ -66,6 +66,15 @@ def test_grid_search_case_link_export_and_bars(page, app):
         expect(files.get_by_text(re.compile(r"\.csv$"))).to_be_visible()
         expect(files.get_by_text(re.compile(r"\.parquet$"))).to_be_visible()
         page.locator("#failures-case").screenshot(path=str(SHOTS / "f2-failures-case.png"))
+        # an export of nothing is refused and takes the earlier files off (QA: they stayed, as if its own)
+        search.fill("zzz-no-such-case")
+        search.press("Enter")
+        page.get_by_role("button", name="Export the cases shown (CSV + Parquet)").click()
+        expect(page.get_by_text("no case matches the filters: nothing to export").first).to_be_visible()
+        expect(files.get_by_text(re.compile(r"\.csv$"))).to_have_count(0)
+        search.fill(f"{case.query_id}")
+        search.press("Enter")
+        expect(page.get_by_text(re.compile(r"^1 of \d+ cases shown matching"))).to_be_visible()
 
         # the cost panel: every run as P@1 gain over direct vs generated tokens
         page.get_by_text("Cost: P@1 gain over direct vs generated tokens", exact=False).click()

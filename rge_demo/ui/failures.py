@@ -200,7 +200,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         name, cases = demo.failure_runs.evaluate_gallery(
             gallery, key, model_name, progress=lambda mode, d, t: progress(d / max(t, 1), desc=f"{mode} mode"))
         df, text, shown = refresh(cases, outcome, task, meta_task, split_filter, failure_kind, search)
-        whose = " (yours only: made from your gallery)" if demo.failure_runs.is_own(name) else ""
+        whose = " (yours only: made from your gallery or with your model)" if demo.failure_runs.is_own(name) else ""
         return (cases, df, f"Saved as run **{name}**{whose}. {text}", shown, choices_of(cases),
                 gr.update(choices=demo.failure_runs.names(key), value=name))
 
@@ -319,7 +319,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                  **private)
     search.submit(refresh, [cases_state, *filters], [table, summary, shown_state], show_progress_on=summary,
                   **private)
-    export.click(on_export, [run, *filters, session], exported, api_name="export_cases", show_progress_on=summary)
+    # The files of an earlier export go first: a refused export ("no case matches") must not leave them
+    # on show as if they were its own.
+    export.click(lambda: gr.update(value=None, visible=False), None, exported, **private).then(
+        on_export, [run, *filters, session], exported, api_name="export_cases", show_progress_on=summary)
     table.select(on_select, [cases_state, run], [view, link, case_id, attribution], **private)
     cost_box.expand(on_cost, [run, session], cost_plot, **private)  # computed when opened: it reads every run
     attribute_btn.click(on_attribute, [run, case_id, model_state, session], [attribute_status, attribution],
