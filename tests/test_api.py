@@ -72,3 +72,7 @@ def test_evaluation_runs_are_named_for_their_tasks_and_never_overwrite(client):
     for name in runs:  # both are still there to load
         out = client.predict(name, "all", "all", "all", "all", "all", "", None, api_name="/load_run")
         assert len(out[0]["data"]) == 2
+    # a long search is echoed cut, as Explore does (QA: 300 characters came back whole)
+    _, summary, *_ = client.predict(runs[0], "all", "all", "all", "all", "all", "ö" * 300, None,
+                                    api_name="/load_run")
+    assert f"matching ` {'ö' * 79}… `" in summary and "ö" * 81 not in summary

@@ -92,6 +92,8 @@ def test_sample_upload_to_trained_model_in_the_registry(bench, tmp_path, tiny_di
     assert bench.jobs_table(KEY)["status"].tolist() == ["finished"]
     assert bench.jobs_table(KEY)["dataset"].tolist() == [v2.id]
     assert "finished" in bench.status_line(p) and len(loss_figure(p["metrics"]).data) >= 2
+    # a job's name is the user's text: shown as typed, not read as plotly markup (QA: "<b>x</b>" was bold)
+    assert loss_figure(p["metrics"], "job <b>x</b>").layout.title.text == "job &lt;b&gt;x&lt;/b&gt;"
 
     results = bench.results(KEY, job.id, max_queries=4)
     assert results["model"].tolist() == ["before", "before", "after", "after"]

@@ -24,6 +24,7 @@ leaves nothing at all; a file over ``settings.max_upload_mb`` is refused before 
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import os
@@ -116,7 +117,8 @@ def loss_figure(metrics: pd.DataFrame, title: str = ""):
                 if phases[i] != phases[i - 1]:
                     fig.add_vline(x=float(metrics["step"].iloc[i]) - 0.5, line_dash="dot",
                                   annotation_text=str(phases[i]), line_color="#6b7280")
-    fig.update_layout(title=title or None, xaxis_title="step", yaxis_title="loss", height=320,
+    # a job's name is the user's text: plotly would read <b> and <a href> in a title as markup
+    fig.update_layout(title=html.escape(title) or None, xaxis_title="step", yaxis_title="loss", height=320,
                       margin={"l": 40, "r": 10, "t": 40 if title else 10, "b": 40},
                       legend={"orientation": "h", "y": 1.12})
     return fig

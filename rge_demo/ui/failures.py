@@ -11,7 +11,7 @@ import gradio as gr
 
 from rge_demo.analysis.cost import cost_figure
 from rge_demo.analysis.failures import (GRID_COLUMNS, OUTCOMES, TAGS, case_grid, filter_cases, p1_bars, p1_figure,
-                                        search_cases, tag_case)
+                                        search_cases, shorten, tag_case)
 from rge_demo.app.demo import Demo, user_errors, world_task_names
 from rge_demo.app.messages import public_message
 from rge_demo.app.explore import small_thumbnail
@@ -147,7 +147,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     def refresh(cases, outcome, task, meta_task, split, failure_kind, search=""):
         shown = shown_of(cases, outcome, task, meta_task, split, failure_kind, search)
         counts = {o: sum(c.outcome == o for c in cases) for o in OUTCOMES}
-        found = f" matching {md_literal(search.strip())}" if (search or "").strip() else ""
+        found = f" matching {md_literal(shorten(search.strip(), 80))}" if (search or "").strip() else ""
         text = (f"{len(shown)} of {len(cases)} cases shown{found}. "
                 + ", ".join(f"{o}: {k}" for o, k in counts.items()))
         return grid_frame(shown), text, shown
