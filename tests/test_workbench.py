@@ -94,6 +94,11 @@ def test_sample_upload_to_trained_model_in_the_registry(bench, tmp_path, tiny_di
     assert "finished" in bench.status_line(p) and len(loss_figure(p["metrics"]).data) >= 2
     # a job's name is the user's text: shown as typed, not read as plotly markup (QA: "<b>x</b>" was bold)
     assert loss_figure(p["metrics"], "job <b>x</b>").layout.title.text == "job &lt;b&gt;x&lt;/b&gt;"
+    samples = bench.samples_table(p)
+    assert len(samples) == len(p["samples"]) > 0 and samples["rationale"].str.len().gt(0).all()
+    blank = {**p, "samples": [{"step": 2, "rationale": ""}], "attempt": 3}  # QA: a blank row; a clock reset
+    assert bench.samples_table(blank)["rationale"].tolist() == ["(empty)"]
+    assert " s in attempt 3" in bench.status_line(blank) and " in attempt" not in bench.status_line(p)
 
     results = bench.results(KEY, job.id, max_queries=4)
     assert results["model"].tolist() == ["before", "before", "after", "after"]

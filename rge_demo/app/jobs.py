@@ -246,6 +246,7 @@ class JobQueue:
         end = job.ended if job.status in DONE and job.ended else time.time()
         return {"id": job.id, "name": job.name, "status": job.status, "step": step, "total_steps": total,
                 "eta_seconds": eta, "elapsed_seconds": end - job.started if job.started else 0.0,
+                "attempt": job.attempts,  # elapsed_seconds counts from this attempt's start
                 "metrics": metrics, "samples": samples, "log_tail": public_message(tail(job.path / LOG_FILE)),
                 "error": public_message(job.error), "model_dir": str(job.model_dir) if job.model_dir else None,
                 "dataset": job.dataset, "checkpoint": str(job.checkpoint) if job.checkpoint else None}

@@ -415,10 +415,17 @@ class Workbench:
         return self.queue.progress(owner, job_id)
 
     @staticmethod
+    def samples_table(p: dict | None) -> pd.DataFrame:
+        """A progress dict's last generated rationales (step, rationale); an empty one reads "(empty)"."""
+        rows = [{"step": s["step"], "rationale": s["rationale"] or "(empty)"} for s in (p or {}).get("samples", [])]
+        return pd.DataFrame(rows, columns=["step", "rationale"])
+
+    @staticmethod
     def status_line(p: dict) -> str:
         """One line for a progress dict: status, step / total, elapsed and ETA."""
+        attempt = f" in attempt {p['attempt']}" if p.get("attempt", 1) > 1 else ""  # a resume restarts the clock
         parts = [f"**{p['status']}**", f"step {p['step']} / {p['total_steps']}",
-                 f"elapsed {p['elapsed_seconds']:.0f} s"]
+                 f"elapsed {p['elapsed_seconds']:.0f} s{attempt}"]
         if p.get("eta_seconds") is not None:
             parts.append(f"ETA {p['eta_seconds']:.0f} s")
         if len(p["metrics"]) and p["metrics"]["loss"].notna().any():

@@ -224,11 +224,14 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
 
     def show(key, job_id):
         """Status line, loss curve, samples and log tail of a job."""
-        if not job_id:
-            return "No job selected.", loss_figure(None), pd.DataFrame(columns=["step", "rationale"]), ""
-        p = bench.progress(key, job_id)
-        return (bench.status_line(p), loss_figure(p["metrics"], p["name"]),
-                pd.DataFrame(p["samples"], columns=["step", "rationale"]), _last_lines(p["log_tail"]))
+        return detail(bench.progress(key, job_id) if job_id else None)
+
+    def detail(p):
+        """Status line, loss curve, samples and log tail of a progress dict (None: no job)."""
+        if p is None:
+            return "No job selected.", loss_figure(None), bench.samples_table(None), ""
+        return (bench.status_line(p), loss_figure(p["metrics"], p["name"]), bench.samples_table(p),
+                _last_lines(p["log_tail"]))
 
     @friendly
     def on_show(session_key, job_id, request: gr.Request):
@@ -258,14 +261,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
             pick_out = gr.update(choices=ids_now, value=job_id)
         else:
             pick_out = gr.update(choices=ids_now) if key_jobs != last[0] else gr.skip()
-        if key_job == last[1]:
-            detail = (gr.skip(),) * 4
-        elif p is None:
-            detail = show(key, None)
-        else:
-            detail = (bench.status_line(p), loss_figure(p["metrics"], p["name"]),
-                      pd.DataFrame(p["samples"], columns=["step", "rationale"]), _last_lines(p["log_tail"]))
-        return (jobs_out, pick_out, *detail, (key_jobs, key_job))
+        shown = (gr.skip(),) * 4 if key_job == last[1] else detail(p)
+        return (jobs_out, pick_out, *shown, (key_jobs, key_job))
 
     @friendly
     def on_cancel(session_key, job_id, request: gr.Request):
