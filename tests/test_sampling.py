@@ -157,6 +157,20 @@ def test_the_map_does_not_magnify_float_noise():
     assert wide.xaxis.range[1] - wide.xaxis.range[0] > 1  # real spread: the axes follow the points
 
 
+def test_points_on_one_spot_share_one_label():
+    """QA: greedy and centroid on one spot printed their labels over each other ("cgreedyd")."""
+    pool = np.eye(3, dtype=np.float32)
+    same = [_result([1, 0.5, 1e-7 * i], "x. answer a") for i in range(8)]
+    s = sampling.sample_set(same, pool[1], _result([1, 0.5, 0], "x. answer a"), pool, target=0,
+                            ks=[1], temperature=1.0, seed=0)
+    texts = {t.name.split(" ")[0]: t.text[0] for t in sampling.samples_figure(s).data if t.text}
+    assert texts == {"direct": "direct", "greedy": "greedy = centroid", "centroid": ""}
+    spread = sampling.sample_set([_result([1, 0, 0]), _result([0, 1, 0]), _result([0, 0, 1])], pool[0],
+                                 _result([1, 1, 0]), pool, target=0, ks=[1], temperature=1.0, seed=0)
+    texts = {t.name.split(" ")[0]: t.text[0] for t in sampling.samples_figure(spread).data if t.text}
+    assert texts == {"direct": "direct", "greedy": "greedy", "centroid": "centroid"}  # apart: a label each
+
+
 def test_sampling_columns_over_world_tasks(tiny):
     enc = Encoder(*tiny)
     tasks = world_tasks(["count"], splits=("ind",), n=2)

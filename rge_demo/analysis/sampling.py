@@ -367,19 +367,32 @@ def samples_figure(s: SampleSet, title: str | None = None):
             hovertext=[f"sample {i + 1}: rank {s.samples[i].rank}, cosine {s.samples[i].cosine:+.3f}, "
                        f"says {s.samples[i].answer or '(no answer)'}" for i in rows],
             marker={"size": 10, "color": colour, "opacity": 0.75, "line": {"width": 1, "color": "white"}}))
-    for key, point, symbol, colour in (("direct", s.direct, "square", "#2563eb"), ("greedy", s.greedy, "diamond", "#7c3aed"),
-                                       ("centroid", s.centroid, "star", "#f59e0b")):
-        x, y = (float(v) for v in np.asarray(s.projection[key]).reshape(2))
-        fig.add_trace(go.Scatter(
-            x=[x], y=[y], mode="markers+text", name=f"{key} (rank {point.rank})", text=[key], textposition="top center",
-            hoverinfo="text", hovertext=[f"{key}: rank {point.rank}, cosine {point.cosine:+.3f}"],
-            marker={"size": 15, "symbol": symbol, "color": colour, "line": {"width": 1, "color": "black"}}))
     # Axes at least MIN_SPAN wide: near-equal embeddings (a model that samples one rationale N times)
     # must not be magnified into a spread by autoscaling float noise.
-    every = np.vstack([xy, *(np.asarray(s.projection[k]).reshape(1, 2) for k in ("direct", "greedy", "centroid"))])
+    refs = (("direct", s.direct, "square", "#2563eb"), ("greedy", s.greedy, "diamond", "#7c3aed"),
+            ("centroid", s.centroid, "star", "#f59e0b"))
+    at = {key: np.asarray(s.projection[key], dtype=float).reshape(2) for key, *_ in refs}
+    every = np.vstack([xy, *at.values()])
     low, high = every.min(axis=0), every.max(axis=0)
     half = np.maximum((high - low) * np.array([0.6, 0.7]), MIN_SPAN / 2)  # room for the labels above points
     centre = (low + high) / 2 + np.array([0.0, 0.1]) * (high - low)
+    # Points whose labels would overlap share one ("greedy = centroid"; QA saw "cgreedyd"): a label is about
+    # a quarter of the plot's half-width wide and a tenth of its half-height tall.
+    reach = half * np.array([0.25, 0.1])
+    labels: dict[str, str] = {}
+    for key in at:
+        first = next((k for k in labels if labels[k] and (np.abs(at[k] - at[key]) < reach).all()), None)
+        labels[key] = ""
+        if first is not None:
+            labels[first] += f" = {key}"
+        else:
+            labels[key] = key
+    for key, point, symbol, colour in refs:
+        x, y = at[key]
+        fig.add_trace(go.Scatter(
+            x=[x], y=[y], mode="markers+text", name=f"{key} (rank {point.rank})", text=[labels[key]],
+            textposition="top center", hoverinfo="text", hovertext=[f"{key}: rank {point.rank}, cosine {point.cosine:+.3f}"],
+            marker={"size": 15, "symbol": symbol, "color": colour, "line": {"width": 1, "color": "black"}}))
     spread = "-" if s.spread is None else f"{s.spread:.3f}"
     fig.update_layout(template="plotly_white", height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       title={"text": title or f"{len(s.samples)} samples at T={s.temperature:g}: spread "
