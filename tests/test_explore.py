@@ -96,6 +96,11 @@ def test_search_selection_neighbours_and_payload(proj):
     assert hits and all("square" in " ".join((proj.points[i].label, proj.points[i].text, proj.points[i].rationale)).lower()
                         for i in hits)
     assert X.search(proj, "  ") == []
+    # every word, in any order (QA: "blue square" found 4 points, "square blue" none)
+    a, b = next(p.text for p in proj.points if p.text and len(p.text.split()) >= 3).lower().split()[1:3]
+    both = X.search(proj, f"{a} {b}")
+    assert both and both == X.search(proj, f"{b} {a}") == X.search(proj, f"{b.upper()}   {a}")
+    assert set(both) <= set(X.search(proj, a)) & set(X.search(proj, b))
     assert X.check_points(proj, [3, "3", 1]) == [3, 1]
     for bad in ([10_000], ["x"], [-1]):
         with pytest.raises(X.ExploreError, match="point"):

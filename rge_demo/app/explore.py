@@ -150,12 +150,13 @@ def neighbours(projection: Projection, point: int, k: int = 5) -> list[tuple[Poi
 
 
 def search(projection: Projection, text: str) -> list[int]:
-    """Points whose label, text, id or rationale contains ``text`` (case-insensitive)."""
-    needle = (text or "").strip().lower()
-    if not needle:
+    """Points whose label, text, id or rationale hold every word of ``text``, in any order
+    (case-insensitive), as the Failures tab's search does; none for an empty text."""
+    words = (text or "").lower().split()
+    if not words:
         return []
     return [i for i, p in enumerate(projection.points)
-            if needle in " ".join((p.label, p.text or "", p.id, p.rationale)).lower()]
+            if all(w in "\n".join((p.label, p.text or "", p.id, p.rationale)).lower() for w in words)]
 
 
 def check_points(projection: Projection, indices) -> list[int]:
