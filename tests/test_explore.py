@@ -40,6 +40,17 @@ def test_every_query_point_carries_its_rank_outcome_and_rank_change(demo, proj):
     assert moved and proj.arrows == [(n + j, n + q + j) for j in moved]  # no arrow where reasoning moved nothing
 
 
+def test_items_that_share_a_name_across_tasks_carry_their_task(demo, proj):
+    """QA: the nearest items read "two, two" (count's and chart_diff's): named as Compare's picker names them."""
+    g = demo.gallery("vqa-count")
+    n = len(g.items)
+    labels = [p.label for p in proj.points[:n]]
+    assert "two (count)" in labels and "two (chart_diff)" in labels and "four" in labels  # "four": count's only
+    assert len(set(labels)) == n
+    for j, q in enumerate(g.queries):  # a query's label is its right answer's name
+        assert proj.points[n + j].label == labels[[it.id for it in g.items].index(q.target_id)]
+
+
 def test_colour_and_size_by_every_field_restyle_without_re_projecting(demo, proj):
     misses = demo._projections.stats["misses"]
     for field in X.COLOUR_FIELDS:

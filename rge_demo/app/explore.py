@@ -94,6 +94,15 @@ def _facts(meta: dict) -> dict | None:
         return None
 
 
+def item_names(items) -> list[str]:
+    """Each item's shown name: its label (or text), with its task when items of another task share it
+    ("two (count)", "two (chart_diff)"), as Compare's answer picker names them."""
+    names = [it.label or it.text or it.id for it in items]
+    tasks = [str(it.meta.get("task", "")) if it.meta else "" for it in items]
+    shared = {n for n in names if len({t for m, t in zip(names, tasks) if m == n}) > 1}
+    return [f"{n} ({t})" if n in shared and t else n for n, t in zip(names, tasks)]
+
+
 def build_projection(demo, gallery_name: str, model_name: str | None = None, method: str = "umap",
                      session_key: str | None = None) -> Projection:
     """Items plus the gallery's queries in both modes, in one shared 2-D map (see Demo.projection)."""
@@ -113,9 +122,10 @@ def build_projection(demo, gallery_name: str, model_name: str | None = None, met
     result = demo._projections.get_or_compute(index.matrix, direct if keep else None, reason if keep else None,
                                               fingerprint=loaded.fingerprint, gallery=gallery.name, method=method)
     row = {it.id: i for i, it in enumerate(index.items)}
-    points = [PointInfo("item", it.id, it.label or it.text, str(gallery.image_path(it.image)) if it.image else None,
+    names = item_names(index.items)
+    points = [PointInfo("item", it.id, name, str(gallery.image_path(it.image)) if it.image else None,
                         it.text, None, task=str(it.meta.get("task", "")) if it.meta else "")
-              for it in index.items]
+              for it, name in zip(index.items, names)]
     ranks = {}
     for kind, vectors in (("query-direct", direct), ("query-reason", reason)):
         scores = vectors @ index.matrix.T if len(keep) else np.zeros((0, len(index.items)))
@@ -126,7 +136,7 @@ def build_projection(demo, gallery_name: str, model_name: str | None = None, met
             reasoning = kind == "query-reason"
             facts = _facts(q.meta) if reasoning else None
             points.append(PointInfo(
-                kind, q.id, index.items[row[q.target_id]].label or index.items[row[q.target_id]].text,
+                kind, q.id, names[row[q.target_id]],
                 str(gallery.image_path(q.image)) if q.image else None, q.text, ranks[kind][j] == 1,
                 rationale=qv.rationales[i] if reasoning else "", task=q.task or q.meta_task or gallery.meta_task,
                 split=q.split, rank=ranks[kind][j], rank_change=ranks["query-direct"][j] - ranks["query-reason"][j],
