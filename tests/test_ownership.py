@@ -8,6 +8,7 @@ through the service and through the Train and Models tabs' callbacks. No job tra
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import gradio as gr
@@ -137,9 +138,13 @@ def test_model_folders_by_path_only_under_the_operators_roots(tmp_path, tiny_dir
                    background=False, max_running=0)
     try:
         for folder in (outside, tmp_path / "missing", "/etc", "./x/y/z"):
-            with pytest.raises(FolderNotAllowed, match=r"^models from folders on the server are off in this app "
+            with pytest.raises(FolderNotAllowed, match=rf"^{re.escape(repr(str(folder)))} is read as a folder, and "
+                                                       r"models from folders on the server are off in this app "
                                                        r"\(the operator can allow folders with RGE_MODEL_ROOTS\)"):
                 off.resolve_model(A, str(folder))
+        # QA: a name with a "/" in it is read as a relative folder; the sentence says so, quoting it
+        with pytest.raises(FolderNotAllowed, match=r"^'☃ <b>x</b>' is read as a folder, and models from folders"):
+            off.resolve_model(A, "☃ <b>x</b>")
         for folder in (outside, tmp_path / "missing", tmp_path / "ok" / ".." / "outside"):
             with pytest.raises(FolderNotAllowed, match="is not under a folder this app allows models from"):
                 on.resolve_model(A, str(folder))

@@ -75,8 +75,8 @@ def check_server_folder(source, roots, what: str, variable: str, instead: str) -
     visitor what exists elsewhere on the server."""
     roots = [Path(r).expanduser().resolve() for r in roots]
     if not roots:
-        raise FolderNotAllowed(f"{what} from folders on the server are off in this app (the operator can allow "
-                               f"folders with {variable}); {instead}")
+        raise FolderNotAllowed(f"{str(source)!r} is read as a folder, and {what} from folders on the server are off "
+                               f"in this app (the operator can allow folders with {variable}); {instead}")
     path = Path(str(source or "")).expanduser().resolve()
     if not any(path == r or r in path.parents for r in roots):
         raise FolderNotAllowed(f"{str(source)!r} is not under a folder this app allows {what} from "
