@@ -102,6 +102,7 @@ def test_samples_are_the_same_under_a_seed(random_demo):
     (4, 50, 0, r"temperature must be at most 5"),
     (4, 1e-300, 0, r"temperature must be at least 0.01 \(for greedy reasoning use the Compare button\), got 1e-300"),
     (4, 1.0, -1, r"seed must be in 0\.\.2147483647, got -1"),
+    (4, 1.0, 1e30, r"seed must be in 0\.\.2147483647, got 1e\+30$"),  # not 1000000000000000019884624838656
 ])
 def test_bad_sampling_requests_get_one_sentence(demo, n, temperature, seed, match):
     g, q, image = query(demo)

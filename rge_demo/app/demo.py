@@ -87,8 +87,8 @@ def check_int(value, what: str, lo: int, hi: int) -> int:
         raise UserError(f"{what} must be a whole number in {lo}..{hi}, got {value!r}") from None
     if not math.isfinite(number) or number != int(number):
         raise UserError(f"{what} must be a whole number in {lo}..{hi}, got {value!r}")
-    if not lo <= int(number) <= hi:
-        raise UserError(f"{what} must be in {lo}..{hi}, got {int(number)}")
+    if not lo <= int(number) <= hi:  # a huge float reads 1e+30, not its 31-digit binary expansion
+        raise UserError(f"{what} must be in {lo}..{hi}, got {int(number) if abs(number) < 1e15 else f'{number:g}'}")
     return int(number)
 
 
