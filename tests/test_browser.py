@@ -219,9 +219,7 @@ def test_a_gallery_zip_registered_in_the_galleries_tab_appears_in_compare(page, 
         page.get_by_role("button", name="Register and embed").click()
         expect(page.get_by_text(re.compile(r"Registered \*?\*?my colours"))).to_be_visible()
         expect(page.get_by_test_id("cell-0-4")).to_contain_text("4/4")  # the background embedding ended: 4 of 4 items
-    with tab(page, app, "Compare", "8-compare-own-gallery"):
-        page.reload()  # the gallery list is the session's: it is read when the page loads
-        expect(page.get_by_text("Examples: click one to run it")).to_be_visible()
+    with tab(page, app, "Compare", "8-compare-own-gallery"):  # no page reload needed (QA: it was)
         box = page.get_by_label("Gallery to search", exact=True)
         box.click()
         own = page.get_by_role("option", name=re.compile(r"^my colours \["))
@@ -231,3 +229,7 @@ def test_a_gallery_zip_registered_in_the_galleries_tab_appears_in_compare(page, 
         page.get_by_role("button", name="Compare", exact=True).click()
         expect(page.get_by_text("What moved")).to_be_visible()
         expect(visible(page, "table.rge-hits")).to_have_count(2)
+    with tab(page, app, "Explore", "8b-explore-own-gallery"):  # Explore's picker has it too, also unreloaded
+        visible(page, "input[aria-label='Gallery']").first.click()  # Galleries' picker has the label too
+        expect(page.get_by_role("option", name=re.compile(r"^my colours \["))).to_be_visible()
+        page.keyboard.press("Escape")

@@ -73,9 +73,12 @@ def _page_base(request: gr.Request | None) -> str:
     return headers.get("referer", "") if hasattr(headers, "get") else ""
 
 
-def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None, tabs: gr.Tabs | None = None):
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None, tabs: gr.Tabs | None = None,
+          gallery_steps: list | None = None):
     """Lay out the tab; returns the page-load step: the session's runs and galleries, and the run and case
-    a page address names (``?run=<run>&case=<query id>``, which also selects this tab when ``tabs`` is given)."""
+    a page address names (``?run=<run>&case=<query id>``, which also selects this tab when ``tabs`` is given).
+    ``gallery_steps``, if given, gets the step that refreshes this tab's gallery picker (run when the
+    Galleries tab adds or removes one)."""
     session = session if session is not None else gr.State(None)
     runs = demo.failure_runs.names(None)
     gr.HTML(GRID_CSS, padding=False)
@@ -336,6 +339,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     next_b.click(lambda t, p: show_stop(t, (p or 1) + 1), [tour, tour_pos], stop_out, **on_stop)
     prev_b.click(lambda t, p: show_stop(t, (p or 1) - 1), [tour, tour_pos], stop_out, **on_stop)
 
+    if gallery_steps is not None:
+        gallery_steps.append((galleries_of, [session], [galleries]))
     page_out = [run, galleries, cases_state, table, shown_state, task, view, link, case_id, bars, split_f, meta,
                 summary]
     return on_page, [run, session], page_out + ([tabs] if tabs is not None else [])

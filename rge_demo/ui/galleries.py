@@ -23,8 +23,10 @@ mapped in Explore and evaluated in Failures (its queries that have a right answe
 COLUMNS = ["gallery", "items", "queries", "embedding", "progress"]
 
 
-def build(demo: Demo, model_state: gr.State, session: gr.BrowserState):
-    """Lay out the tab; returns (fn, inputs, outputs) for the page's load event (this session's list)."""
+def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tuple = ()):
+    """Lay out the tab; returns (fn, inputs, outputs) for the page's load event (this session's list).
+    ``then``: (fn, inputs, outputs) steps run after a gallery is added or removed (the other tabs' gallery
+    pickers), so the new gallery is there without a page reload."""
     gr.Markdown(HELP)
     with gr.Row():
         with gr.Column():
@@ -65,7 +67,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState):
         g = demo.register_gallery(key, source, name, kind=source_kind, subset=subset or None,
                                   limit=int(max_rows) if max_rows else None, model_name=model_name)
         text = (f"Registered **{g.name}**: {len(g.items)} items, {len(g.queries)} queries; embedding in the "
-                "background. It is in Compare's gallery list after a page reload.")
+                "background. It is in the gallery lists of Compare, Explore and Failures now.")
         return (text, *rows(key))
 
     @friendly
@@ -80,9 +82,12 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState):
         return rows(session_of(browser_key, request))
 
     kind.change(on_kind, kind, [upload, path, subset, limit], api_visibility="private")
-    add.click(on_add, [kind, upload, path, subset, limit, name, model_state, session],
-              [message, table, picked, timer], api_name="register_gallery", show_progress_on=message)
-    remove.click(on_remove, [picked, session], [message, table, picked, timer], api_name="remove_gallery",
-                 show_progress_on=message)
+    added = add.click(on_add, [kind, upload, path, subset, limit, name, model_state, session],
+                      [message, table, picked, timer], api_name="register_gallery", show_progress_on=message)
+    removed = remove.click(on_remove, [picked, session], [message, table, picked, timer], api_name="remove_gallery",
+                           show_progress_on=message)
+    for event in (added, removed):
+        for step in then:
+            event = event.success(*step, api_visibility="private")
     timer.tick(on_tick, session, [table, picked, timer], api_visibility="private")
     return on_tick, [session], [table, picked, timer]

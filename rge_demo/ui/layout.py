@@ -36,13 +36,14 @@ def build_blocks(demo: Demo) -> gr.Blocks:
             with gr.Tab("Explore", id="explore"):
                 on_explore = explore.build(demo, model_state, session)
             with gr.Tab("Failures", id="failures"):
-                on_failures = failures.build(demo, model_state, session, tabs)
+                gallery_steps = [on_compare, on_explore]  # the gallery pickers a new gallery joins
+                on_failures = failures.build(demo, model_state, session, tabs, gallery_steps)
             with gr.Tab("Train", id="train"):
                 restore_train = train.build(demo, model_state, session)
             with gr.Tab("Models", id="models"):
                 on_load = models.build(demo, model_state, session, remembered)
             with gr.Tab("Galleries", id="galleries"):
-                on_galleries = galleries.build(demo, model_state, session)
+                on_galleries = galleries.build(demo, model_state, session, then=tuple(gallery_steps))
         # the session key first (made on a browser's first visit), then the lists it owns; a tab
         # whose build returns None has nothing to restore
         event = blocks.load(*restore_train, api_visibility="private")
