@@ -165,8 +165,8 @@ def search(projection: Projection, text: str) -> list[int]:
     words = (text or "").lower().split()
     if not words:
         return []
-    return [i for i, p in enumerate(projection.points)
-            if all(w in "\n".join((p.label, p.text or "", p.id, p.rationale)).lower() for w in words)]
+    hays = ("\n".join((p.label, p.text or "", p.id, p.rationale)).lower() for p in projection.points)
+    return [i for i, hay in enumerate(hays) if all(w in hay for w in words)]
 
 
 def check_points(projection: Projection, indices) -> list[int]:
