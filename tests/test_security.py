@@ -198,6 +198,8 @@ def bad_inputs(files, taught_dir):
         ("/reembed", ("vqa-count", img(), txt, INSTRUCTION, None, 3, "   "), r"rationale is empty"),
         ("/reembed", ("vqa-count", img(), txt, "i" * 2001, None, 3, "answer two"), r"task instruction is 2001"),
         ("/project", ("no-such-gallery", "pca", "label", "none", None), r"no-such-gallery"),
+        ("/project", ("vqa-count", "tsne", "label", "none", None), r"^Projection: Value: 'tsne' .*not in the list"),
+        ("/compare", ("nope", img(), txt, INSTRUCTION, None, 3), r"^Gallery to search: Value: nope is not in the list"),
         ("/load_run", ("no-such-run", "all", "all", "all", "all", "all", "", None), r"no saved run 'no-such-run'"),
         ("/load_run", ("", "all", "all", "all", "all", "all", "", None), r"choose a saved run"),
         ("/evaluate", (["count"], "ind", 1000, "all", "all", "all", "all", "all", ""), r"^Queries per task and split: Value 1000 is greater than maximum value 100\."),
@@ -216,6 +218,7 @@ def bad_inputs(files, taught_dir):
 def test_bad_inputs_get_one_sentence_naming_the_problem(app, client, files, taught_dir):
     cases = bad_inputs(files, taught_dir)
     assert len(cases) >= 20
+    log_start = app.log_path.stat().st_size
     failures = []
     for endpoint, args, expect in cases:
         try:
@@ -226,6 +229,9 @@ def test_bad_inputs_get_one_sentence_naming_the_problem(app, client, files, taug
             failures.append(f"{endpoint} {args!r:.80}: {e}")
     assert not failures, "\n".join(failures)
     assert app.alive()
+    with open(app.log_path, encoding="utf-8") as log:  # a refusal is one line in the log, not a traceback
+        log.seek(log_start)
+        assert "Traceback" not in log.read()
 
 
 def test_lone_surrogates_and_k_above_the_gallery_size(app, client):

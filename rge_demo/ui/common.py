@@ -105,28 +105,37 @@ def image_input(value=None, **kwargs) -> gr.Image:
     return gr.Image(value, type="filepath", image_mode=None, elem_classes=[*classes, IMAGE_INPUT_CLASS], **kwargs)
 
 
+NAMED_REFUSALS = (gr.Slider, gr.Number, gr.Dropdown, gr.Radio, gr.CheckboxGroup)
+"""Components whose own preprocessing refuses a value (out of range, not one of the choices)."""
+
+
 def _install_preprocess_patches() -> None:
     """Class-level, so gradio's per-session copies of a component keep them (see :func:`image_input`):
-    the app's image inputs pass the upload's path on unopened, and a slider's out-of-range refusal names
+    the app's image inputs pass the upload's path on unopened, and a component that refuses a value names
     its field ("Queries per task and split: Value 1000 is greater than maximum value 100.", not gradio's
-    bare sentence)."""
+    bare sentence) and logs one line, not a traceback."""
     if getattr(gr.Image.preprocess, "_rge", False):
         return
-    plain_image, plain_slider = gr.Image.preprocess, gr.Slider.preprocess
+    plain_image = gr.Image.preprocess
 
     def image_preprocess(self, payload):
         classes = [self.elem_classes] if isinstance(self.elem_classes, str) else self.elem_classes or []
         return _image_path(self, payload) if IMAGE_INPUT_CLASS in classes else plain_image(self, payload)
 
-    def slider_preprocess(self, payload):
-        try:
-            return plain_slider(self, payload)
-        except gr.Error as e:
-            raise gr.Error(f"{self.label}: {e.message}", print_exception=False) from None
+    def named(plain):
+        def preprocess(self, payload):
+            try:
+                return plain(self, payload)
+            except gr.Error as e:
+                message = f"{self.label}: {e.message}" if self.label else e.message
+                log.info("%s refused: %s", type(self).__name__, message)
+                raise gr.Error(message, print_exception=False) from None
+        return preprocess
 
-    for cls, fn in ((gr.Image, image_preprocess), (gr.Slider, slider_preprocess)):
+    patches = [(gr.Image, image_preprocess), *((cls, named(cls.preprocess)) for cls in NAMED_REFUSALS)]
+    for cls, fn in patches:
         fn._rge = True
-        functools.update_wrapper(fn, getattr(cls, "preprocess"), updated=())
+        functools.update_wrapper(fn, cls.preprocess, updated=())
         cls.preprocess = fn
 
 
