@@ -318,11 +318,22 @@ def test_a_session_cannot_reload_or_unload_a_model_other_sessions_use(tmp_path, 
         assert demo.model().dtype == "float32" and shared in {m.name for m in demo.manager.loaded()}
         assert load(shared, "auto", "none", A, None)[0] == shared  # as it is loaded: fine
 
+        # QA: the first session to load a shared model chooses its settings; "auto" then takes it as it is
+        # (it was refused, though the refusal itself advised "auto"), and the refusal names what it has
+        spare = demo.manager.register(shutil.copytree(tiny_dir, tmp_path / "spare"), name="spare").name
+        assert load(spare, "bfloat16", "none", A, None)[0] == spare
+        assert load(spare, "auto", "none", B, None)[0] == spare and demo.model(spare).dtype == "bfloat16"
+        with pytest.raises(gr.Error, match=r"loaded as bfloat16, no quantization: loading it as float32, no "
+                                           r"quantization would change it for them too; choose dtype auto and no "
+                                           r"quantization to use it as it is \(bfloat16, no quantization\)"):
+            load(spare, "float32", "none", B, None)
+
         mine = str(shutil.copytree(tiny_dir, tmp_path / "a-copy"))
         name = load(mine, "float32", "none", A, None)[0]
         assert load(name, "bfloat16", "none", A, None)[0] == name  # A's alone: A may change it
         assert demo.model(name).dtype == "bfloat16"
-        unload(name, name, A, None)
+        using, status = unload(mine, name, A, None)[:2]  # named by its folder (QA: it stayed "in use")
+        assert using is None and shared in status
         assert name not in {m.name for m in demo.manager.loaded()}
         load(mine, "float32", "none", B, None)  # B names the same folder: now the two share it
         with pytest.raises(gr.Error, match=f"'{name} is shared with other sessions and loaded as float32"):

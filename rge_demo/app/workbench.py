@@ -281,30 +281,41 @@ class Workbench:
         """Refuse a model another session added or fine-tuned."""
         self.models.check(owner_id(key), str(name or ""))
 
-    def check_change(self, key: str, name: str, dtype: str = "auto", quantization: str | None = None, *,
-                     unload: bool = False) -> None:
-        """Refuse to reload with other settings (``dtype``, ``quantization``) or to ``unload`` a loaded model
-        that other sessions may be using: one model object serves every session, so that would change it
-        for them too. A model this session alone added or fine-tuned is its to change."""
-        owner = owner_id(key)
-        try:
-            name = self.manager.resolve(name).name  # a model named by its folder
-        except ModelError:
-            return  # not a model: loading or unloading it says so
-        if self.models.sole_owner(owner, name):
-            return
-        if unload:
-            if any(m.name == name for m in self.manager.loaded()):
-                raise WorkbenchError(f"{name} is shared with other sessions: unloading it would unload it for them "
-                                     "too (the app unloads the least recently used model itself when memory runs "
-                                     "short)")
-            return
+    def check_unload(self, key: str, name: str) -> None:
+        """Refuse to unload a loaded model that other sessions may be using (one model object serves every
+        session); a model this session alone added or fine-tuned is its to unload."""
+        name = self._model_name(name)
+        if name and not self.models.sole_owner(owner_id(key), name) and any(m.name == name
+                                                                           for m in self.manager.loaded()):
+            raise WorkbenchError(f"{name} is shared with other sessions: unloading it would unload it for them "
+                                 "too (the app unloads the least recently used model itself when memory runs short)")
+
+    def load_settings(self, key: str, name: str, dtype: str = "auto",
+                      quantization: str | None = None) -> tuple[str, str | None]:
+        """The (dtype, quantization) to load ``name`` with for this session. A loaded model other sessions may
+        use is not reloaded under them: "auto" without quantization takes it as it is loaded, other settings
+        are refused, naming the ones it has. A model this session alone added is loaded as asked; so is one
+        nobody has loaded yet (its first loader chooses)."""
+        name = self._model_name(name)
+        if not name or self.models.sole_owner(owner_id(key), name):
+            return dtype, quantization
         current = self.manager.loaded_otherwise(name, dtype, quantization)
-        if current is not None:
-            raise WorkbenchError(f"{name} is shared with other sessions and loaded as {current.dtype}, "
-                                 f"{current.quantization or 'no quantization'}: loading it as {dtype}, "
-                                 f"{quantization or 'no quantization'} would change it for them too; load it with "
-                                 "dtype auto and no quantization, or load your own copy from a folder")
+        if current is None:
+            return dtype, quantization
+        if dtype == "auto" and quantization is None:
+            return current.dtype, current.quantization  # as it is loaded
+        as_loaded = f"{current.dtype}, {current.quantization or 'no quantization'}"
+        raise WorkbenchError(f"{name} is shared with other sessions and loaded as {as_loaded}: loading it as "
+                             f"{dtype}, {quantization or 'no quantization'} would change it for them too; choose "
+                             f"dtype auto and no quantization to use it as it is ({as_loaded}), or load your own "
+                             "copy from a folder where the operator allows it (RGE_MODEL_ROOTS)")
+
+    def _model_name(self, name: str) -> str | None:
+        """The registry name of a model name or folder; None when it names no model (loading says why)."""
+        try:
+            return self.manager.resolve(name).name
+        except ModelError:
+            return None
 
     def resolve_model(self, key: str, name_or_path: str):
         """The spec of a model this session may use; a new folder or hub id joins this session's list only."""

@@ -63,9 +63,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         key = session_of(session_key, request)
 
         def load(spec):
-            bench.check_change(key, spec.name, dt, None if q == "none" else q)  # not under other sessions' feet
+            # not under other sessions' feet: a shared model they may use stays as it is loaded
+            settings = bench.load_settings(key, spec.name, dt, None if q == "none" else q)
             progress(0.1, desc=f"loading {spec.name}")
-            return demo.load_model(spec.name, dt, None if q == "none" else q,
+            return demo.load_model(spec.name, *settings,
                                    progress=lambda gallery, done, total: progress(
                                        0.5, desc=f"embedding gallery {gallery}: {done}/{total}"))
 
@@ -77,9 +78,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         """Unload a loaded model of this session's (a shared one is refused: other sessions use it)."""
         key = session_of(session_key, request)
         bench.check_model(key, name)
-        bench.check_change(key, name, unload=True)
+        bench.check_unload(key, name)
         demo.unload_model(name)
-        using = None if name == model_name else model_name
+        # the model in use falls back to the default if it was this one, however either was named
+        using = None if demo.model_label(name) == demo.model_label(model_name) else model_name
         return (using, *tables(using, session_key, request))
 
     @friendly
