@@ -325,12 +325,17 @@ def test_a_second_launch_of_a_queued_job_name_is_refused(idle_bench):
     unnamed = bench.launch(KEY, dataset, name="", **BASELINE)  # the default name counts as a name too
     with pytest.raises(JobError, match=f"is already queued \\({unnamed.id}\\)"):
         bench.launch(KEY, dataset, name="", **BASELINE)
+    # ... and is named for its settings: another learning rate is another job (QA: it was refused)
+    other_lr = bench.launch(KEY, dataset, name="", **{**BASELINE, "lr": BASELINE.get("lr", 1e-4) * 3})
+    assert other_lr.name != unnamed.name and f"on {dataset}" in other_lr.name
+    bench.cancel(KEY, other_lr.id)
     bench.cancel(KEY, first.id)
     again = bench.launch(KEY, dataset, name="long", **BASELINE)  # the first one is cancelled: fine
-    assert len({first.id, other.id, unnamed.id, again.id}) == 4
-    assert bench.jobs_table(KEY)["name"].tolist() == ["long", "short", unnamed.name, "long"]
+    assert len({first.id, other.id, unnamed.id, other_lr.id, again.id}) == 5
+    assert bench.jobs_table(KEY)["name"].tolist() == ["long", "short", unnamed.name, other_lr.name, "long"]
     # resuming the cancelled one while its namesake waits would make two again (QA)
-    with pytest.raises(JobError, match=rf"^job 'long' is already queued \({again.id}\)"):
+    with pytest.raises(JobError, match=rf"^job 'long' is already queued \({again.id}\): wait for it to end or "
+                                       "cancel it$"):
         bench.resume(KEY, first.id)
     assert bench.jobs_table(KEY).set_index("id")["status"][first.id] == "cancelled"
     bench.cancel(KEY, again.id)

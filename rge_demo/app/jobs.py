@@ -214,16 +214,16 @@ class JobQueue:
         """Queue a cancelled or failed job again; refused, like a launch, while another job of its name waits."""
         job = self.job(owner, job_id, change=True)
         with file_lock(self.manager.root / SUBMIT_LOCK):
-            self._refuse_namesake(owner, job.name, but=job.id)
+            self._refuse_namesake(owner, job.name, but=job.id, instead="wait for it to end or cancel it")
             return self.manager.resume(job.id, **overrides)
 
-    def _refuse_namesake(self, owner: str, name: str, but: str = "") -> None:
+    def _refuse_namesake(self, owner: str, name: str, but: str = "",
+                         instead: str = "cancel it or choose another name") -> None:
         """JobError if a job of ``owner`` named ``name`` (other than ``but``) is queued or running."""
         self.manager.poll()  # reap a job that just ended: it no longer blocks its name
         for job in self.manager.jobs():
             if job.owner == owner and job.name == name and job.id != but and job.status in WAITING:
-                raise JobError(f"job {name!r} is already {job.status} ({job.id}): cancel it or choose another "
-                               "name")
+                raise JobError(f"job {name!r} is already {job.status} ({job.id}): {instead}")
 
     # -- watching ------------------------------------------------------------------------------
     def progress(self, owner: str, job_id: str, last: int = 500) -> dict:

@@ -412,8 +412,10 @@ class Workbench:
                           a_lm=a_lm, a_con=a_con, temperature=temperature, lora=lora,
                           max_new_tokens=max_new_tokens, val_share=val_share, probe_every=0,
                           save_every=max(10, total // 5), threads=1)
-        job = self.queue.submit(owner_id(key), cfg, name or f"{stage} {Path(init).name} {total} steps",
-                                dataset=version.id)
+        # An unnamed job is named for what tells it apart: a second click with the same settings is refused
+        # as the same job, another learning rate or dataset is another job (QA: it was refused too).
+        default = f"{stage} {Path(init).name} {total} steps, lr {lr:g}, on {version.id}"
+        job = self.queue.submit(owner_id(key), cfg, name or default, dataset=version.id)
         log.info("launched job %s: %s from %s on %s, %d steps", job.id, stage, base_model, version.id, total)
         return job
 
