@@ -163,12 +163,16 @@ def test_points_on_one_spot_share_one_label():
     same = [_result([1, 0.5, 1e-7 * i], "x. answer a") for i in range(8)]
     s = sampling.sample_set(same, pool[1], _result([1, 0.5, 0], "x. answer a"), pool, target=0,
                             ks=[1], temperature=1.0, seed=0)
-    texts = {t.name.split(" ")[0]: t.text[0] for t in sampling.samples_figure(s).data if t.text}
-    assert texts == {"direct": "direct", "greedy": "greedy = centroid", "centroid": ""}
+    traces = {t.name.split(" ")[0]: t for t in sampling.samples_figure(s).data if t.text}
+    texts = {k: t.text[0] for k, t in traces.items()}
+    assert texts == {"direct": "direct", "greedy": "greedy = centroid = 8 samples", "centroid": ""}  # all under it
+    # a label near the plot's right edge grows inwards (QA: "greedy = centro", cut at the edge)
+    assert traces["greedy"].textposition == "top left" and traces["direct"].textposition == "top right"
     spread = sampling.sample_set([_result([1, 0, 0]), _result([0, 1, 0]), _result([0, 0, 1])], pool[0],
                                  _result([1, 1, 0]), pool, target=0, ks=[1], temperature=1.0, seed=0)
     texts = {t.name.split(" ")[0]: t.text[0] for t in sampling.samples_figure(spread).data if t.text}
-    assert texts == {"direct": "direct", "greedy": "greedy", "centroid": "centroid"}  # apart: a label each
+    assert texts == {"direct": "direct = 1 sample", "greedy": "greedy", "centroid": "centroid"}  # apart: a label
+    # each; the first sample is the direct vector itself, so it sits under the direct marker
 
 
 def test_sampling_columns_over_world_tasks(tiny):

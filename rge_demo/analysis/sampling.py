@@ -387,11 +387,18 @@ def samples_figure(s: SampleSet, title: str | None = None):
             labels[first] += f" = {key}"
         else:
             labels[key] = key
+    for key in [k for k in labels if labels[k]]:  # samples hidden under a marker are named in its label
+        under = int((np.abs(xy - at[key]) < reach / 2).all(axis=1).sum())
+        if under:
+            labels[key] += f" = {under} sample{'s' if under > 1 else ''}"
     for key, point, symbol, colour in refs:
         x, y = at[key]
+        # a label near a side of the plot grows inwards, so its end is not cut at the edge (QA: "greedy = centro")
+        side = (x - centre[0]) / half[0]
         fig.add_trace(go.Scatter(
             x=[x], y=[y], mode="markers+text", name=f"{key} (rank {point.rank})", text=[labels[key]],
-            textposition="top center", hoverinfo="text", hovertext=[f"{key}: rank {point.rank}, cosine {point.cosine:+.3f}"],
+            textposition="top left" if side > 0.3 else "top right" if side < -0.3 else "top center",
+            hoverinfo="text", hovertext=[f"{key}: rank {point.rank}, cosine {point.cosine:+.3f}"],
             marker={"size": 15, "symbol": symbol, "color": colour, "line": {"width": 1, "color": "black"}}))
     spread = "-" if s.spread is None else f"{s.spread:.3f}"
     fig.update_layout(template="plotly_white", height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
