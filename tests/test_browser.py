@@ -218,6 +218,8 @@ def test_a_gallery_zip_registered_in_the_galleries_tab_appears_in_compare(page, 
         page.get_by_label("Gallery name", exact=True).fill("my colours")
         page.get_by_role("button", name="Register and embed").click()
         expect(page.get_by_text(re.compile(r"Registered \*?\*?my colours"))).to_be_visible()
+        # no queries: it is not offered for evaluation in Failures, and the message says so (QA)
+        expect(page.get_by_text("gallery lists of Compare and Explore (not Failures: it has no queries")).to_be_visible()
         expect(page.get_by_test_id("cell-0-4")).to_contain_text("4/4")  # the background embedding ended: 4 of 4 items
     with tab(page, app, "Compare", "8-compare-own-gallery"):  # no page reload needed (QA: it was)
         box = page.get_by_label("Gallery to search", exact=True)

@@ -158,3 +158,11 @@ def test_tcot_view_embeds_a_reasoners_tcot_with_the_model_in_use(demo, taught_di
     np.testing.assert_allclose(other.side.vector, vec, atol=1e-5)  # the model in use embedded its T-CoT
     with pytest.raises(UserError, match="choose a Reasoner model first"):
         V.tcot_view(demo, g.name, img, q.text, q.instruction, 4, q.target_id, "", session_key=key)
+
+
+def test_counts_carry_their_noun_in_the_right_number():
+    """QA: "Sampled 1 rationales", "Attributed 1 sentences and 1 clauses"."""
+    from rge_demo.app.messages import counted
+
+    assert [counted(n, "rationale") for n in (0, 1, 2)] == ["0 rationales", "1 rationale", "2 rationales"]
+    assert counted(1, "query", "queries") == "1 query" and counted(3, "query", "queries") == "3 queries"

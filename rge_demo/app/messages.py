@@ -1,4 +1,5 @@
-"""What the app tells a visitor about the server: messages with the server's own folders reduced to file names."""
+"""What the app tells a visitor: messages with the server's own folders reduced to file names, and counts
+of things with their noun in the right number."""
 
 from __future__ import annotations
 
@@ -31,3 +32,8 @@ def public_message(message, roots: list[str] | None = None) -> str:
         return m.group(1) if any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots) else path
 
     return _SERVER_PATH.sub(shorten, str(message))
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 rationale``, ``2 rationales`` (``plural`` when adding an "s" is wrong)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

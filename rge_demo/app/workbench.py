@@ -389,7 +389,7 @@ class Workbench:
             raise WorkbenchError(f"lora must be true or false, got {lora!r}")
         name = " ".join(str(name or "").split())
         if len(name) > 80:
-            raise WorkbenchError(f"the job name is {len(name)} characters; keep it under 80")
+            raise WorkbenchError(f"the job name is {len(name)} characters; keep it to 80 at most")
 
         version = self.dataset(key, dataset)  # this session's version, or an error
         pairs = load_pairs(version.path)  # DataError names the line

@@ -9,6 +9,7 @@ import gradio as gr
 from rge_demo.analysis.compare import rationale_note
 from rge_demo.analysis.sampling import samples_figure
 from rge_demo.app import compare_views
+from rge_demo.app.messages import counted
 from rge_demo.app.demo import Demo, k_note
 
 from .common import EXPECTED, friendly, gpu, image_input
@@ -194,7 +195,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         t0 = time.perf_counter()
         view = compare_views.sample_view(demo, gallery, image, query_text, instruction, target_id, n, temperature,
                                          seed, model_name, session_of(session_key, request))
-        line = (f"Sampled {len(view.result.samples)} rationales with {view.model} in "
+        line = (f"Sampled {counted(len(view.result.samples), 'rationale')} with {view.model} in "
                 f"{time.perf_counter() - t0:.1f} s (direct and greedy included).")
         return line, samples_figure(view.result), samples_html(view), view.to_dict()
 
@@ -207,7 +208,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         t0 = time.perf_counter()
         att = compare_views.attribution_view(demo, gallery, image, query_text, instruction, target_id, rationale,
                                              model_name, session_of(session_key, request))
-        line = f"Attributed {len(att.sentences)} sentences and {len(att.clauses)} clauses in {time.perf_counter() - t0:.1f} s."
+        line = (f"Attributed {counted(len(att.sentences), 'sentence')} and {counted(len(att.clauses), 'clause')} in "
+                f"{time.perf_counter() - t0:.1f} s.")
         return line, attribution_html(att), att.to_dict()
 
     private = {"api_visibility": "private"}  # UI-only events: not API endpoints

@@ -13,7 +13,7 @@ from rge_demo.analysis.cost import cost_figure
 from rge_demo.analysis.failures import (GRID_COLUMNS, OUTCOMES, TAGS, case_grid, filter_cases, p1_bars, p1_figure,
                                         search_cases, shorten, tag_case)
 from rge_demo.app.demo import Demo, user_errors, world_task_names
-from rge_demo.app.messages import public_message
+from rge_demo.app.messages import counted, public_message
 from rge_demo.app.explore import small_thumbnail
 from rge_demo.app.failure_runs import case_link, parse_case_link
 
@@ -151,7 +151,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         shown = shown_of(cases, outcome, task, meta_task, split, failure_kind, search)
         counts = {o: sum(c.outcome == o for c in cases) for o in OUTCOMES}
         found = f" matching {md_literal(shorten(search.strip(), 80))}" if (search or "").strip() else ""
-        text = (f"{len(shown)} of {len(cases)} cases shown{found}. "
+        text = (f"{len(shown)} of {len(cases)} cases shown{found}. In the whole run: "
                 + ", ".join(f"{o}: {k}" for o, k in counts.items()))
         return grid_frame(shown), text, shown
 
@@ -236,7 +236,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
             raise gr.Error("open a case first: click a row of the grid")
         t0 = time.perf_counter()
         att = demo.failure_runs.attribute_case(run, case, session_of(session_key, request), model_name)
-        line = (f"Case **{html.escape(case)}**: {len(att.sentences)} sentences and {len(att.clauses)} clauses "
+        line = (f"Case **{html.escape(case)}**: {counted(len(att.sentences), 'sentence')} and "
+                f"{counted(len(att.clauses), 'clause')} "
                 f"attributed with **{html.escape(demo.model(model_name).name)}** in {time.perf_counter() - t0:.1f} s.")
         return line, attribution_html(att)
 

@@ -6,6 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from rge_demo.app.demo import Demo
+from rge_demo.app.messages import counted
 
 from .common import friendly
 from .train import session_of
@@ -66,8 +67,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
             raise gr.Error("choose a zip file" if source_kind == "zip" else "enter a folder path on the server")
         g = demo.register_gallery(key, source, name, kind=source_kind, subset=subset or None,
                                   limit=int(max_rows) if max_rows else None, model_name=model_name)
-        text = (f"Registered **{g.name}**: {len(g.items)} items, {len(g.queries)} queries; embedding in the "
-                "background. It is in the gallery lists of Compare, Explore and Failures now.")
+        where = ("Compare, Explore and Failures" if g.queries
+                 else "Compare and Explore (not Failures: it has no queries to evaluate)")
+        text = (f"Registered **{g.name}**: {counted(len(g.items), 'item')}, {counted(len(g.queries), 'query', 'queries')}; "
+                f"embedding in the background. It is in the gallery lists of {where} now.")
         return (text, *rows(key))
 
     @friendly
