@@ -15,6 +15,8 @@ pytestmark = pytest.mark.slow  # the app in a subprocess and a browser
 def test_compare_example_streams_and_ranks(page, app):
     with tab(page, app, "Compare", "1-compare"):
         page.get_by_text("Examples: click one to run it").scroll_into_view_if_needed()
+        answers = page.locator(".table-wrap tr.tr-body td:last-child").all_inner_texts()
+        assert len(answers) >= 4 and all(a.strip() for a in answers), answers  # QA: 8 of 10 were blank
         page.locator(".table-wrap tr.tr-body").first.click()  # one click fills the inputs and runs
         expect(page.locator("#rationale textarea")).not_to_have_value(re.compile(r"^\s*$"))
         expect(page.get_by_text("What moved")).to_be_visible()

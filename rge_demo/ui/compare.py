@@ -272,8 +272,14 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     examples = [[e["gallery"], e["image"], e["text"], e["instruction"], e["target_id"]]
                 for e in demo.examples() if e["gallery"] in galleries]
     if examples:
+        # The table draws the right answer through the dropdown's choices as they are now: the first
+        # gallery's only, so 8 of 10 cells were blank. Every example's gallery lends its names meanwhile.
+        own_choices = target.choices
+        target.choices = list(dict.fromkeys(c for name in dict.fromkeys(e[0] for e in examples)
+                                            for c in _target_choices(demo.gallery(name))))
         ex = gr.Examples(examples, [gallery, image, text, instruction, target],
                          label="Examples: click one to run it (the first ones: reasoning helps)")
+        target.choices = own_choices
         # One click fills the inputs (the preset follows the example's instruction), then runs the comparison.
         ex.load_input_event.then(lambda ins, cur, m: compare_views.preset_for_instruction(demo, m, ins, cur),
                                  [instruction, preset, model_state], preset, **private)
