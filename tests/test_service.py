@@ -212,15 +212,18 @@ def test_a_run_of_a_sessions_own_model_is_that_sessions_only(taught_dir, tmp_pat
                          model_roots=(tmp_path,), warm_maps=False))
     mine, other = new_key(), new_key()
     folder = shutil.copytree(taught_dir, tmp_path / "my-taught")
-    name = demo.workbench.use_model(mine, str(folder), lambda spec: demo.model(spec.name)).name
-    run, cases = demo.run_evaluation(["count"], "ind", 2, name, session_key=mine)
-    assert len(cases) == 2 and {c.task for c in cases} == {"count"}
-    assert run in demo.failure_runs.names(mine) and demo.failure_runs.is_own(run)
-    assert run not in demo.failure_runs.names(other) and run not in demo.saved_runs()
-    with pytest.raises(OwnershipError, match=f"run {run!r} belongs to another session"):
-        demo.failure_runs.load(run, other)
-    shared, _ = demo.run_evaluation(["count"], "ind", 2, session_key=other)  # the app's model: shared
-    assert shared in demo.saved_runs() and shared in demo.failure_runs.names(mine)
+    try:
+        name = demo.workbench.use_model(mine, str(folder), lambda spec: demo.model(spec.name)).name
+        run, cases = demo.run_evaluation(["count"], "ind", 2, name, session_key=mine)
+        assert len(cases) == 2 and {c.task for c in cases} == {"count"}
+        assert run in demo.failure_runs.names(mine) and demo.failure_runs.is_own(run)
+        assert run not in demo.failure_runs.names(other) and run not in demo.saved_runs()
+        with pytest.raises(OwnershipError, match=f"run {run!r} belongs to another session"):
+            demo.failure_runs.load(run, other)
+        shared, _ = demo.run_evaluation(["count"], "ind", 2, session_key=other)  # the app's model: shared
+        assert shared in demo.saved_runs() and shared in demo.failure_runs.names(mine)
+    finally:
+        demo.workbench.close()  # its job-polling thread
 
 
 def test_a_saved_case_replays_with_another_model(demo):
