@@ -99,8 +99,10 @@ def item_names(items) -> list[str]:
     ("two (count)", "two (chart_diff)"), as Compare's answer picker names them."""
     names = [it.label or it.text or it.id for it in items]
     tasks = [str(it.meta.get("task", "")) if it.meta else "" for it in items]
-    shared = {n for n in names if len({t for m, t in zip(names, tasks) if m == n}) > 1}
-    return [f"{n} ({t})" if n in shared and t else n for n, t in zip(names, tasks)]
+    tasks_of: dict[str, set[str]] = {}
+    for n, t in zip(names, tasks):  # one pass: a map of 100k items must not compare every pair
+        tasks_of.setdefault(n, set()).add(t)
+    return [f"{n} ({t})" if len(tasks_of[n]) > 1 and t else n for n, t in zip(names, tasks)]
 
 
 def build_projection(demo, gallery_name: str, model_name: str | None = None, method: str = "umap",
