@@ -195,6 +195,8 @@ def bad_inputs(files, taught_dir):
          r"right answer 'no-such-item' is not in gallery"),
         ("/compare", ("vqa-count", None, "", "", None, 3), r"give an image or a text"),
         ("/compare", ("vqa-count", img(), txt, INSTRUCTION, None, 50), r"^k: Value 50 is greater than maximum value 20"),
+        # the slider's steps too (gradio checks only its range; the handler's "1..1000" named another range)
+        ("/compare", ("vqa-count", img(), txt, INSTRUCTION, None, 2.5), r"^k: Value 2\.5 is not one of the slider's steps \(1, 2, \.\.\. 20\)"),
         ("/reembed", ("vqa-count", img(), txt, INSTRUCTION, None, 3, "   "), r"rationale is empty"),
         ("/reembed", ("vqa-count", img(), txt, "i" * 2001, None, 3, "answer two"), r"task instruction is 2001"),
         ("/project", ("no-such-gallery", "pca", "label", "none", None), r"no-such-gallery"),
@@ -270,6 +272,13 @@ def test_a_components_session_copy_keeps_the_apps_preprocessing(files):
         assert component.preprocess(ImageData(path=str(files / "notes.png"))) == str(files / "notes.png")
     with pytest.raises(gr.Error, match="^'Queries per task and split: Value 1000 is greater than maximum value 100"):
         type(slider)(**slider.constructor_args).preprocess(1000)
+    with pytest.raises(gr.Error, match=r"^.Queries per task and split: Value 10\.5 is not one of the slider's steps"):
+        slider.preprocess(10.5)
+    with gr.Blocks():
+        share = gr.Slider(0.0, 0.9, value=0.2, step=0.05, label="Validation share")
+    assert [share.preprocess(v) for v in (0.15, 0.35, 0.9)] == [0.15, 0.35, 0.9]  # on its steps, float error aside
+    with pytest.raises(gr.Error, match="Validation share: Value 0.17 is not one of the slider's steps"):
+        share.preprocess(0.17)
     with gr.Blocks():
         plain = gr.Image(type="filepath")  # not the app's input: gradio's own preprocessing, unchanged
     with pytest.raises(Exception, match="cannot identify image file"):

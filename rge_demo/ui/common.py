@@ -6,6 +6,7 @@ import functools
 import html
 import inspect
 import logging
+import math
 import re
 
 import gradio as gr
@@ -109,6 +110,17 @@ NAMED_REFUSALS = (gr.Slider, gr.Number, gr.Dropdown, gr.Radio, gr.CheckboxGroup)
 """Components whose own preprocessing refuses a value (out of range, not one of the choices)."""
 
 
+def _refuse_off_step(slider: gr.Slider, value) -> None:
+    """A slider's value must sit on its steps, as the page's slider does: gradio checks only the range,
+    so an API call's k=2.5 reached the handler and was refused there against the handler's wider range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not slider.step or not math.isfinite(value):
+        return
+    steps = (value - slider.minimum) / slider.step
+    if abs(steps - round(steps)) > 1e-6:
+        raise gr.Error(f"Value {value:g} is not one of the slider's steps ({slider.minimum:g}, "
+                       f"{slider.minimum + slider.step:g}, ... {slider.maximum:g}).")
+
+
 def _install_preprocess_patches() -> None:
     """Class-level, so gradio's per-session copies of a component keep them (see :func:`image_input`):
     the app's image inputs pass the upload's path on unopened, and a component that refuses a value names
@@ -125,6 +137,8 @@ def _install_preprocess_patches() -> None:
     def named(plain):
         def preprocess(self, payload):
             try:
+                if isinstance(self, gr.Slider):
+                    _refuse_off_step(self, payload)
                 return plain(self, payload)
             except gr.Error as e:
                 message = f"{self.label}: {e.message}" if self.label else e.message
