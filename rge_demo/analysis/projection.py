@@ -459,24 +459,27 @@ def numeric_colours(values: Sequence[float | None], diverging: bool = False, bin
     finite = x[np.isfinite(x)]
     if finite.size == 0:
         return [FIXED_COLOURS["-"]] * len(x), [["-", FIXED_COLOURS["-"], len(x)]]
-    lo, hi = float(finite.min()), float(finite.max())
+    data_lo, data_hi = lo, hi = float(finite.min()), float(finite.max())
     if diverging:
         m = max(abs(lo), abs(hi), 1.0)
         lo, hi = -m, m
     if np.all(finite == np.round(finite)):
         ranges = _integer_bins(int(np.floor(lo)), int(np.ceil(hi)), bins, diverging)
-        starts = np.array([a for a, _ in ranges], dtype=np.float64)
         labels = [f"{a}" if a == b else f"{a} .. {b}" for a, b in ranges]
     else:
         edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
-        starts = edges[:-1]
-        labels = [f"{edges[b]:.3g} .. {edges[b + 1]:.3g}" for b in range(bins)]
+        ranges = list(zip(edges[:-1], edges[1:]))
+        labels = [f"{a:.3g} .. {b:.3g}" for a, b in ranges]
+    starts = np.array([a for a, _ in ranges], dtype=np.float64)
     n = len(starts)
     scale = "RdBu" if diverging else "Viridis"
     palette = sample_colorscale(scale, [i / max(n - 1, 1) for i in range(n)], colortype="rgb")
     which = np.clip(np.searchsorted(starts, x, side="right") - 1, 0, n - 1)
     colours = [FIXED_COLOURS["-"] if np.isnan(v) else palette[b] for v, b in zip(x, which)]
-    key = [[labels[b], palette[b], int(((which == b) & np.isfinite(x)).sum())] for b in range(n)]
+    # The scale is symmetric about 0 when diverging, the key is not: bins beyond the data on either side
+    # (rank changes of -40 .. -27 when no query lost more than 3 places) are left out of it.
+    key = [[labels[b], palette[b], int(((which == b) & np.isfinite(x)).sum())] for b, (a, z) in enumerate(ranges)
+           if z >= data_lo and a <= data_hi]
     if np.isnan(x).any():
         key.append(["-", FIXED_COLOURS["-"], int(np.isnan(x).sum())])
     return colours, key
