@@ -223,6 +223,10 @@ def test_a_gallery_zip_registered_in_the_galleries_tab_appears_in_compare(page, 
         # no queries: it is not offered for evaluation in Failures, and the message says so (QA)
         expect(page.get_by_text("gallery lists of Compare and Explore (not Failures: it has no queries")).to_be_visible()
         expect(page.get_by_test_id("cell-0-4")).to_contain_text("4/4")  # the background embedding ended: 4 of 4 items
+        # A refused registration (the name is taken) takes the earlier success off the line its error marks
+        page.get_by_role("button", name="Register and embed").click()
+        expect(page.get_by_text("you already have a gallery named 'my colours'").first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Registered \*?\*?my colours"))).to_have_count(0)
     with tab(page, app, "Compare", "8-compare-own-gallery"):  # no page reload needed (QA: it was)
         box = page.get_by_label("Gallery to search", exact=True)
         box.click()

@@ -85,10 +85,15 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
         return rows(session_of(browser_key, request))
 
     kind.change(on_kind, kind, [upload, path, subset, limit], api_visibility="private")
-    added = add.click(on_add, [kind, upload, path, subset, limit, name, model_state, session],
-                      [message, table, picked, timer], api_name="register_gallery", show_progress_on=message)
-    removed = remove.click(on_remove, [picked, session], [message, table, picked, timer], api_name="remove_gallery",
-                           show_progress_on=message)
+    # The last outcome goes first: a refusal's error badge must not sit on an earlier success as if on its own
+    # (QA: "Registered flat count: 10 item[Error]embedding in the background" after a bad zip).
+    clear = dict(fn=lambda: "", inputs=None, outputs=message, show_progress="hidden", queue=False,
+                 api_visibility="private")
+    added = add.click(**clear).then(on_add, [kind, upload, path, subset, limit, name, model_state, session],
+                                    [message, table, picked, timer], api_name="register_gallery",
+                                    show_progress_on=message)
+    removed = remove.click(**clear).then(on_remove, [picked, session], [message, table, picked, timer],
+                                         api_name="remove_gallery", show_progress_on=message)
     for event in (added, removed):
         for step in then:
             event = event.success(*step, api_visibility="private")
