@@ -132,6 +132,22 @@ def test_an_upload_with_no_valid_row_keeps_its_report_but_not_its_files(bench, t
         bench.build(KEY, folder.name, report, skip_bad=True)
 
 
+def test_a_report_names_the_uploaded_file_and_counts_its_rows(bench, tmp_path):
+    """QA: a CSV without the pair columns read "manifest.csv: 0 row(s), 0 valid" (the stored copy's name,
+    and no row counted); a zip's manifest is named inside its zip."""
+    missing = tmp_path / "missing.csv"
+    missing.write_text("query_text,foo\nhello,bar\nworld,baz\n")
+    folder, report = bench.new_upload(KEY, missing)
+    assert report.summary().startswith("missing.csv: 2 row(s), 0 valid, 2 problem(s)")
+    assert bench.restore(KEY)["summary"] == report.summary()
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"query_text": "a", "target_image": "x.png"}) + "\n")
+    zipped = make_zip(tmp_path / "mine.zip", [("pairs.jsonl", pairs.read_bytes()), ("x.png", png())])
+    folder, report = bench.new_upload(KEY, archive_file=zipped)
+    assert report.summary().startswith("mine.zip: pairs.jsonl: 1 row(s), 1 valid")
+    assert bench.report(KEY, folder.name).summary() == report.summary()  # validated again by id: the same name
+
+
 # -------------------------------------------------------------------------------------- retention
 def test_an_old_unbuilt_upload_is_swept_and_a_fresh_one_kept(bench, tmp_path):
     old, _ = bench.new_upload(KEY, text_manifest(tmp_path / "old.jsonl"))

@@ -94,6 +94,8 @@ def test_sample_upload_to_trained_model_in_the_registry(bench, tmp_path, tiny_di
     assert "finished" in bench.status_line(p) and len(loss_figure(p["metrics"]).data) >= 2
     # a job's name is the user's text: shown as typed, not read as plotly markup (QA: "<b>x</b>" was bold)
     assert loss_figure(p["metrics"], "job <b>x</b>").layout.title.text == "job &lt;b&gt;x&lt;/b&gt;"
+    total = loss_figure(p["metrics"]).data[-1]  # drawn last, dashed: over the part it mostly is (QA: hidden)
+    assert total.name == "loss" and total.line.dash == "dash" and total.legendrank == 1
     samples = bench.samples_table(p)
     assert len(samples) == len(p["samples"]) > 0 and samples["rationale"].str.len().gt(0).all()
     blank = {**p, "samples": [{"step": 2, "rationale": ""}], "attempt": 3}  # QA: a blank row; a clock reset

@@ -143,11 +143,12 @@ class DatasetStore:
         folder = self._new_dir()
         try:
             manifest, image_root = unpack_upload(folder, manifest_file or None, archive_file or None)
-            report = validate(manifest, image_root)
+            shown = Path(manifest_file).name if manifest_file else f"{Path(archive_file).name}: {manifest.name}"
+            report = validate(manifest, image_root, name=shown)
             self._save_report(folder, report)
             if not report.ok_rows:  # nothing can ever be built from it: keep the report, not the files
                 shutil.rmtree(folder / FILES)
-            info = {"owner": owner, "manifest": str(manifest), "image_root": str(image_root),
+            info = {"owner": owner, "manifest": str(manifest), "manifest_name": shown, "image_root": str(image_root),
                     "sources": [Path(p).name for p in (manifest_file, archive_file) if p], "created": time.time()}
             atomic_write_text(folder / UPLOAD_INFO, json.dumps(info, indent=1) + "\n")  # last: the upload exists now
         except BaseException:
@@ -197,7 +198,7 @@ class DatasetStore:
         folder = self.upload_dir(owner, upload)
         self._check_files(folder)
         info = _read_json(folder / UPLOAD_INFO)
-        return validate(info["manifest"], info["image_root"])
+        return validate(info["manifest"], info["image_root"], name=info.get("manifest_name", ""))
 
     @staticmethod
     def _check_files(folder: Path) -> None:

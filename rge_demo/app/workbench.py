@@ -105,12 +105,17 @@ def loss_figure(metrics: pd.DataFrame, title: str = ""):
 
     fig = go.Figure()
     if metrics is not None and len(metrics):
-        for col, colour in (("loss", "#111827"), ("lm_loss", "#2563eb"), ("contrastive_loss", "#dc2626"),
-                            ("direct_loss", "#16a34a"), ("reward", "#9333ea"), ("retrieval_reward", "#c084fc"),
-                            ("kl", "#f59e0b")):
+        # The total goes last, dashed, so it is drawn over the part it mostly is (QA: hidden under the
+        # contrastive loss when a_lm is small); the legend still lists it first.
+        for col, colour in (("lm_loss", "#2563eb"), ("contrastive_loss", "#dc2626"), ("direct_loss", "#16a34a"),
+                            ("reward", "#9333ea"), ("retrieval_reward", "#c084fc"), ("kl", "#f59e0b"),
+                            ("loss", "#111827")):
             if col in metrics and metrics[col].fillna(0).abs().sum() > 0:  # (an unused loss stays 0: hidden)
-                fig.add_scatter(x=metrics["step"], y=metrics[col], mode="lines+markers", name=col,
-                                line={"color": colour}, marker={"size": 4})
+                total = col == "loss"
+                fig.add_scatter(x=metrics["step"], y=metrics[col], mode="lines" if total else "lines+markers",
+                                name=col, line={"color": colour, "dash": "dash" if total else "solid",
+                                                "width": 2.5 if total else 1.5},
+                                marker={"size": 4}, legendrank=1 if total else 1000)
         if "phase" in metrics:
             phases = metrics["phase"].tolist()
             for i in range(1, len(phases)):

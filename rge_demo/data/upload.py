@@ -19,6 +19,7 @@ Pickle-capable files (``.pkl``, ``.pt``, ``.npy``...) are refused: an upload is 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -197,6 +198,7 @@ class ValidationReport:
     manifest_path: Path
     image_root: Path
     n_rows: int = 0
+    name: str = ""  # the manifest as the person knows it (the upload's file name); default its stored name
     ok_rows: list[dict] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     task_counts: dict[str, int] = field(default_factory=dict)
@@ -219,7 +221,7 @@ class ValidationReport:
         return pd.DataFrame(self.ok_rows, columns=["line", *PAIR_FIELDS])
 
     def summary(self) -> str:
-        head = (f"{self.manifest_path.name}: {self.n_rows} row(s), {len(self.ok_rows)} valid, "
+        head = (f"{self.name or self.manifest_path.name}: {self.n_rows} row(s), {len(self.ok_rows)} valid, "
                 f"{len(self.problems)} problem(s)")
         if self.task_counts:
             head += "; per task: " + ", ".join(f"{t} {n}" for t, n in sorted(self.task_counts.items()))
@@ -250,6 +252,8 @@ def _records(text: str, suffix: str, report: ValidationReport) -> list[tuple[int
         if not {"query_text", "query_image"} & set(header) or not {"target_text", "target_image"} & set(header):
             report.add(1, "", "missing required columns: a pair needs query_text and/or query_image, "
                               "and target_text and/or target_image")
+            with contextlib.suppress(csv.Error):  # the rows are still counted: "2 row(s), 0 valid", not "0 row(s)"
+                report.n_rows = sum(1 for _ in reader)
             return []
         start = 2
         try:
@@ -350,11 +354,12 @@ def _check_row(n: int, rec: dict, root: Path, limits: UploadLimits, report: Vali
 
 
 def validate(manifest_path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-             limits: UploadLimits | None = None) -> ValidationReport:
-    """Check a manifest and the images it names; every problem becomes a row of the report."""
+             limits: UploadLimits | None = None, name: str = "") -> ValidationReport:
+    """Check a manifest and the images it names; every problem becomes a row of the report, whose
+    summary calls the manifest ``name`` (default: its file name)."""
     limits = limits or UploadLimits()
     path = Path(manifest_path)
-    report = ValidationReport(path, Path(image_root) if image_root is not None else path.parent)
+    report = ValidationReport(path, Path(image_root) if image_root is not None else path.parent, name=name)
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         report.add(0, "", f"the manifest must be .jsonl or .csv, got {suffix!r}")

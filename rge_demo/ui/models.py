@@ -11,6 +11,7 @@ from .common import friendly
 from .train import session_of
 
 STATUS_COLUMNS = ["name", "source", "device", "dtype", "quantization", "parameters", "memory_mb", "loaded_at"]
+CATALOG_COLUMNS = ["name", "state", "kind", "source", "description"]  # the state in view, the description wrapped
 
 
 def remembered_model(demo: Demo) -> gr.BrowserState:
@@ -34,7 +35,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     gr.Markdown("The model chosen here is used by every tab in this browser, across page reloads.")
     current = gr.Markdown(elem_id="models-status")
     status = gr.Dataframe(headers=STATUS_COLUMNS, label="Loaded models", interactive=False)
-    catalog = gr.Dataframe(label="Registry", interactive=False)
+    catalog = gr.Dataframe(headers=CATALOG_COLUMNS, label="Registry", interactive=False, wrap=True,
+                           column_widths=["18%", "14%", "7%", "25%", "36%"])
     with gr.Row():
         roots = demo.settings.model_roots
         folders = f"a folder under {', '.join(map(str, roots))}" if roots else "(folders: off, RGE_MODEL_ROOTS)"
@@ -54,7 +56,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         rows = [r for r in demo.model_status() if r["name"] in visible]
         return (f"**In use in this session:** `{demo.model_label(model_name)}`",
                 pd.DataFrame(rows, columns=STATUS_COLUMNS) if rows else pd.DataFrame(columns=STATUS_COLUMNS),
-                pd.DataFrame(catalog_rows))
+                pd.DataFrame(catalog_rows, columns=CATALOG_COLUMNS))
 
     @friendly
     def on_load(name, dtype, quantization, session_key, request: gr.Request, progress=gr.Progress()):

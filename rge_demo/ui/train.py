@@ -76,7 +76,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     summary = gr.Markdown()
     with gr.Row():
         problems = gr.Dataframe(headers=PROBLEM_COLUMNS, label="Problems (line, field, problem)", interactive=False,
-                                max_height=260, wrap=True, scale=3)
+                                max_height=260, wrap=True, scale=3, column_widths=["8%", "16%", "76%"])
         counts = gr.Dataframe(headers=COUNT_COLUMNS, label="Valid pairs per task", interactive=False, scale=1)
     with gr.Row():
         skip = gr.Checkbox(label="Skip the listed rows (build from the valid rows only)", value=False)
@@ -87,10 +87,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     gr.Markdown("### 2. Rationales")
     with gr.Row():
         # allow_custom_value: the workbench checks a dataset / job id itself (unknown, or another session's)
-        dataset = gr.Dropdown([], value=None, allow_custom_value=True,
-                              label="Dataset (a version of a built upload; every save makes a new one)")
-        draft_with = gr.Radio(["templates", "the model in use"], value="templates", label="Draft with")
-        draft_btn = gr.Button("Draft missing rationales")
+        dataset = gr.Dropdown([], value=None, allow_custom_value=True, scale=3, label="Dataset",
+                              info="a version of a built upload; every save makes a new one")
+        draft_with = gr.Radio(["templates", "the model in use"], value="templates", label="Draft with", scale=2)
+        draft_btn = gr.Button("Draft missing rationales", scale=1)
     dataset_info = gr.Markdown()
     drafts = gr.Dataframe(headers=DRAFT_COLUMNS, interactive=True,
                           static_columns=[0, 1, 2, 3], wrap=True, max_height=320,
