@@ -52,8 +52,10 @@ def main() -> None:
     blocks.queue(default_concurrency_limit=1)
     log.info("ready in %.1f s", time.perf_counter() - t0)
     # Gradio refuses a larger upload while it streams in, before it is stored (RGE_MAX_UPLOAD_MB, in MiB).
+    # No run history: Gradio would keep every call's inputs in the browser, the session key among them in
+    # plain text (QA: anyone at that browser could read it in the "Runs" page and act as the session).
     blocks.launch(server_name=settings.host, server_port=settings.port, share=settings.share, show_error=True,
-                  max_file_size=max_upload_bytes(settings))
+                  max_file_size=max_upload_bytes(settings), run_history=False)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,10 @@ def test_another_sessions_datasets_and_jobs_are_refused(app, taught_dir):
     assert app.alive()
 
 
+    # Gradio's run history would keep each call's inputs, the session key among them, in the browser
+    config = httpx.get(f"{app.url}config", timeout=30).json()
+    assert config["run_history"] is False and "runs" not in config.get("footer_links", ["runs"])
+
 
 def test_another_sessions_gallery_is_refused(app, tmp_path):
     import zipfile

@@ -15,7 +15,8 @@ CATALOG_COLUMNS = ["name", "state", "kind", "source", "description"]  # the stat
 
 
 def remembered_model(demo: Demo) -> gr.BrowserState:
-    """``{"name": ...}``, the model this browser used last, kept in its storage (encrypted with the app's secret).
+    """``{"name": ...}``, the model this browser used last, kept in its storage (Gradio encrypts it with the
+    app's secret, which it serves to the page: it is the browser's to read, like the session key).
     Create it outside the tabs: a component inside a tab not shown yet is not mounted, so its stored value
     would not reach the page's load event."""
     return gr.BrowserState(None, storage_key="rge-demo-model", secret=demo.workbench.browser_secret)
