@@ -231,3 +231,22 @@ def test_cli_errors(argv, message, tiny_dir, mmeb, tmp_path, capsys):
     assert message in err
     if message.startswith("missing column"):  # names the file and the column
         assert "GQA" in err and "test-00000-of-00001.parquet" in err
+
+
+def test_identical_candidates_share_one_embedding_so_their_tie_is_exact(encoder, tmp_path):
+    """QA: a gallery holding "two" for two tasks ranked its right answer 2nd in Failures (the other "two",
+    embedded in another batch, scored higher by float noise) and =1st in Compare."""
+    from rge_demo.analysis.eval_tasks import EvalCandidate, EvalItem, EvalQuery, EvalTask
+    from rge_demo.analysis.evaluate import embed_candidates
+
+    texts = ["two", "a much longer caption that pads its batch", "two", "one"]
+    cands = [EvalCandidate(f"c{i}", t, EvalItem(text=t)) for i, t in enumerate(texts)]
+    plain = np.stack([encoder.direct([c.item.to_input() for c in cands[s:s + 2]]) for s in (0, 2)]).reshape(4, -1)
+    assert not np.array_equal(plain[0], plain[2])  # batched apart, the two "two"s differ by noise
+    cache = EmbeddingCache(tmp_path / "cache")
+    matrix = embed_candidates(encoder, cands, 2, cache, "fp", lambda done: None)
+    assert np.array_equal(matrix[0], matrix[2]) and np.allclose(matrix[0], plain[0], atol=1e-5)
+    task = EvalTask("dup", "vqa", "ind", [EvalQuery("q", EvalItem(text="two"), target=2)], cands, task="count")
+    run = evaluate(encoder, [task], mode="direct", batch_size=2, cache=EmbeddingCache(tmp_path / "c2"),
+                   fingerprint="fp")
+    assert run.cases[0]["rank"] == 1  # the tie favours the right answer, whichever "two" it is

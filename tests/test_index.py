@@ -632,3 +632,20 @@ def test_scale_bench_at_test_size(tmp_path):
     assert all(b["p50_ms"] > 0 and b["p95_ms"] >= b["p50_ms"] for b in run["backends"].values())
     assert report["projection"]["n"] == 3000 and report["projection"]["pca_s"] > 0
     assert "| clustered | 16 | faiss-ivf |" in r.stdout and "PCA" in r.stdout
+
+
+def test_identical_items_are_embedded_once(tiny, tmp_path):
+    """Two items of the same content (one image, one text: "two" of two tasks) get one embedding, so
+    they tie exactly; embedded in separate batches they differed by float noise."""
+    from rge_demo.embedding.encoder import Encoder
+
+    encoder = Encoder(*tiny)
+    g = _world_gallery(tmp_path / "g", 4)
+    g.items.append(Item(id="c0-again", image="img/0.png", text="scene 0", label="0"))
+    progress = []
+    index = build_index(encoder, g, FP, EmbeddingCache(tmp_path / "cache"), lambda d, t: progress.append((d, t)),
+                        batch_size=2)
+    assert index.stats.embedded == 4 and progress[-1] == (5, 5)
+    assert np.array_equal(index.matrix[0], index.matrix[4])
+    hits = index.search(index.matrix[0], 2)[0]
+    assert {h.item.id for h in hits} == {"c0", "c0-again"} and hits[0].score == hits[1].score

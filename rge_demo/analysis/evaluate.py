@@ -34,7 +34,7 @@ import numpy as np
 from rge_demo.data import world
 from rge_demo.data.images import content_hash
 from rge_demo.data.items import atomic_write_bytes, atomic_write_text
-from rge_demo.embedding.index import CacheKey, EmbeddingCache, rank_of, top_k
+from rge_demo.embedding.index import CacheKey, EmbeddingCache, first_of_each, rank_of, top_k
 
 from .eval_tasks import (EVAL_SPLITS, MMEB_META_TASKS, MMEB_OOD, EvalCandidate, EvalDataError, EvalItem,
                          EvalQuery, EvalTask, load_mmeb, mmeb_group, query_prompt, world_tasks)
@@ -237,7 +237,8 @@ def embed_candidates(encoder, cands: Sequence[EvalCandidate], batch_size: int, c
         todo = set(missing)
         if cache is not None:  # what the first process found in the cache, this one may have missed
             vecs = [cache.get(keys[i]) if v is None and i not in todo else v for i, v in enumerate(vecs)]
-    progress(len(cands) - len(missing))
+    missing, same = first_of_each(missing, keys)  # identical candidates: one embedding, an exact tie
+    progress(len(cands) - len(missing))  # an alias is as good as done
     computed: dict[int, np.ndarray] = {}
     for j, start in enumerate(range(0, len(missing), batch_size)):
         if not shard.mine(j):
@@ -252,6 +253,8 @@ def embed_candidates(encoder, cands: Sequence[EvalCandidate], batch_size: int, c
         computed = {i: v for part in shard.gather(computed) for i, v in part.items()}
     for i, v in computed.items():
         vecs[i] = v
+    for i, j in same.items():
+        vecs[i] = vecs[j]
     return np.stack(vecs).astype(np.float32)
 
 
