@@ -25,6 +25,10 @@ def cell(page, text):
 
 def test_grid_search_case_link_export_and_bars(page, app):
     with tab(page, app, "Failures", "f1-failures-grid"):
+        # nothing shown yet, nothing to export (QA: it wrote the picker's whole run)
+        page.get_by_role("button", name="Export the cases shown (CSV + Parquet)").click()
+        expect(page.get_by_text("no run is loaded: load one (or evaluate) first").first).to_be_visible()
+        expect(page.locator("#failures-export")).to_be_hidden()
         choose(page, "Saved evaluation run (reasoning + direct)", RUN)
         page.get_by_role("button", name="Load run", exact=True).click()
         expect(page.get_by_text(f"{len(CASES)} of {len(CASES)} cases shown")).to_be_visible()

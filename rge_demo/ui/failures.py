@@ -73,6 +73,12 @@ def _page_base(request: gr.Request | None) -> str:
     return headers.get("referer", "") if hasattr(headers, "get") else ""
 
 
+def _must_show_a_run(cases) -> None:
+    if not cases:
+        raise gr.Error("no run is loaded: load one (or evaluate) first; the export writes the cases shown",
+                       print_exception=False)
+
+
 def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = None, tabs: gr.Tabs | None = None,
           gallery_steps: list | None = None):
     """Lay out the tab; returns the page-load step: the session's runs and galleries, and the run and case
@@ -325,7 +331,9 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                   **private)
     # The files of an earlier export go first: a refused export ("no case matches") must not leave them
     # on show as if they were its own.
+    # The page exports the run it shows: none loaded yet, nothing (QA: it wrote the picker's run, unseen).
     export.click(lambda: gr.update(value=None, visible=False), None, exported, **private).then(
+        _must_show_a_run, cases_state, None, show_progress_on=summary, **private).success(
         on_export, [run, *filters, session], exported, api_name="export_cases", show_progress_on=summary)
     table.select(on_select, [cases_state, run], [view, link, case_id, attribution], **private)
     cost_box.expand(on_cost, [run, session], cost_plot, **private)  # computed when opened: it reads every run
