@@ -221,11 +221,16 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                        **private)
     inputs = [gallery, image, text, instruction, target, k, model_state, session]
     outputs = [direct_out, rationale, reason_out, moved, cost, last]
+    # A new comparison, or another gallery picked, takes the last one off the page first: a refused request
+    # (QA: a text file named .png) left it there, read as the new query's result once the toast faded.
+    clear = dict(fn=lambda: ("", "", "", "", "", None), inputs=None, outputs=outputs, show_progress="hidden",
+                 queue=False, **private)
+    gallery.input(**clear)
     # Compare and search share "encode" (not the one-at-a-time "model" slot): concurrent requests reach the
     # encoder's request collector, which merges them into one batch (rge_demo.embedding.batcher).
-    # A failed request marks only the status line (not the result tables) with gradio's error badge.
-    run.click(on_run, inputs, outputs, api_name="compare", concurrency_id="encode", concurrency_limit=ENCODE_LIMIT,
-              show_progress_on=cost)
+    # A failed request marks only the status line with gradio's error badge.
+    run.click(**clear).then(on_run, inputs, outputs, api_name="compare", concurrency_id="encode",
+                            concurrency_limit=ENCODE_LIMIT, show_progress_on=cost)
     reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state, session],
                       [reason_out, moved, last], api_name="reembed", concurrency_id="model", show_progress_on=cost)
     sample_btn.click(on_sample, [gallery, image, text, instruction, target, n_samples, temperature, seed, model_state,
@@ -283,6 +288,6 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         # One click fills the inputs (the preset follows the example's instruction), then runs the comparison.
         ex.load_input_event.then(lambda ins, cur, m: compare_views.preset_for_instruction(demo, m, ins, cur),
                                  [instruction, preset, model_state], preset, **private)
-        ex.load_input_event.then(on_run, inputs, outputs, concurrency_id="encode", concurrency_limit=ENCODE_LIMIT,
-                                 show_progress_on=cost, **private)
+        ex.load_input_event.then(**clear).then(on_run, inputs, outputs, concurrency_id="encode",
+                                               concurrency_limit=ENCODE_LIMIT, show_progress_on=cost, **private)
     return on_page, [gallery, session], [gallery]
