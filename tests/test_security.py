@@ -284,6 +284,11 @@ def test_a_components_session_copy_keeps_the_apps_preprocessing(files):
     with pytest.raises(gr.Error, match="Validation share: Value 0.17 is not one of the slider's steps"):
         share.preprocess(0.17)
     with gr.Blocks():
+        n = gr.Number(8, precision=0, label="Samples (N)")
+    with pytest.raises(gr.Error, match=r"Samples \(N\): Value 1.5 is not a whole number"):
+        n.preprocess(1.5)  # gradio rounded it to 2 unsaid
+    assert n.preprocess(3.0) == 3 and n.preprocess(None) is None
+    with gr.Blocks():
         plain = gr.Image(type="filepath")  # not the app's input: gradio's own preprocessing, unchanged
     with pytest.raises(Exception, match="cannot identify image file"):
         plain.preprocess(ImageData(path=str(files / "notes.png")))

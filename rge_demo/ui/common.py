@@ -121,6 +121,13 @@ def _refuse_off_step(slider: gr.Slider, value) -> None:
                        f"{slider.minimum + slider.step:g}, ... {slider.maximum:g}).")
 
 
+def _refuse_fraction(number: gr.Number, value) -> None:
+    """A whole-number field (``precision=0``) refuses 1.5 as the slider refuses 2.5: gradio rounded it to 2
+    unsaid (QA: "Samples (N)" 1.5 sampled 2 while k=2.5 was refused)."""
+    if number.precision == 0 and isinstance(value, float) and math.isfinite(value) and value != int(value):
+        raise gr.Error(f"Value {value:g} is not a whole number.")
+
+
 def _install_preprocess_patches() -> None:
     """Class-level, so gradio's per-session copies of a component keep them (see :func:`image_input`):
     the app's image inputs pass the upload's path on unopened, and a component that refuses a value names
@@ -139,6 +146,8 @@ def _install_preprocess_patches() -> None:
             try:
                 if isinstance(self, gr.Slider):
                     _refuse_off_step(self, payload)
+                elif isinstance(self, gr.Number):
+                    _refuse_fraction(self, payload)
                 return plain(self, payload)
             except gr.Error as e:
                 message = f"{self.label}: {e.message}" if self.label else e.message
