@@ -198,6 +198,8 @@ def bad_inputs(files, taught_dir):
         ("/compare", ("vqa-count", img(), txt, INSTRUCTION, "no-such-item", 3),
          r"right answer 'no-such-item' is not in gallery"),
         ("/compare", ("vqa-count", None, "", "", None, 3), r"give an image or a text"),
+        ("/compare", ("vqa-count", None, "how many <emb> here?", INSTRUCTION, None, 3),
+         r"the text contains '&lt;emb&gt;', one of the model's control tokens"),  # the toast renders HTML
         ("/compare", ("vqa-count", img(), txt, INSTRUCTION, None, 50), r"^k: Value 50 is greater than maximum value 20"),
         # the slider's steps too (gradio checks only its range; the handler's "1..1000" named another range)
         ("/compare", ("vqa-count", img(), txt, INSTRUCTION, None, 2.5), r"^k: Value 2\.5 is not one of the slider's steps \(1, 2, \.\.\. 20\)"),
@@ -237,7 +239,9 @@ def test_bad_inputs_get_one_sentence_naming_the_problem(app, client, files, taug
     assert app.alive()
     with open(app.log_path, encoding="utf-8") as log:  # a refusal is one line in the log, not a traceback
         log.seek(log_start)
-        assert "Traceback" not in log.read()
+        text = log.read()
+    assert "Traceback" not in text
+    assert "the text contains '<emb>'" in text and "&lt;" not in text  # the log is text: written as said
 
 
 def test_lone_surrogates_and_k_above_the_gallery_size(app, client):

@@ -334,3 +334,15 @@ def test_uploads_refuse_the_same_control_tokens_as_compare(tiny):
     for token in control_tokens():
         with pytest.raises(ValueError, match="control tokens"):
             encoder.check_text(f"a {token} b", "text")
+
+
+def test_every_control_token_is_named_in_the_order_the_text_has_them(tiny):
+    """QA: "what is <emb> here <|image_pad|>" was refused naming only '<|image_pad|>'."""
+    from rge_demo.data.upload import control_token_in
+    from rge_demo.embedding.encoder import Encoder
+
+    text = "what is <emb> here <|image_pad|>"
+    assert control_token_in(text) == "<emb>"
+    with pytest.raises(ValueError, match=r"^the text contains '<emb>' and '<\|image_pad\|>', the model's control "
+                                         r"tokens: remove them$"):
+        Encoder(*tiny).check_text(text, "text")

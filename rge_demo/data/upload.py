@@ -67,7 +67,7 @@ def control_tokens() -> tuple[str, ...]:
 
 def control_token_in(text: str) -> str | None:
     """The first control token ``text`` holds (see :func:`control_tokens`), else None."""
-    return next((t for t in control_tokens() if t in text), None)
+    return min((t for t in control_tokens() if t in text), key=text.find, default=None)
 
 
 def find_manifest(root: str | os.PathLike) -> Path:

@@ -295,8 +295,12 @@ class Encoder:
     def check_text(self, text: str, what: str) -> None:
         """Refuse text that holds one of the model's control tokens: the processor would read
         ``<|image_pad|>`` or ``<emb>`` in it as that token, not as text."""
-        if found := next((t for t in self._control if t in text), None):
-            raise ControlTokenInText(f"the {what} contains {found!r}, one of the model's control tokens: remove it")
+        found = sorted((t for t in self._control if t in text), key=text.find)  # as the text has them
+        if len(found) == 1:
+            raise ControlTokenInText(f"the {what} contains {found[0]!r}, one of the model's control tokens: remove it")
+        if found:
+            names = ", ".join(map(repr, found[:-1])) + f" and {found[-1]!r}"
+            raise ControlTokenInText(f"the {what} contains {names}, the model's control tokens: remove them")
 
     def rows(self, inputs: Sequence[EmbedInput], *, direct: bool) -> list[Row]:
         for x in inputs:

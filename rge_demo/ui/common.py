@@ -26,8 +26,8 @@ def friendly(fn):
         if isinstance(e, (gr.Error, *EXPECTED)):  # the person is told; the server log keeps one line, no traceback
             refusal = e if isinstance(e, gr.Error) else gr.Error(public_message(e))
             refusal.print_exception = False
+            log.info("%s refused: %s", fn.__name__, refusal.message)  # as said: the log is text, not HTML
             refusal.message = html.escape(refusal.message, quote=False)  # the toast renders HTML: "<emb>" must show
-            log.info("%s refused: %s", fn.__name__, refusal.message)
             return refusal
         log.exception("unexpected error in %s", fn.__name__)
         return gr.Error(f"internal error ({type(e).__name__}, logged on the server); the app keeps running")
