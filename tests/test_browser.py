@@ -78,6 +78,9 @@ def test_explore_map_click_lasso_colour_and_search(page, app):
         expect(drawn).to_have_count(1)
         n = int(drawn.get_attribute("data-points"))
         expect(page.locator("#explore-map .gl-container canvas").first).to_be_attached()  # WebGL scatter
+        # the modebar has its tools but no upload to Plotly Cloud (the page makes no outside requests)
+        expect(page.locator('#explore-map .modebar-btn[data-title="Box Select"]')).to_be_attached()
+        expect(page.locator('#explore-map .modebar-btn[data-title="Share chart..."]')).to_have_count(0)
         expect(page.locator("#explore-map .scatterlayer .trace path.point").first).to_be_attached()  # arrow heads
 
         # hover shows the thumbnail, a click selects the point: the grid and the detail show it

@@ -63,7 +63,9 @@ async function draw() {
   // doubleClick off: two quick clicks on two points would reset the axes (a full WebGL redraw, ~2 s
   // at 100k points) instead of selecting both in turn; the modebar's "Reset axes" still resets
   await Plotly.react(plot, traces(v, s), layout,
-                     {scrollZoom: true, displaylogo: false, responsive: true, doubleClick: false});
+                     // no "Share chart...": plotly.py's plotly.js offers an upload to Plotly Cloud by default
+                     {scrollZoom: true, displaylogo: false, responsive: true, doubleClick: false,
+                      showSendToCloud: false});
   drawKey(s);
   highlight(props.selected || []);
   element.dataset.points = String(v.n);  // for tests and scripts: the map is drawn
