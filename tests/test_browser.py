@@ -156,6 +156,8 @@ def test_failures_tour(page, app):
         choose(page, "Saved evaluation run (reasoning + direct)", "rge-micro")
         page.get_by_role("button", name="Load run", exact=True).click()
         expect(page.get_by_text(re.compile(r"\d+ of \d+ cases shown"))).to_be_visible()
+        page.get_by_role("button", name="Next", exact=True).click()  # no tour yet: it says so (QA: nothing)
+        expect(page.get_by_text("Pick a tour in the Tour list first")).to_be_visible()
         tour = page.get_by_label("Tour", exact=True)
         tour.click()
         page.get_by_role("option").first.click()

@@ -289,10 +289,12 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         return cost_figure(points, highlight=run_name)
 
     @friendly
-    def show_stop(tour_id, stop):
-        """A tour's stop (clamped to the tour) and an empty replay line: the replay was of another stop."""
+    def show_stop(tour_id, stop, asked: bool = False):
+        """A tour's stop (clamped to the tour) and an empty replay line: the replay was of another stop.
+        ``asked``: Next / Previous pressed, which with no tour chosen say so (they did nothing)."""
         if not tour_id:
-            return "", "", 1, ""
+            return ("*Pick a tour in the Tour list first: Next and Previous step through its stops.*" if asked
+                    else ""), "", 1, ""
         stop = max(1, min(int(stop or 1), len(demo.tour(tour_id).stops)))
         t, stop, case, explanation = demo.tour_stop(tour_id, stop)
         head = f"### {html.escape(t.title)}\n{t.summary}\n\n**Stop {stop} of {len(t.stops)}: {t.stops[stop - 1].title}**"
@@ -345,8 +347,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     # The replay line is a progress target too: a new tour or stop clears its old table and any error badge.
     on_stop = {"show_progress_on": [tour_info, replay_out], **private}
     tour.change(lambda t: show_stop(t, 1), tour, stop_out, **on_stop)
-    next_b.click(lambda t, p: show_stop(t, (p or 1) + 1), [tour, tour_pos], stop_out, **on_stop)
-    prev_b.click(lambda t, p: show_stop(t, (p or 1) - 1), [tour, tour_pos], stop_out, **on_stop)
+    next_b.click(lambda t, p: show_stop(t, (p or 1) + 1, asked=True), [tour, tour_pos], stop_out, **on_stop)
+    prev_b.click(lambda t, p: show_stop(t, (p or 1) - 1, asked=True), [tour, tour_pos], stop_out, **on_stop)
 
     if gallery_steps is not None:
         gallery_steps.append((galleries_of, [session], [galleries]))
