@@ -62,6 +62,10 @@ def test_colour_and_size_by_every_field_restyle_without_re_projecting(demo, proj
     assert demo._projections.stats["misses"] == misses
     sized = X.style(proj, "label", "rationale length")["size"]
     assert len(set(sized)) > 1  # rationale lengths differ, items get the smallest size
+    n_items = sum(p.kind == "item" for p in proj.points)
+    for field in ("outcome", "rank change"):  # the grey group says what it is (QA: "- (20)")
+        key = {k[0]: k[2] for k in X.style(proj, field)["key"]}
+        assert key["gallery items (no value)"] == n_items and "-" not in key
 
 
 def test_colour_names_are_drawn_in_their_colour_and_the_palette_stays_readable():

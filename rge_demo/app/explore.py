@@ -236,6 +236,12 @@ def style(projection: Projection | None, colour_by: str = "label", size_by: str 
         colours, key = P.numeric_colours(values, diverging=colour_by == "rank change")
     else:
         colours, key = P.categorical_colours(["-" if v is None else str(v) for v in values])
+    # The grey group is named for what it holds (QA: "- (20)"): the gallery items, which have no outcome,
+    # rank or rationale, and any query without a value for the field.
+    blank = [p.kind for p, v in zip(projection.points, values) if v is None or v == "-"]
+    if blank:
+        name = "gallery items (no value)" if set(blank) == {"item"} else "no value"
+        key = [[name, *rest] if label == "-" else [label, *rest] for label, *rest in key]
     sizes = [8.0] * len(values)
     if size_by != "none":
         raw = np.array([np.nan if p.value(size_by) is None else abs(float(p.value(size_by)))
