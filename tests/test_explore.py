@@ -1,5 +1,7 @@
 """The Explore tab's service on the real taught model: fields, colours, search, selection, caching."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,13 @@ def test_payloads_travel_by_unguessable_tokens_and_expire():
     with pytest.raises(X.ExploreError):
         store.get(None)
     assert store.get(b) == {"n": 2}
+
+
+def test_the_detail_panel_ranks_tied_neighbours_as_compare_does(proj):
+    """QA: two "two" items at +0.140 were listed 3rd and 4th; Compare shows them "=3", marked as a tie."""
+    from rge_demo.ui.explore import _point_html
+
+    items = [p for p in proj.points if p.kind == "item"][:4]
+    page = _point_html(items[0], list(zip(items, (0.5, 0.2, 0.14, 0.1404))))
+    cells = re.findall(r"<tr><td>([^<]*)</td>", page)
+    assert cells == ["1", "2", "=3", "=3"] and page.count('class="rge-tie"') == 2

@@ -10,15 +10,17 @@ import html
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import plotly
 
+from rge_demo.analysis.compare import shown_ranks
 from rge_demo.analysis.failures import shorten
 from rge_demo.analysis.projection import umap_state
 from rge_demo.app import explore as X
 from rge_demo.app.demo import Demo
 
 from .common import friendly, gpu, md_literal
-from .render import STYLE, thumbnail
+from .render import STYLE, score_cell, thumbnail
 from .train import session_of
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served, not fetched: works offline
@@ -85,9 +87,13 @@ def _point_html(point, neighbours) -> str:
         lines.append(f"rationale ({point.tokens} tokens): <i>{html.escape(point.rationale)}</i>")
     if point.hallucinations:
         lines.append(f"&#9888; names what the scene lacks: {html.escape(', '.join(point.hallucinations))}")
+    # ranked as Compare ranks: equal at the 3 decimals shown is a tie ("=3"), marked as one
+    ranks, tied = shown_ranks(np.array([s for _, s in neighbours], dtype=np.float64))
     rows = "".join(
-        f"<tr><td>{i}</td><td>{'<img class=rge-thumb src=' + thumbnail(p.image) + '>' if p.image else ''} "
-        f"{html.escape(p.label)}</td><td>{s:+.3f}</td></tr>" for i, (p, s) in enumerate(neighbours, 1))
+        f"<tr><td>{'=' if t else ''}{r}</td><td>"
+        f"{'<img class=rge-thumb src=' + thumbnail(p.image) + '>' if p.image else ''} "
+        f"{html.escape(p.label)}</td><td>{score_cell(s, t)}</td></tr>"
+        for (p, s), r, t in zip(neighbours, ranks, tied))
     return (f"{STYLE}<div>{img}<br>{'<br>'.join(lines)}</div><p><b>Nearest gallery items</b> (full space)</p>"
             f'<table class="rge-hits"><tr><th>#</th><th>item</th><th>cosine</th></tr>{rows}</table>')
 

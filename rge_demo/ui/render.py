@@ -59,7 +59,7 @@ def _item_cell(item, root: Path) -> str:
     return " ".join(parts)
 
 
-def _score_cell(score: float, tied: bool) -> str:
+def score_cell(score: float, tied: bool) -> str:
     tie = '<span class="rge-tie" title="equal to another item at 3 decimals">tie</span>' if tied else ""
     return f"{score:+.3f}{tie}"
 
@@ -77,7 +77,7 @@ def hits_html(side: Side | None, root: Path, target_id: str | None, title: str, 
         rank = place.label if place else str(h.rank)
         tied = bool(place and place.tied)
         rows.append(f"<tr{cls}><td>{rank}</td><td>{_item_cell(h.item, root)}{mark}</td>"
-                    f"<td>{_score_cell(h.score, tied)}</td></tr>")
+                    f"<td>{score_cell(h.score, tied)}</td></tr>")
     rank = ""
     if side.target is not None:
         rank = f'<div class="rge-rank">{html.escape(side.rank_line())}</div>'
@@ -91,7 +91,7 @@ def hits_html(side: Side | None, root: Path, target_id: str | None, title: str, 
         extra = (f'<div class="rge-offtop">'
                  f'<span class="rge-offrank">{t.label}</span><span>{_item_cell(hit.item, root)} &#10003; right answer '
                  f'<small>({where})</small></span>'
-                 f'<span class="rge-offscore">{_score_cell(t.score, t.tied)}</span></div>')
+                 f'<span class="rge-offscore">{score_cell(t.score, t.tied)}</span></div>')
     return (f"{STYLE}<p><b>{html.escape(title)}</b></p>{note}{rank}"
             f'<table class="rge-hits"><tr><th>#</th><th>candidate</th><th>cosine</th></tr>{"".join(rows)}</table>'
             f"{extra}")
