@@ -152,6 +152,8 @@ def test_failures_replay_line_follows_the_tour(page, app):
 
 
 def test_failures_tour(page, app):
+    page.reload()  # no tour chosen yet (an earlier test of this module picked one)
+    expect(page.get_by_text("Examples: click one to run it")).to_be_visible()
     with tab(page, app, "Failures", "3-failures-tour"):
         choose(page, "Saved evaluation run (reasoning + direct)", "rge-micro")
         page.get_by_role("button", name="Load run", exact=True).click()
