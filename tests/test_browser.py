@@ -256,3 +256,41 @@ def test_a_gallery_zip_registered_in_the_galleries_tab_appears_in_compare(page, 
         visible(page, "input[aria-label='Gallery']").first.click()  # Galleries' picker has the label too
         expect(page.get_by_role("option", name=re.compile(r"^my colours \["))).to_be_visible()
         page.keyboard.press("Escape")
+
+
+def test_a_removed_gallery_leaves_the_failures_picker(page, app, tmp_path):
+    """QA: Failures kept a removed gallery picked, and Evaluate then said "unknown gallery"."""
+    import zipfile
+
+    from PIL import Image
+
+    zpath = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        rows = ["file,label,query"]
+        for colour in ("red", "green", "blue"):
+            Image.new("RGB", (40, 40), colour).save(tmp_path / f"{colour}.png")
+            z.write(tmp_path / f"{colour}.png", f"{colour}.png")
+            rows.append(f"{colour}.png,{colour},")
+        rows.append("red.png,red,yes")  # a query: the gallery can be evaluated in Failures
+        z.writestr("labels.csv", "\n".join(rows) + "\n")
+    picker = "Or a gallery: a sample one or yours (Galleries tab); its queries with a right answer are ranked " \
+             "against its items"
+    with tab(page, app, "Galleries", "9-galleries-remove"):
+        page.locator("#gallery-zip input[type=file]").set_input_files(str(zpath))
+        expect(page.locator("#gallery-zip").get_by_text("shapes.zip")).to_be_visible()
+        page.get_by_label("Gallery name", exact=True).fill("shapes")
+        page.get_by_role("button", name="Register and embed").click()
+        expect(page.get_by_text(re.compile(r"Registered \*?\*?shapes"))).to_be_visible()
+    with tab(page, app, "Failures", "9b-failures-pick"):
+        page.get_by_text("Run a new evaluation with the model in use").click()
+        box = page.get_by_label(picker, exact=True)
+        box.click()
+        page.get_by_role("option", name=re.compile(r"^shapes \[")).click()
+        expect(box).to_have_value(re.compile(r"^shapes \["))
+        name = box.input_value()
+    with tab(page, app, "Galleries", "9c-galleries-removed"):
+        choose(page, "Gallery", name)
+        page.get_by_role("button", name="Remove", exact=True).click()
+        expect(page.get_by_text(f"Removed {name}.")).to_be_visible()
+    with tab(page, app, "Failures", "9d-failures-unpicked"):
+        expect(page.get_by_label(picker, exact=True)).to_have_value("")

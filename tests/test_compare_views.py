@@ -166,3 +166,6 @@ def test_counts_carry_their_noun_in_the_right_number():
 
     assert [counted(n, "rationale") for n in (0, 1, 2)] == ["0 rationales", "1 rationale", "2 rationales"]
     assert counted(1, "query", "queries") == "1 query" and counted(3, "query", "queries") == "3 queries"
+    from rge_demo.app.demo import k_note  # QA: "the gallery has 1 items"
+
+    assert k_note(5, 1) == "k=5 but the gallery has 1 item: showing 1." and k_note(5, 5) == ""

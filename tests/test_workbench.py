@@ -334,7 +334,9 @@ def test_a_second_launch_of_a_queued_job_name_is_refused(idle_bench):
     bench.cancel(KEY, first.id)
     again = bench.launch(KEY, dataset, name="long", **BASELINE)  # the first one is cancelled: fine
     assert len({first.id, other.id, unnamed.id, other_lr.id, again.id}) == 5
-    assert bench.jobs_table(KEY)["name"].tolist() == ["long", "short", unnamed.name, other_lr.name, "long"]
+    # newest first: the waiting jobs are the rows in view (QA: below the table's fold); a reload shows the newest
+    assert bench.jobs_table(KEY)["name"].tolist() == ["long", other_lr.name, unnamed.name, "short", "long"]
+    assert bench.job_ids(KEY)[0] == again.id and bench.restore(KEY)["job"] == again.id
     # resuming the cancelled one while its namesake waits would make two again (QA)
     with pytest.raises(JobError, match=rf"^job 'long' is already queued \({again.id}\): wait for it to end or "
                                        "cancel it$"):

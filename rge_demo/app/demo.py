@@ -32,6 +32,7 @@ from rge_demo.models.manager import LoadedModel, ModelManager
 
 from . import explore
 from .explore import PointInfo, Projection
+from .messages import counted
 from .sessions import check_server_folder
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def k_note(k: int, n_items: int) -> str:
     """What a request for the top ``k`` of a gallery of ``n_items`` gets, when that is fewer than asked."""
     if k <= n_items:
         return ""
-    return f"k={k} but the gallery has {n_items} items: showing {n_items}."
+    return f"k={k} but the gallery has {counted(n_items, 'item')}: showing {n_items}."
 
 
 def check_choice(value, choices, what: str):

@@ -192,10 +192,12 @@ class JobQueue:
         return [j for j in self.manager.jobs() if j.owner in (owner, "")]
 
     def jobs_table(self, owner: str) -> pd.DataFrame:
-        """id, name, dataset (version), status, attempts, the checkpoint a resume starts from, error."""
+        """id, name, dataset (version), status, attempts, the checkpoint a resume starts from, error; newest
+        first, so the running and queued jobs are the rows in view (QA: they were below the table's fold)."""
         rows = [{"id": j.id, "name": j.name, "dataset": j.dataset, "status": j.status, "attempts": j.attempts,
                  "checkpoint": j.checkpoint.name if j.checkpoint else "",
-                 "error": public_message(j.error.splitlines()[0]) if j.error else ""} for j in self.jobs(owner)]
+                 "error": public_message(j.error.splitlines()[0]) if j.error else ""}
+                for j in reversed(self.jobs(owner))]
         return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
     # -- requests ------------------------------------------------------------------------------

@@ -209,9 +209,11 @@ class Workbench:
                        problems=pd.DataFrame([vars(p) for p in saved["problems"]], columns=PROBLEM_COLUMNS),
                        counts=pd.DataFrame(sorted(saved["task_counts"].items()), columns=COUNT_COLUMNS))
         datasets = self.dataset_choices(key)
-        jobs = self.job_ids(key)
+        jobs = self.queue.jobs(owner)
+        # the job to show: the one running, else the newest (QA: a reload showed the last queued one)
+        shown = next((j for j in jobs if j.status in ("running", "cancelling")), jobs[-1] if jobs else None)
         out.update(datasets=datasets, dataset=datasets[0][1] if datasets else None,
-                   jobs=self.jobs_table(key), job=jobs[-1] if jobs else None)
+                   jobs=self.jobs_table(key), job=shown.id if shown else None)
         return out
 
     # -- datasets --------------------------------------------------------------------------------
@@ -466,12 +468,13 @@ class Workbench:
         return self.queue.resume(owner_id(key), job_id)
 
     def jobs_table(self, key: str) -> pd.DataFrame:
-        """This session's jobs, oldest first: id, name, dataset, status, attempts, checkpoint, error."""
+        """This session's jobs, newest first: id, name, dataset, status, attempts, checkpoint, error."""
         self.queue.poll()
         return self.queue.jobs_table(owner_id(key))
 
     def job_ids(self, key: str) -> list[str]:
-        return [j.id for j in self.queue.jobs(owner_id(key))]
+        """This session's job ids, newest first (as the table lists them)."""
+        return [j.id for j in reversed(self.queue.jobs(owner_id(key)))]
 
     # -- results ---------------------------------------------------------------------------------
     def results(self, key: str, job_id: str, max_queries: int = 64, encoder_factory=None) -> pd.DataFrame:

@@ -247,11 +247,12 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                 f"attributed with **{html.escape(demo.model(model_name).name)}** in {time.perf_counter() - t0:.1f} s.")
         return line, attribution_html(att)
 
-    def galleries_of(session_key, request: gr.Request):
-        """The galleries this session may evaluate: sample ones and its own (those with queries)."""
+    def galleries_of(session_key, current=None, request: gr.Request = None):
+        """The galleries this session may evaluate: sample ones and its own (those with queries); the
+        choice stays while it is one of them (QA: a removed gallery stayed picked, refused at Evaluate)."""
         key = session_of(session_key, request)
-        names = [g["name"] for g in demo.own_galleries(key) if g["queries"]]
-        return gr.update(choices=[*demo.gallery_names(None), *names])
+        names = [*demo.gallery_names(None), *(g["name"] for g in demo.own_galleries(key) if g["queries"])]
+        return gr.update(choices=names, value=current if current in names else None)
 
     def on_page(run_name, session_key, request: gr.Request):
         """The session's runs and galleries; the run and case the page address names (``?run=&case=``)."""
@@ -259,7 +260,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         key = session_of(session_key, request)
         runs_now = demo.failure_runs.names(key)
         lists = (gr.update(choices=runs_now, value=run_name if run_name in runs_now else runs_now[0] if runs_now
-                           else None), galleries_of(session_key, request))
+                           else None), galleries_of(session_key, request=request))
         select = (gr.Tabs(selected="failures"),) if tabs is not None else ()
         try:
             name, case_id = parse_case_link(dict(getattr(request, "query_params", None) or {}))
@@ -325,7 +326,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     evaluate_g.click(on_evaluate_gallery, [galleries, model_state, *filters, session], [*loaded, run],
                      api_name="evaluate_gallery", concurrency_id="model",
                      show_progress_on=summary).success(after_load, *follow, **private)
-    galleries.focus(galleries_of, session, galleries, **private)  # galleries registered since the page loaded
+    galleries.focus(galleries_of, [session, galleries], galleries, **private)  # galleries registered since the page loaded
     for f in filters[:-1]:
         f.change(refresh, [cases_state, *filters], [table, summary, shown_state], show_progress_on=summary,
                  **private)
@@ -351,7 +352,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     prev_b.click(lambda t, p: show_stop(t, (p or 1) - 1, asked=True), [tour, tour_pos], stop_out, **on_stop)
 
     if gallery_steps is not None:
-        gallery_steps.append((galleries_of, [session], [galleries]))
+        gallery_steps.append((galleries_of, [session, galleries], [galleries]))
     page_out = [run, galleries, cases_state, table, shown_state, task, view, link, case_id, bars, split_f, meta,
                 summary]
     return on_page, [run, session], page_out + ([tabs] if tabs is not None else [])

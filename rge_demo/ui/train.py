@@ -120,7 +120,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
 
     # (d) jobs -----------------------------------------------------------------------------------
     gr.Markdown("### 4. Jobs (one runs at a time; the others wait in the queue)")
-    jobs = gr.Dataframe(label="Jobs (this browser's)", interactive=False, max_height=220, wrap=True,
+    jobs = gr.Dataframe(label="Jobs (this browser's, newest first)", interactive=False, max_height=300, wrap=True,
                         headers=JOB_COLUMNS, column_widths=["22%", "16%", "16%", "8%", "8%", "12%", "18%"])
     with gr.Row():
         job = gr.Dropdown([], value=None, label="Job", scale=3, allow_custom_value=True)
