@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from rge_demo.config import Settings  # noqa: E402
 from rge_demo.app import explore  # noqa: E402
 from rge_demo.app.demo import Demo  # noqa: E402
-from rge_demo.ui.layout import build_blocks  # noqa: E402
+from rge_demo.ui.layout import PAGE_CSS, build_blocks  # noqa: E402
 
 log = logging.getLogger("rge_demo.app")
 
@@ -55,7 +55,7 @@ def main() -> None:
     # No run history: Gradio would keep every call's inputs in the browser, the session key among them in
     # plain text (QA: anyone at that browser could read it in the "Runs" page and act as the session).
     blocks.launch(server_name=settings.host, server_port=settings.port, share=settings.share, show_error=True,
-                  max_file_size=max_upload_bytes(settings), run_history=False)
+                  max_file_size=max_upload_bytes(settings), run_history=False, css=PAGE_CSS)
 
 
 if __name__ == "__main__":

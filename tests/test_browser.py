@@ -294,3 +294,11 @@ def test_a_removed_gallery_leaves_the_failures_picker(page, app, tmp_path):
         expect(page.get_by_text(f"Removed {name}.")).to_be_visible()
     with tab(page, app, "Failures", "9d-failures-unpicked"):
         expect(page.get_by_label(picker, exact=True)).to_have_value("")
+        # Evaluate with no gallery picked is refused; the red pill marks the status line above its text,
+        # not over it (QA: it hid the words it sat on)
+        page.get_by_role("button", name="Evaluate gallery (both modes)").click()
+        pill = error_badges(page, "#failures-status")
+        expect(pill).to_have_count(1)
+        text = page.locator("#failures-status [data-testid=markdown] p").first.bounding_box()
+        box = pill.bounding_box()
+        assert box["y"] + box["height"] <= text["y"] + 1, (box, text)

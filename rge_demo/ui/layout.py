@@ -14,6 +14,17 @@ An RGE model writes a short rationale about the query before its `<emb>` token b
 ([arXiv 2511.16150](https://arxiv.org/abs/2511.16150)). Compare it with the direct embedding (no rationale),
 explore the embedding space, browse failure cases, and fine-tune on your own pairs."""
 
+# Gradio draws a failed request's "Error" pill in the middle of the component it marks, over a status
+# line's text (QA: over "In use in this session", a dataset's summary, Failures' case count). Marked
+# components make room at their top and the pill sits there, beside the "clear" cross.
+PAGE_CSS = """
+.block:has(> [data-testid="status-tracker"] > .error) { padding-top: 2.4rem !important; }
+[data-testid="status-tracker"]:has(> .error) { justify-content: flex-start !important; align-items: flex-end !important;
+  background: transparent !important; pointer-events: none; padding: 0.35rem 2.4rem 0 0 !important; }
+[data-testid="status-tracker"] > .error { font-size: var(--text-sm); line-height: 1.4; pointer-events: auto; }
+[data-testid="status-tracker"]:has(> .error) .clear-status { pointer-events: auto; }
+"""
+
 
 def cache_cleanup(retention_hours: float) -> tuple[int, int]:
     """Gradio's ``delete_cache`` (frequency, age) in seconds: files the app's Blocks stored (uploads,
