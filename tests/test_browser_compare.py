@@ -241,3 +241,22 @@ def test_the_task_preset_follows_an_example_and_a_gallery_switch(page, app):
         choose(page, "Gallery to search", "classification")
         expect(preset).to_have_value("majority_shape")
         expect(instruction).to_have_value("Represent the given image for classification with the following question:")
+
+
+def test_a_refused_load_reads_the_models_tables_again(page, app, client):
+    """QA: after a refusal the tables stayed as they were (a model whose folder was deleted stayed "loaded");
+    they are read again, here showing a model another session loaded meanwhile."""
+    from rge_demo.app.sessions import new_key
+
+    with tab(page, app, "Models", "c9-models-refused"):
+        page.get_by_role("button", name="Refresh", exact=True).click()
+        table = page.locator("table").filter(has_text="memory_mb").first  # Loaded models
+        expect(table).not_to_contain_text("baseline-micro")
+        client.predict("baseline-micro", "auto", "none", new_key(), api_name="/load_model")  # another session
+        expect(table).not_to_contain_text("baseline-micro")  # this page has not asked yet
+        box = page.get_by_label("Model: registry name or hub id (folders: off, RGE_MODEL_ROOTS)", exact=True)
+        box.fill("no-such-model")
+        box.press("Enter")
+        page.get_by_role("button", name="Load and use", exact=True).click()
+        expect(page.get_by_text("no-such-model: not a registered model").first).to_be_visible()
+        expect(table).to_contain_text("baseline-micro")

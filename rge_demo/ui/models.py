@@ -92,11 +92,17 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         """What is loaded and the registry this session sees: (in use, loaded models, registry)."""
         return tables(model_name, session_key, request)
 
-    # A failed request marks only the "in use" line with gradio's error badge: the tables stay visible.
+    # A failed request marks only the "in use" line with gradio's error badge; the tables are read again,
+    # since the refusal may have changed them (QA: a model whose folder was deleted stayed listed "loaded").
+    def tables_again(model_name, session_key=None, request: gr.Request = None):
+        return tables(model_name, session_key, request)[1:]
+
+    again = dict(fn=tables_again, inputs=[model_state, session], outputs=[status, catalog], show_progress="hidden",
+                 api_visibility="private")
     load.click(on_load, [source, dtype, quant, session], [model_state, current, status, catalog, source],
-               api_name="load_model", show_progress_on=current)
+               api_name="load_model", show_progress_on=current).failure(**again)
     unload.click(on_unload, [source, model_state, session], [model_state, current, status, catalog],
-                 api_name="unload_model", show_progress_on=current)
+                 api_name="unload_model", show_progress_on=current).failure(**again)
     refresh.click(model_list, [model_state, session], [current, status, catalog], api_name="model_status",
                   show_progress_on=current)
     model_state.change(model_list, [model_state, session], [current, status, catalog], show_progress_on=current,
