@@ -93,3 +93,21 @@ def test_rge_micro_follows_a_swapped_answer(rge_micro):
     out = answer_swap(rge_micro, world_tasks(["count", "chart_diff"], ("ind",), n=10, seed=7), seed=0)
     assert out["overall"]["follows"]["n"] == 20
     assert out["overall"]["follows"]["mean"] >= 0.8 and out["overall"]["stays"]["mean"] <= 0.2, out["overall"]
+
+
+def test_a_tie_with_the_right_answers_twin_counts_for_it_in_a_gallery_evaluation(rge_micro, tmp_path):
+    """QA: in vqa-count, "two" of count and "two" of chart_diff are one embedding, yet the matrix product
+    scored the twin 3e-8 higher, so Failures ranked q_0002 2nd ("reasoning hurts") where Compare said =1."""
+    from rge_demo.analysis.evaluate import evaluate
+    from rge_demo.analysis.gallery_eval import gallery_tasks
+    from rge_demo.app.demo import SAMPLE_GALLERIES
+    from rge_demo.data.items import Gallery
+    from rge_demo.embedding.index import EmbeddingCache
+
+    gallery = Gallery.load(SAMPLE_GALLERIES / "vqa-count")
+    run = evaluate(rge_micro, gallery_tasks(gallery), mode="reason", cache=EmbeddingCache(tmp_path), fingerprint="fp")
+    cases = {c["query_id"]: c for c in run.cases}
+    for qid in ("q_0002", "q_0006"):
+        top = cases[qid]["topk"]
+        assert {t["id"] for t in top[:2]} == {"count/two", "chart_diff/two"} and top[0]["score"] == top[1]["score"]
+        assert cases[qid]["rank"] == 1, qid

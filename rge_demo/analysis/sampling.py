@@ -36,6 +36,7 @@ import torch
 
 from rge_demo.data import world
 from rge_demo.embedding.encoder import Encoder, ReasonResult
+from rge_demo.embedding.index import rank_of
 from rge_demo.errors import RGEUserError
 from rge_demo.embedding.prompts import EmbedInput
 
@@ -151,8 +152,7 @@ def ks_for(n: int, ks: Sequence[int] | None = None) -> list[int]:
 
 def _rank(vec: np.ndarray, pool: np.ndarray, target: int) -> tuple[int, float]:
     """(1-based rank of ``pool[target]``, its cosine) for a unit query ``vec`` (D,); ties favour the target."""
-    scores = pool @ vec  # (N,)
-    return int(1 + np.sum(scores > scores[target])), float(scores[target])
+    return int(rank_of(vec, pool, np.array([target]))[0]), float((pool @ vec)[target])
 
 
 @dataclass

@@ -91,7 +91,10 @@ def _top_k_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def rank_of(queries: np.ndarray, matrix: np.ndarray, target_idx: np.ndarray) -> np.ndarray:
     """1-based rank of each query's target: queries (Q, D), matrix (N, D), target_idx (Q,) -> (Q,).
 
-    rank = 1 + number of candidates scoring strictly higher than the target (ties favour it).
+    rank = 1 + number of candidates scoring strictly higher than the target (ties favour it). A candidate
+    whose vector equals the target's is a tie whatever its computed score: a matrix product can round two
+    equal rows apart by their place in it (QA: the right "two" ranked 2nd behind its twin, scores equal to
+    6 decimals).
     """
     queries, matrix = _as_2d(queries), _as_2d(matrix)
     target_idx = np.asarray(target_idx, dtype=np.int64).reshape(-1)
@@ -105,7 +108,10 @@ def rank_of(queries: np.ndarray, matrix: np.ndarray, target_idx: np.ndarray) -> 
         scores = queries[start:start + _QUERY_CHUNK] @ matrix.T  # (C, N)
         t = target_idx[start:start + _QUERY_CHUNK]
         target = scores[np.arange(len(t)), t][:, None]  # (C, 1)
-        ranks[start:start + len(t)] = (scores > target).sum(axis=1) + 1
+        higher = scores > target  # (C, N)
+        for u in np.unique(t):
+            higher[t == u] &= ~(matrix == matrix[u]).all(axis=1)  # the target's twins tie with it
+        ranks[start:start + len(t)] = higher.sum(axis=1) + 1
     return ranks
 
 
