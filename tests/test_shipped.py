@@ -3,6 +3,7 @@ default Compare example is one where reasoning helps, and the model drafts real 
 
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -36,6 +37,9 @@ def test_tours_praise_only_rationales_that_are_right():
                 assert F.stated_right(case) is True and not F.hallucinations(case), (tour.id, stop.query_id)
             if "reasoning-helps" in tour.id:
                 assert case.reason_rank == 1 and case.direct_rank > 1
+            # what a count rationale counted is what its step counts (QA: "counted the circles ("squares 2")")
+            for counted, step in re.findall(r'counted the (\w+) \("([^"]*)"\)', text):
+                assert counted in step, (tour.id, stop.query_id, text)
 
 
 def test_the_default_compare_example_is_one_where_reasoning_helps():

@@ -1,7 +1,7 @@
 """Ship the trained micro models: copy them into assets/, evaluate on two held-out seeds, write saved
 runs, tours, cards and the results tables.
 
-    python tools/release_micro.py [--n 100] [--cards-only]
+    python tools/release_micro.py [--n 100] [--cards-only | --tours-only]
 
 Reads the training runs named in ``configs/lineage.json`` (each model's stages, in order, each one
 ``python -m rge_demo train --config <config>``) and writes:
@@ -333,8 +333,14 @@ def main() -> int:
     parser.add_argument("--cards-only", action="store_true",
                         help="rewrite assets/results.md and the model cards from the committed assets/results.json "
                              "(configs/*.md or this script's tables edited), no evaluation")
+    parser.add_argument("--tours-only", action="store_true",
+                        help="redraft assets/tours from the committed rge-micro runs (rge_demo/analysis/tours.py "
+                             "edited), no evaluation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tours_only:
+        write_tours()
+        return 0
     if args.cards_only:
         n = int(re.search(r"(\d+) queries per task", (ASSETS / "results.md").read_text()).group(1))
         saved = json.loads((ASSETS / "results.json").read_text())
@@ -363,11 +369,17 @@ def main() -> int:
         (ASSETS / "models" / name / "README.md").write_text(card(name, md, training_summary(name)))
     examples = compare_examples(ASSETS / "models" / "rge-micro")
     (ASSETS / "examples.json").write_text(json.dumps(examples, indent=1) + "\n")
+    write_tours()
+    log.info("results:\n%s", md)
+    return 0
+
+
+def write_tours() -> None:
+    """assets/tours, drafted from the shipped rge-micro runs."""
     cases = load_pair(ASSETS / "runs" / "rge-micro" / "reason", ASSETS / "runs" / "rge-micro" / "direct")
     shutil.rmtree(ASSETS / "tours", ignore_errors=True)
     tours = draft_tours(cases, ASSETS / "tours", "rge-micro")
-    log.info("wrote %d tours; results:\n%s", len(tours), md)
-    return 0
+    log.info("wrote %d tours", len(tours))
 
 
 if __name__ == "__main__":

@@ -165,10 +165,18 @@ def _objects(facts: dict) -> list[tuple[str, str, str]]:
     return list(facts.get("objects") or [])
 
 
+def _counted(c: F.Case) -> tuple[str, str]:
+    """(the shapes a count rationale's step counts, the shapes the question asks about): its step
+    ("squares 2") need not count what was asked (QA: the tour said "counted the circles ("squares 2")")."""
+    asked = world.PLURALS[(c.ask or {})["shape"]]
+    words = re.findall(r"[a-z]+", _step(c.rationale))
+    return next((w for w in words if w in world.PLURALS.values()), asked), asked
+
+
 def _what_it_did(c: F.Case) -> str:
     ask = c.ask or {}
     if c.task == "count" and "shape" in ask:
-        return f"counted the {world.PLURALS[ask['shape']]}"
+        return f"counted the {_counted(c)[0]}"
     if c.task == "relation_colour" and "cell" in ask:
         return f"found the cell {ask.get('relation', 'next to')} the {ask['cell']} one and looked up its object"
     if c.task == "ground" and "cell" in ask:
@@ -213,6 +221,8 @@ def _reasoning_clause(c: F.Case) -> str:
     s = f"The rationale {_what_it_did(c)}"
     if step:
         s += f' ("{step}")'
+    if c.task == "count" and "shape" in (c.ask or {}) and (shapes := _counted(c))[0] != shapes[1]:
+        s += f", not the {shapes[1]},"
     return s + (f" and stated '{stated}'" if stated else " but never stated an answer")
 
 
