@@ -76,3 +76,12 @@ def test_evaluation_runs_are_named_for_their_tasks_and_never_overwrite(client):
     _, summary, *_ = client.predict(runs[0], "all", "all", "all", "all", "all", "ö" * 300, None,
                                     api_name="/load_run")
     assert f"matching ` {'ö' * 79}… `" in summary and "ö" * 81 not in summary
+
+
+def test_a_fresh_client_filters_a_run_by_task_in_its_first_call(app):
+    """QA: the Task picker's choices come with a loaded run, so a new client's first filtered call was
+    refused ("Task: Value: count is not in the list of choices: ['all']")."""
+    fresh = Client(app.url, verbose=False)
+    table, summary, *_ = fresh.predict("rge-micro", "all", "count", "all", "ood", "all", "", None,
+                                       api_name="/load_run")
+    assert table["data"] and re.match(r"\d+ of \d+ cases shown", summary)

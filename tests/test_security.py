@@ -210,6 +210,8 @@ def bad_inputs(files, taught_dir):
         ("/compare", ("nope", img(), txt, INSTRUCTION, None, 3), r"^Gallery to search: Value: nope is not in the list"),
         ("/load_run", ("no-such-run", "all", "all", "all", "all", "all", "", None), r"no saved run 'no-such-run'"),
         ("/load_run", ("", "all", "all", "all", "all", "all", "", None), r"choose a saved run"),
+        ("/load_run", ("rge-micro", "all", "nonsense", "all", "all", "all", "", None),
+         r"task 'nonsense' is not in this run; its tasks: chart_diff, count, "),
         ("/evaluate", (["count"], "ind", 1000, "all", "all", "all", "all", "all", ""), r"^Queries per task and split: Value 1000 is greater than maximum value 100\."),
         ("/replay_stop", ("", 1), r"open a tour first"),
         ("/replay_stop", ("no-such-tour", 1), r"no tour 'no-such-tour'"),

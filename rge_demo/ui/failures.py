@@ -105,7 +105,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
             evaluate_g = gr.Button("Evaluate gallery (both modes)", variant="primary", scale=1)
     with gr.Row():
         outcome = gr.Dropdown([ALL, *OUTCOMES], value=ALL, label="Outcome")
-        task = gr.Dropdown([ALL], value=ALL, label="Task")
+        # its choices come with a run; an API call names a task before any run filled them (QA: refused)
+        task = gr.Dropdown([ALL], value=ALL, label="Task", allow_custom_value=True)
         meta = gr.Dropdown([ALL, *META_TASKS], value=ALL, label="Meta-task")
         split_f = gr.Dropdown([ALL, "ind", "ood"], value=ALL, label="Split")
         tag = gr.Dropdown([ALL, *TAGS], value=ALL, label="Failure kind")
@@ -148,7 +149,11 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     tour_pos = gr.Number(1, precision=0, visible=False, label="Stop")  # the stop shown (1-based); an API parameter
 
     def shown_of(cases, outcome, task, meta_task, split, failure_kind, search):
-        pick = lambda v: None if v == ALL else v  # noqa: E731
+        tasks = sorted({c.task for c in cases})
+        if task not in (ALL, None, "", *tasks):
+            raise gr.Error(f"task {shorten(str(task), 80)!r} is not in this run; its tasks: {', '.join(tasks)}",
+                           print_exception=False)
+        pick = lambda v: None if v in (ALL, None, "") else v  # noqa: E731
         shown = filter_cases(cases, outcome=pick(outcome), task=pick(task), meta_task=pick(meta_task),
                              split=pick(split), tag=pick(failure_kind))
         return search_cases(shown, search)
