@@ -104,7 +104,7 @@ def test_sampling_view_samples_n_rationales_and_names_bad_input(page, app):
         expect(page.get_by_text("the number of samples must be in 1..32, got 0").first).to_be_visible()
         expect(page.locator("#sample-status").get_by_text("Error", exact=True)).to_have_count(1)
         expect(page.locator("#compare-status").get_by_text("Error", exact=True)).to_have_count(0)
-        expect(page.locator("#sample-table table.rge-samples")).to_be_visible()  # the last result stays
+        expect(page.locator("#sample-table table.rge-samples")).to_have_count(0)  # not read as this one's
         page.get_by_label("Samples (N)", exact=True).fill("8")
         page.get_by_label("Temperature", exact=True).fill("1")
         for close in page.get_by_label("Close", exact=True).all():  # the toast would cover the next screenshot
@@ -145,6 +145,9 @@ def test_embed_rl_panel_shows_a_reasoners_tcot_and_its_top_k(page, app, taught_d
         expect(page.get_by_text("must share one tokenizer").first).to_be_visible()
         expect(page.locator("#tcot-status").get_by_text("Error", exact=True)).to_have_count(1)
         expect(page.locator("#compare-status").get_by_text("Error", exact=True)).to_have_count(0)
+        # the earlier Reasoner's T-CoT and top-k are gone: they would read as this one's (QA)
+        expect(page.locator("#tcot-hits")).not_to_contain_text("Embed-RL top-k")
+        expect(page.locator("#tcot textarea")).to_have_value("")
         for close in page.get_by_label("Close", exact=True).all():
             if close.is_visible():
                 close.click()

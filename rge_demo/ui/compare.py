@@ -233,12 +233,20 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                             concurrency_limit=ENCODE_LIMIT, show_progress_on=cost)
     reembed_btn.click(on_reembed, [gallery, image, text, instruction, target, k, rationale, last, model_state, session],
                       [reason_out, moved, last], api_name="reembed", concurrency_id="model", show_progress_on=cost)
-    sample_btn.click(on_sample, [gallery, image, text, instruction, target, n_samples, temperature, seed, model_state,
-                                 session], [sample_status, sample_plot, sample_table, sample_json], api_name="sample",
-                     concurrency_id="model", show_progress_on=sample_status)
-    attribute_btn.click(on_attribute, [gallery, image, text, instruction, target, rationale, model_state, session],
-                        [attribute_status, attribution, attribution_json], api_name="attribute",
-                        concurrency_id="model", show_progress_on=attribute_status)
+    # Sampling, attribution and the Embed-RL panel likewise start from an empty panel (QA: a refused
+    # Reasoner left the previous T-CoT and top-k under the new name).
+    def cleared(outputs):
+        return dict(fn=lambda: (None,) * len(outputs), inputs=None, outputs=outputs, show_progress="hidden",
+                    queue=False, **private)
+
+    sample_out = [sample_status, sample_plot, sample_table, sample_json]
+    sample_btn.click(**cleared(sample_out)).then(
+        on_sample, [gallery, image, text, instruction, target, n_samples, temperature, seed, model_state, session],
+        sample_out, api_name="sample", concurrency_id="model", show_progress_on=sample_status)
+    attribute_out = [attribute_status, attribution, attribution_json]
+    attribute_btn.click(**cleared(attribute_out)).then(
+        on_attribute, [gallery, image, text, instruction, target, rationale, model_state, session], attribute_out,
+        api_name="attribute", concurrency_id="model", show_progress_on=attribute_status)
 
     @gpu
     @friendly
@@ -253,9 +261,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                 f"embedded them; {view.side.seconds:.2f} s in all.")
         return line, view.tcot, hits_html(view.side, g.root, target_id or None, "Embed-RL top-k")
 
-    tcot_btn.click(on_tcot, [gallery, image, text, instruction, target, k, reasoner, model_state, session],
-                   [tcot_status, tcot_text, tcot_out], api_name="tcot", concurrency_id="model",
-                   show_progress_on=tcot_status)
+    tcot_out_all = [tcot_status, tcot_text, tcot_out]
+    tcot_btn.click(**cleared(tcot_out_all)).then(
+        on_tcot, [gallery, image, text, instruction, target, k, reasoner, model_state, session], tcot_out_all,
+        api_name="tcot", concurrency_id="model", show_progress_on=tcot_status)
 
     @gpu
     @friendly
