@@ -459,7 +459,7 @@ def numeric_colours(values: Sequence[float | None], diverging: bool = False, bin
     finite = x[np.isfinite(x)]
     if finite.size == 0:
         return [FIXED_COLOURS["-"]] * len(x), [["-", FIXED_COLOURS["-"], len(x)]]
-    data_lo, data_hi = lo, hi = float(finite.min()), float(finite.max())
+    lo, hi = float(finite.min()), float(finite.max())
     if diverging:
         m = max(abs(lo), abs(hi), 1.0)
         lo, hi = -m, m
@@ -476,10 +476,10 @@ def numeric_colours(values: Sequence[float | None], diverging: bool = False, bin
     palette = sample_colorscale(scale, [i / max(n - 1, 1) for i in range(n)], colortype="rgb")
     which = np.clip(np.searchsorted(starts, x, side="right") - 1, 0, n - 1)
     colours = [FIXED_COLOURS["-"] if np.isnan(v) else palette[b] for v, b in zip(x, which)]
-    # The scale is symmetric about 0 when diverging, the key is not: bins beyond the data on either side
-    # (rank changes of -40 .. -27 when no query lost more than 3 places) are left out of it.
-    key = [[labels[b], palette[b], int(((which == b) & np.isfinite(x)).sum())] for b, (a, z) in enumerate(ranges)
-           if z >= data_lo and a <= data_hi]
+    # The key lists the bins that hold points; the scale keeps every bin (symmetric about 0 when diverging),
+    # so a colour means the same range whatever the data (QA: "-40 .. -29 (0)", "38 .. 41 (0)" were listed).
+    counts = [int(((which == b) & np.isfinite(x)).sum()) for b in range(n)]
+    key = [[labels[b], palette[b], counts[b]] for b in range(n) if counts[b]]
     if np.isnan(x).any():
         key.append(["-", FIXED_COLOURS["-"], int(np.isnan(x).sum())])
     return colours, key
