@@ -270,3 +270,24 @@ def test_cost_points_pair_each_method_with_direct_on_the_same_queries(mixed_case
     assert [t.name for t in fig.data] == ["rge", "sampling"] and list(fig.data[0].y) == [pytest.approx(20)]
     with pytest.raises(ValueError, match="has no cases"):
         run_point("empty", [])
+
+
+def test_cost_labels_of_close_points_stack_and_edge_labels_grow_inwards():
+    """QA: four names piled up near 22-30 tokens and the rightmost was cut ("...N=8 (c")."""
+    from rge_demo.analysis.cost import CostPoint, cost_figure
+
+    def point(name, kind, tokens, gain):
+        return CostPoint(name, kind, tokens, None, gain, gain - 0.05, gain + 0.05, 100)
+
+    fig = cost_figure([point("rge-micro", "rge", 28.0, 0.61), point("embed-rl-micro", "embed-rl", 29.0, 0.62),
+                       point("sampled, N=1 (centroid)", "sampling", 29.5, 0.60),
+                       point("sampled, N=4 (centroid)", "sampling", 118.0, 0.60),
+                       point("sampled, N=8 (centroid)", "sampling", 236.0, 0.60)])
+    texts = {name: (text, pos) for trace in fig.data
+             for name, text, pos in zip(trace.hovertext, trace.text, trace.textposition)}
+    assert texts["rge-micro"][0] == "rge-micro<br>embed-rl-micro<br>sampled, N=1 (centroid)"
+    assert texts["embed-rl-micro"][0] == "" and texts["sampled, N=1 (centroid)"][0] == ""
+    assert texts["rge-micro"][1] == "top right" and texts["sampled, N=8 (centroid)"][1] == "top left"
+    assert texts["sampled, N=4 (centroid)"] == ("sampled, N=4 (centroid)", "top center")
+    low, high = fig.layout.xaxis.range
+    assert low < 28.0 and high > 236.0

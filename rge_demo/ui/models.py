@@ -35,7 +35,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     remembered = remembered if remembered is not None else gr.State(None)
     gr.Markdown("The model chosen here is used by every tab in this browser, across page reloads.")
     current = gr.Markdown(elem_id="models-status")
-    status = gr.Dataframe(headers=STATUS_COLUMNS, label="Loaded models", interactive=False)
+    status = gr.Dataframe(headers=STATUS_COLUMNS, label="Loaded models", interactive=False, wrap=True,
+                          column_widths=["15%", "29%", "6%", "8%", "10%", "10%", "10%", "12%"])  # all in view
     catalog = gr.Dataframe(headers=CATALOG_COLUMNS, label="Registry", interactive=False, wrap=True,
                            column_widths=["18%", "14%", "7%", "25%", "36%"])
     with gr.Row():
