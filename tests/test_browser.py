@@ -275,6 +275,8 @@ def test_a_removed_gallery_leaves_the_failures_picker(page, app, tmp_path):
         z.writestr("labels.csv", "\n".join(rows) + "\n")
     picker = "Or a gallery: a sample one or yours (Galleries tab); its queries with a right answer are ranked " \
              "against its items"
+    page.reload()  # an earlier test left its zip in the upload box
+    expect(page.get_by_text("Examples: click one to run it")).to_be_visible()
     with tab(page, app, "Galleries", "9-galleries-remove"):
         page.locator("#gallery-zip input[type=file]").set_input_files(str(zpath))
         expect(page.locator("#gallery-zip").get_by_text("shapes.zip")).to_be_visible()

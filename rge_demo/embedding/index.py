@@ -109,8 +109,10 @@ def rank_of(queries: np.ndarray, matrix: np.ndarray, target_idx: np.ndarray) -> 
         t = target_idx[start:start + _QUERY_CHUNK]
         target = scores[np.arange(len(t)), t][:, None]  # (C, 1)
         higher = scores > target  # (C, N)
-        for u in np.unique(t):
-            higher[t == u] &= ~(matrix == matrix[u]).all(axis=1)  # the target's twins tie with it
+        for row, u in enumerate(t):  # the target's twins among those above it tie with it
+            above = np.flatnonzero(higher[row])
+            if above.size:
+                higher[row, above] = ~(matrix[above] == matrix[u]).all(axis=1)
         ranks[start:start + len(t)] = higher.sum(axis=1) + 1
     return ranks
 
