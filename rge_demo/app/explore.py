@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import logging
 import secrets
 import threading
@@ -161,8 +162,8 @@ def neighbours(projection: Projection, point: int, k: int = 5) -> list[tuple[Poi
     scores = projection.vectors[:n_items] @ projection.vectors[point]
     order = [i for i in np.argsort(-scores, kind="stable") if i != point]
     last = f"{scores[order[k - 1]]:.3f}" if 0 < k <= len(order) else None
-    keep = order[:k] + [i for i in order[k:] if f"{scores[i]:.3f}" == last]
-    return [(projection.points[i], float(scores[i])) for i in keep]
+    ties = itertools.takewhile(lambda i: f"{scores[i]:.3f}" == last, order[k:])  # contiguous: the order is by score
+    return [(projection.points[i], float(scores[i])) for i in [*order[:k], *ties]]
 
 
 def search(projection: Projection, text: str) -> list[int]:

@@ -165,6 +165,13 @@ def _install_preprocess_patches() -> None:
 _install_preprocess_patches()
 
 
+def cleared(outputs: list) -> dict:
+    """Event arguments of a UI-only step that empties ``outputs`` at once (no queue): chained before a
+    request, so a refusal does not leave the last result on the page as if it were its own."""
+    return dict(fn=lambda: (None,) * len(outputs) if len(outputs) > 1 else None, inputs=None, outputs=outputs,
+                show_progress="hidden", queue=False, api_visibility="private")
+
+
 def md_literal(text: str) -> str:
     """``text`` shown as typed inside Markdown (a search echoed back): a code span whose fence is
     longer than any run of backticks in it, so no character is read as markup."""

@@ -12,7 +12,7 @@ from rge_demo.app import compare_views
 from rge_demo.app.messages import counted
 from rge_demo.app.demo import Demo, k_note
 
-from .common import EXPECTED, friendly, gpu, image_input
+from .common import EXPECTED, cleared, friendly, gpu, image_input
 from .render import attribution_html, comparison_html, hits_html, moves_html, note_html, samples_html
 from .train import session_of
 
@@ -223,8 +223,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     outputs = [direct_out, rationale, reason_out, moved, cost, last]
     # A new comparison, or another gallery picked, takes the last one off the page first: a refused request
     # (QA: a text file named .png) left it there, read as the new query's result once the toast faded.
-    clear = dict(fn=lambda: ("", "", "", "", "", None), inputs=None, outputs=outputs, show_progress="hidden",
-                 queue=False, **private)
+    clear = cleared(outputs)
     gallery.input(**clear)
     # Compare and search share "encode" (not the one-at-a-time "model" slot): concurrent requests reach the
     # encoder's request collector, which merges them into one batch (rge_demo.embedding.batcher).
@@ -235,10 +234,6 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                       [reason_out, moved, last], api_name="reembed", concurrency_id="model", show_progress_on=cost)
     # Sampling, attribution and the Embed-RL panel likewise start from an empty panel (QA: a refused
     # Reasoner left the previous T-CoT and top-k under the new name).
-    def cleared(outputs):
-        return dict(fn=lambda: (None,) * len(outputs), inputs=None, outputs=outputs, show_progress="hidden",
-                    queue=False, **private)
-
     sample_out = [sample_status, sample_plot, sample_table, sample_json]
     sample_btn.click(**cleared(sample_out)).then(
         on_sample, [gallery, image, text, instruction, target, n_samples, temperature, seed, model_state, session],

@@ -8,7 +8,7 @@ import pandas as pd
 from rge_demo.app.demo import Demo
 from rge_demo.app.messages import counted
 
-from .common import friendly
+from .common import cleared, friendly
 from .train import session_of
 
 HELP = """Bring your own gallery. It is yours alone (other sessions do not see it), embedded in the
@@ -87,8 +87,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
     kind.change(on_kind, kind, [upload, path, subset, limit], api_visibility="private")
     # The last outcome goes first: a refusal's error badge must not sit on an earlier success as if on its own
     # (QA: "Registered flat count: 10 item[Error]embedding in the background" after a bad zip).
-    clear = dict(fn=lambda: "", inputs=None, outputs=message, show_progress="hidden", queue=False,
-                 api_visibility="private")
+    clear = cleared([message])
     added = add.click(**clear).then(on_add, [kind, upload, path, subset, limit, name, model_state, session],
                                     [message, table, picked, timer], api_name="register_gallery",
                                     show_progress_on=message)
