@@ -26,20 +26,23 @@ blocks measure an app that has been up a while: Gradio keeps a record of every e
 
 The two blocks alternate ``--repeats`` times, so that both see the same load on a shared machine.
 ``--service`` runs the same blocks through the service layer in this process (no HTTP, no Gradio),
-plus two more N-user blocks: merged (requests waiting together run as one ``generate`` call, the
-collector before continuous batching) and merging off (the collector's ``max_rows`` set to 1:
-requests take turns on the model), and counts model calls per block. ``--batching`` sets the app's
+where the N-user block runs three ways: continuous (a request joins the running decode), merged
+(requests waiting together run as one ``generate`` call) and merging off (the collector's ``max_rows``
+set to 1: requests take turns on the model); it counts model calls per block. ``--batching`` sets the app's
 ``RGE_BATCHING`` (merged by default; continuous: a request joins the running decode at its next
 step). The service blocks run both, whatever the setting. ``--threads`` sets the model's torch
 threads (the app's ``OMP_NUM_THREADS``; default 1, so that a figure does not depend on what else
 runs on the machine; the app itself takes every core when the variable is unset).
 
-Prints p50 / p95 seconds per compare for both, and the 4-user p95 over the single-user median.
+Prints p50 / p95 seconds per compare for both, and the 4-user p95 over the single-user median. Over
+HTTP it also prints, per block, the app process's CPU time per compare and its CPU seconds per second
+of wall time (``AppCPU``): about 1 means one core kept busy, the users' work done one piece after another.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -51,6 +54,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import torch
 from gradio_client import Client, handle_file
 
@@ -140,6 +144,36 @@ def serve_light_requests(url: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
+class AppCPU:
+    """The app process's CPU time (web server, handlers and model, all its threads) per block.
+
+    A figure near 1 s of CPU per second of wall time means the app kept one core busy: with the model
+    on one torch thread and Python's GIL shared by the server and the decode loop, its work for the
+    users of a block then runs one piece after another, however many users wait.
+    """
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
+        self.spent: dict[str, list[float]] = {}  # label: [CPU seconds, wall seconds]
+
+    @contextlib.contextmanager
+    def block(self, label: str):
+        cpu, wall = self._cpu(), time.perf_counter()
+        yield
+        spent = self.spent.setdefault(label, [0.0, 0.0])
+        spent[0] += self._cpu() - cpu
+        spent[1] += time.perf_counter() - wall
+
+    def _cpu(self) -> float:
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+    def report(self, compares: dict[str, int]) -> None:
+        for label, (cpu, wall) in self.spent.items():
+            print(f"{label}: the app's CPU {cpu * 1e3 / compares[label]:.1f} ms per compare, "
+                  f"{cpu / wall:.2f} s of CPU per s of wall")
+
+
 def new_client(url: str, kind: str):
     return BrowserSession(url) if kind == "browser" else Client(url, verbose=False)
 
@@ -208,7 +242,7 @@ def service_users(demo, gallery: Gallery, users: int, runs: int) -> list[tuple[f
 
 
 def run_service(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, float]]]:
-    """The same blocks through the service layer in this process, plus N users with merging off."""
+    """The same blocks through the service layer in this process: N users continuous, merged and with merging off."""
     from rge_demo.config import Settings
     from rge_demo.app.demo import Demo
 
@@ -278,9 +312,13 @@ def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, 
                 for c in (client, *users):
                     if isinstance(c, BrowserSession):
                         c.phases.clear()  # the warm-up compares are not counted
+                server = AppCPU(app.proc.pid)
                 for _ in range(args.repeats):
-                    blocks["1 user"] += [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
-                    blocks[f"{args.users} users"] += concurrent_compares(users, gallery, args.runs)
+                    with server.block("1 user"):
+                        blocks["1 user"] += [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
+                    with server.block(f"{args.users} users"):
+                        blocks[f"{args.users} users"] += concurrent_compares(users, gallery, args.runs)
+                server.report({label: len(times) for label, times in blocks.items()})
                 if args.client == "browser":  # where a compare's time goes, as the client sees it
                     for label, sessions in (("1 user", [client]), (f"{args.users} users", users)):
                         phases = list(zip(*[p for c in sessions for p in c.phases]))
@@ -304,7 +342,7 @@ def main() -> int:
                         help="alternate the 1-user and the N-user blocks this many times (both see the same load)")
     parser.add_argument("--service", action="store_true",
                         help="call the service layer in this process instead of the app over HTTP (no Gradio "
-                             "overhead); adds an N-user block with merging off")
+                             "overhead); the N-user block runs continuous, merged and with merging off")
     parser.add_argument("--start-up", type=float, default=0.0, metavar="SECONDS",
                         help="first, one user's compares back to back for SECONDS after the app serves "
                              "(while the Explore maps warm up); default 0: none")

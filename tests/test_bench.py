@@ -80,3 +80,16 @@ def test_compare_prefix_bench_times_both_paths_and_they_agree():
                       r.stdout, re.M)
     assert [b for b, *_ in rows] == ["1", "4", "1", "4"]  # both models, 1 and 4 queries
     assert all(float(x) > 0 and float(cos) >= 0.9999 and float(once) > 0 for _, x, cos, _, once in rows)
+
+
+@pytest.mark.slow  # starts the app twice (cold and warm caches) and waits for its Explore maps: ~40 s
+def test_app_bench_times_both_blocks_and_the_app_cpu():
+    r = bench("app.py", "--runs", 2, "--users", 2, "--repeats", 1, "--max-new-tokens", 16, timeout=420)
+    assert r.returncode == 0, r.stderr
+    for label, n in (("1 user", 2), ("2 users", 4)):
+        assert re.search(rf"^{label}: +first rationale text median [\d.]+ s \| full compare \({n}\) p50 [\d.]+ s, "
+                         r"p95 [\d.]+ s, max [\d.]+ s$", r.stdout, re.M), r.stdout
+        cpu = re.search(rf"^{label}: the app's CPU ([\d.]+) ms per compare, ([\d.]+) s of CPU per s of wall$",
+                        r.stdout, re.M)
+        assert cpu and float(cpu.group(1)) > 0 and 0 < float(cpu.group(2)) < os.cpu_count() + 0.5, r.stdout
+    assert re.search(r"^2 users: p95 / 1-user median = [\d.]+x \(target <= 2x\)$", r.stdout, re.M)

@@ -45,7 +45,9 @@ def naive_top_k(q, m, k):
 
 
 def naive_rank(q, m, t):
-    scores = q @ m.T
+    # one dot product per pair, so that equal rows score exactly equal (a matrix product may round twins
+    # apart by their place in it, on some machines' BLAS: CI's did not, this machine's did)
+    scores = np.array([[np.dot(a, b) for b in m] for a in q])
     return np.array([1 + sum(s > row[ti] for s in row) for row, ti in zip(scores, t)])
 
 
