@@ -143,7 +143,7 @@ def test_search_and_cache(tiny_dir, red_png, tmp_path, env, capsys):
     # Same model, instruction and files: all from the on-disk cache (in-process: a fresh cache object).
     assert main([*map(str, args), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["index"] == {"items": 6, "embedded": 0, "cached": 6}
+    assert out["index"] == {"items": 6, "embedded": 0, "identical": 0, "cached": 6}
     assert [h["id"] for h in out["hits"]] == [h[2] for h in hits]
     assert any((tmp_path / "cache").rglob("*.npz"))
 
@@ -152,6 +152,19 @@ def test_search_gallery_without_manifest(tiny_dir, tmp_path, env, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["search", "--model", str(tiny_dir), "--gallery", str(tmp_path / "empty"), "--query", "x"]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_search_refuses_an_empty_gallery_and_notes_a_k_past_its_size(tiny_dir, tmp_path, capsys):
+    empty = Gallery(name="empty", root=tmp_path / "empty", items=[], meta_task="vqa")
+    empty.save()
+    assert main(["search", "--model", str(tiny_dir), "--gallery", str(empty.root), "--text", "x"]) == 2
+    assert_user_error(2, capsys.readouterr().err, "the gallery has no items to rank")
+    gallery = make_gallery(tmp_path / "gallery")
+    assert main(["search", "--model", str(tiny_dir), "--gallery", str(gallery.root), "--text", "x", "-k", "50",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["hits"]) == 6
+    assert captured.err.strip() == "note: the gallery has 6 items; all of them are listed (-k 50)"
 
 
 # ------------------------------------------------------------------ one error format, one set of exit codes
@@ -231,6 +244,28 @@ NONPOSITIVE = [
     (["train", "--stage", "embedder", "--embedder", "{tmp}"], "embedder is for stage eg-rl; this run's stage is embedder"),
     (["train", "--stage", "baseline", "--group-size", "3", "--kl-beta", "0"],
      "--group-size, --kl-beta are for stage eg-rl; this run's stage is baseline"),
+    # sizes that would exhaust memory (QA: the process was killed, no message)
+    (["sample", "--world", "count", "-n", "100000"], "at most 256 samples per query"),
+    (["sample", "--world", "count", "--limit", "100000"], "--limit must be <= 10,000, got 100,000"),
+    (["eval", "--queries", "100000000"], "--n must be <= 10,000, got 100,000,000"),
+    (["eval", "--batch-size", "5000"], "--batch-size must be <= 1,024"),
+    (["search", "--gallery", "{gallery}", "--text", "x", "--batch-size", "5000"], "--batch-size must be <= 1,024"),
+    (["train", "--init", "test", "--batch-size", "100000"], "batch_size must be <= 1024"),
+    # an empty path is the working directory (QA: make-galleries --out "" replaced the README there)
+    (["make-galleries", "--out", ""], "--out is empty"),
+    (["eval", "--tasks", "count", "--out", " "], "--out is empty"),
+    (["train", "--output-dir", ""], "--output-dir is empty"),
+    (["train", "--data", ""], "--data is empty"),
+    # a run folder is new or empty, checked before the model loads
+    (["eval", "--tasks", "count", "--queries", "1", "--out", "{gallery}"], "the folder is not empty"),
+    (["eval", "--tasks", "count", "--queries", "1", "--out", "{gallery}/manifest.json"], "is a file"),
+    # a value the run would ignore, or contradict, without a word
+    (["eval", "--tasks", "count", "--temperature", "2"], "--temperature is for --samples"),
+    (["sample", "--world", "count", "-n", "2", "--k", "1,100"], "--k 100: pass@k needs k <= n"),
+    (["prompts", "--mmeb", "{tmp}", "--side", "candidate"], "--side is for one item"),
+    (["embed", "--text", "x", "--side", "candidate", "--reason"], "--side candidate embeds directly"),
+    (["embed", "--text", "   "], "--text holds only whitespace"),
+    (["embed", "--text", "x", "--task", "nope"], "has no task 'nope'; its tasks: majority_shape, count"),
 ]
 
 
@@ -241,6 +276,7 @@ def test_nonpositive_counts_exit_2(argv, message, tiny_dir, tmp_path, env, capsy
     if argv[0] in ("embed", "search", "sample", "eval"):
         argv += ["--model", str(tiny_dir)]
     assert_user_error(main(argv), capsys.readouterr().err, message)
+    assert not any(tmp_path.glob("train*")) and not (tmp_path / "README.md").exists()
 
 
 def test_every_count_flag_has_a_minimum():
@@ -253,7 +289,7 @@ def test_every_count_flag_has_a_minimum():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     checked = 0
     for name, parser in sub.choices.items():
-        minimums = {dest for dest, _, _ in parser.get_default("_minimums")}
+        minimums = {dest for dest, _, low, _ in parser.get_default("_bounds") if low is not None}
         for action in parser._actions:
             if action.dest in counts and action.type is int:
                 assert action.dest in minimums, f"{name} {action.option_strings}: no minimum"
@@ -403,10 +439,10 @@ def test_sampling_options_are_refused_before_the_model_loads_or_a_run_is_written
     missing = tmp_path / "no-model-here"  # a model that would fail to load: the option is refused first
     assert main(["eval", "--model", str(missing), "--tasks", "count", "--split", "ind", "--queries", "2",
                  "--samples", "2", "--seed", "-1", "--out", str(out)]) == 2
-    assert "error: the seed must be a whole number >= 0, got -1" in capsys.readouterr().err and not out.exists()
+    assert "error: the seed must be a whole number in [0, 2**63), got -1" in capsys.readouterr().err and not out.exists()
     assert main(["eval", "--model", str(taught_dir), "--tasks", "count", "--split", "ind", "--queries", "2",
                  "--samples", "2", "--seed", "-1", "--out", str(out)]) == 2
-    assert "error: the seed must be a whole number >= 0, got -1" in capsys.readouterr().err and not out.exists()
+    assert "error: the seed must be a whole number in [0, 2**63), got -1" in capsys.readouterr().err and not out.exists()
     assert main(["eval", "--model", str(taught_dir), "--mmeb", str(make_mmeb(tmp_path / "mmeb")), "--mode", "oracle",
                  "--limit", "1"]) == 2
     assert "error: --mode oracle embeds each query with its oracle rationale: world tasks only" in capsys.readouterr().err

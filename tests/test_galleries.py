@@ -47,6 +47,17 @@ def test_a_folder_that_is_not_a_gallery_stops_the_run_before_anything_is_written
         make_sample_galleries(tmp_path / "afile")
 
 
+def test_another_readme_stops_the_run_before_anything_is_written(tmp_path, capsys):
+    """QA: ``make-galleries --out ""`` wrote into the working directory, the project's README.md replaced."""
+    (tmp_path / README).write_text("# My project\n")
+    with pytest.raises(FileExistsError, match="README.md: exists and is not the sample galleries' README"):
+        make_sample_galleries(tmp_path, seed=0)
+    assert tree(tmp_path) == {README: b"# My project\n"}
+    assert cli_main(["make-galleries", "--out", str(tmp_path)]) == 2
+    assert "not the sample galleries' README; not replacing it" in capsys.readouterr().err
+    assert tree(tmp_path) == {README: b"# My project\n"}
+
+
 def test_committed_galleries_match_a_fresh_generation(fresh):
     committed = tree(DEFAULT_DIR)
     assert committed, f"{DEFAULT_DIR} is missing: run python -m rge_demo make-galleries"

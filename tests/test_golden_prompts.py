@@ -31,6 +31,7 @@ from released_layout import write_released_checkpoint
 from rge_demo.__main__ import main as cli_main
 from rge_demo.analysis.eval_tasks import MMEB_META_TASKS, load_mmeb
 from rge_demo.analysis.evaluate import evaluate
+from rge_demo.data.items import Gallery, Item
 from rge_demo.embedding.encoder import Encoder
 from rge_demo.embedding.profiles import profile_for_folder
 from rge_demo.embedding.prompts import prompt_text
@@ -401,3 +402,37 @@ def test_prompts_cli_subsets_one_item_and_errors(released, mmeb36, tmp_path, cap
         assert cli_main(["prompts", "--model", str(released), *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_embed_and_search_task_follow_the_model_profile(released, tmp_path, capsys):
+    """``embed --task`` and ``search``'s default instruction are the checkpoint's own (the reference profile's
+    rewrites), the same text ``prompts`` prints: they used a generic MMEB instruction ("Represent the given
+    class label."), so a real checkpoint was given an instruction it was not trained with."""
+    assert cli_main(["embed", "--model", str(released), "--text", "coucal", "--task", "classification",
+                     "--side", "candidate", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompt"] == HEAD + "Summarize the following object category in one word: coucal\n" + TAIL + "<emb>"
+    image = tmp_path / "q.png"
+    Image.new("RGB", (60, 40), "red").save(image)
+    assert cli_main(["embed", "--model", str(released), "--image", str(image), "--text", "What colour is it?",
+                     "--task", "vqa", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompt"] == (HEAD + "<|vision_start|><|image_pad|><|vision_end|>\n"
+                             "Answer the question based on the given image: What colour is it?\n" + TAIL + "<emb>")
+    # a meta-task name picks that meta-task's first task of the profile ("retrieval": image to caption)
+    assert cli_main(["embed", "--model", str(released), "--image", str(image), "--task", "retrieval", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"].startswith(
+        HEAD + "<|vision_start|><|image_pad|><|vision_end|>\nDescribe and represent the above everyday image for a "
+               "corresponding description retrieval.")
+
+    gallery = Gallery(name="g", root=tmp_path / "g", meta_task="vqa",
+                      items=[Item(id=f"a{i}", text=t, label=t) for i, t in enumerate(["red", "blue"])])
+    gallery.save()
+    assert cli_main(["search", "--model", str(released), "--gallery", str(gallery.root), "--image", str(image),
+                     "--text", "What colour is it?", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == out["prompt"]
+
+    assert cli_main(["embed", "--model", str(released), "--text", "x", "--task", "count"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no task 'count'; its tasks: classification, scene classification, vqa" in err, err
+    assert "or a meta-task: classification, grounding, retrieval, vqa" in err and len(err.splitlines()) == 1

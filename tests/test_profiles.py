@@ -82,7 +82,7 @@ def test_bad_profiles_name_the_problem(tmp_path):
         PromptProfile("t", tasks={"x": {"query": "q"}})
     with pytest.raises(ProfileError, match="subset 'S' query rule 'prefix' unknown"):
         PromptProfile("t", subsets={"S": {"query": {"prefix": "x"}}})
-    with pytest.raises(ProfileError, match="has no task 'nope'; known: count"):
+    with pytest.raises(ProfileError, match="has no task 'nope'; its tasks: count"):
         PromptProfile("t", tasks={"count": {"query": "q", "candidate": "c"}}).task("nope")
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ProfileError, match=r"config\.json: cannot read the model config"):

@@ -87,7 +87,7 @@ def test_bad_requests_name_the_value(tiny):
     for t in (1e-300, float("inf"), float("nan"), 1e300):  # the softmax overflows: inf / nan probabilities
         with pytest.raises(sampling.SamplingError, match=r"temperature must be in \[0.01, 5\]"):
             sampling.sample(enc, taught_inputs(), n=2, temperature=t)
-    with pytest.raises(sampling.SamplingError, match="seed must be a whole number >= 0, got -1"):
+    with pytest.raises(sampling.SamplingError, match="seed must be a whole number in \\[0, 2\\*\\*63\\), got -1"):
         sampling.sample(enc, taught_inputs(), n=2, seed=-1)
 
 

@@ -186,6 +186,35 @@ def test_bad_config_and_data_fail_before_training(tmp_path, tiny_dir):
     assert not (tmp_path / "baseline" / "checkpoints").exists()  # nothing trained
 
 
+def test_a_pairs_file_is_checked_as_an_upload_is(tmp_path, tiny_dir):
+    """What QA found ``train --data`` accepting: control tokens (one crashed the first step, others trained
+    as tokens), an unknown meta-task beside its instructions, pairs of one target (InfoNCE with nothing to
+    tell apart), a missing rationale without its line, a folder named as the file."""
+    pairs = tmp_path / "pairs.jsonl"
+
+    def refused(lines: list[dict], match: str, stage: str = "baseline", **kw):
+        pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        with pytest.raises(DataError, match=match):
+            train(config(tmp_path, tiny_dir, stage, data=str(pairs), **kw))
+        assert not (tmp_path / stage).exists()
+
+    good = [{"query_text": f"q{i}", "target_text": f"t{i}", "rationale": f"r{i}"} for i in range(3)]
+    refused([*good, {"query_text": "How many <|image_pad|> are there?", "target_text": "two"}],
+            r"pairs.jsonl:4: field 'query_text' contains '<\|image_pad\|>', one of the model's control tokens")
+    refused([{**good[0], "rationale": "answer <emb> three"}, *good[1:]],
+            r"pairs.jsonl:1: field 'rationale' contains '<emb>'")
+    refused([{**good[0], "target_text": "<|im_end|>"}, *good[1:]], r"field 'target_text' contains '<\|im_end\|>'")
+    refused([*good[:2], {**good[2], "meta_task": "bogus", "query_instruction": "q", "target_instruction": "t"}],
+            r"pairs.jsonl:3: field 'meta_task': unknown task kind 'bogus'")
+    refused([{**g, "target_text": "same"} for g in good], r"task 'retrieval': its 3 training pair\(s\) share one "
+            "target; stage 'baseline' learns by telling targets apart")
+    refused([good[0], {**good[1], "rationale": ""}, {**good[2], "rationale": "  "}],
+            r"stage 'rge' needs an oracle rationale on every pair; 2 have none: line\(s\) 2, 3 of \S*pairs.jsonl$",
+            stage="rge")
+    with pytest.raises(DataError, match="is a folder; give its pairs .jsonl file"):
+        load_pairs(tmp_path)
+
+
 @pytest.mark.slow  # a training run
 def test_lora_trains_checkpoints_resumes_merges_and_embeds(tmp_path, tiny_dir):
     """LoRA end to end: the checkpoint holds the adapters, resume continues them, the final model is merged."""

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KS = (1, 2, 4, 8)
 MIN_TEMPERATURE = 0.01  # below it softmax(logits / t) overflows to inf / nan; greedy is temperature 0
 MAX_TEMPERATURE = 5.0
+MAX_SAMPLES = 256  # per query: the sampler generates a query's n rows in one call
 
 
 class SamplingError(RGEUserError, ValueError):
@@ -81,11 +82,14 @@ def check_options(n: int, temperature: float, seed: int = 0) -> None:
     """Refuse what sampling cannot do, with a sentence (callers check before loading a model)."""
     if n < 1:
         raise SamplingError(f"need at least one sample per query, got n={n}")
+    if n > MAX_SAMPLES:
+        raise SamplingError(f"at most {MAX_SAMPLES} samples per query (one generate call holds a query's n rows), "
+                            f"got n={n:,}")
     if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:  # also nan; below the minimum the softmax overflows
         raise SamplingError(f"the temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] for sampling "
                             f"(greedy is the encoder's reason()), got {temperature:g}")
     if not 0 <= seed < 2**63:
-        raise SamplingError(f"the seed must be a whole number >= 0, got {seed}")
+        raise SamplingError(f"the seed must be a whole number in [0, 2**63), got {seed}")
 
 
 def sample(encoder: Encoder, inputs: Sequence[EmbedInput], n: int = 8, temperature: float = 1.0, seed: int = 0,

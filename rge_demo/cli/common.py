@@ -1,8 +1,9 @@
 """What every command shares: how a command is declared, the exit codes, the error handling and the progress bar.
 
 A command is one function decorated with :func:`command`, which names it, gives its help and its
-arguments (``arg(...)``, the arguments of ``add_argument``, plus ``minimum=N`` for a count that
-must be at least N). A command returns an exit code:
+arguments (``arg(...)``, the arguments of ``add_argument``, plus ``minimum=N`` / ``maximum=N`` for a
+number that must lie within bounds, and ``path=True`` for a file or folder flag that must not be
+empty: ``""`` would mean the working directory). A command returns an exit code:
 
 * ``0`` (:data:`EXIT_OK`): done.
 * ``2`` (:data:`EXIT_USER`): a problem the user can fix (a bad flag, a missing file, a broken
@@ -57,7 +58,8 @@ COMMANDS: dict[str, Command] = {}
 
 
 def arg(*flags, **kwargs) -> tuple[tuple, dict]:
-    """One ``add_argument`` call, written where the command is declared (``minimum=N``: at least N)."""
+    """One ``add_argument`` call, written where the command is declared (``minimum=N``: at least N;
+    ``maximum=N``: at most N; ``path=True``: a path that must not be empty)."""
     return flags, kwargs
 
 
@@ -78,8 +80,6 @@ def comma_list(value: str | None, flag: str) -> list[str] | None:
         raise UsageError(f"{flag} names nothing (got {value!r}): give one or more values, comma-separated")
     return values
 
-
-TASKS = ["classification", "vqa", "retrieval", "grounding"]
 
 # Argument groups shared by several commands.
 SHARED: dict[str, list[tuple[tuple, dict]]] = {
@@ -117,14 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
-        minimums = []
+        bounds, paths = [], []
         for flags, kwargs in [*(a for group in cmd.parents for a in SHARED[group]), *cmd.arguments]:
             kwargs = dict(kwargs)
-            minimum = kwargs.pop("minimum", None)
+            minimum, maximum, path = kwargs.pop("minimum", None), kwargs.pop("maximum", None), kwargs.pop("path", False)
             action = p.add_argument(*flags, **kwargs)
-            if minimum is not None:
-                minimums.append((action.dest, flags[0], minimum))
-        p.set_defaults(_command=cmd, _minimums=minimums)
+            if minimum is not None or maximum is not None:
+                bounds.append((action.dest, flags[0], minimum, maximum))
+            if path:
+                paths.append((action.dest, flags[0]))
+        p.set_defaults(_command=cmd, _bounds=bounds, _paths=paths)
     return parser
 
 
@@ -143,11 +145,18 @@ def check_utf8(argv: Sequence[str]) -> None:
             raise UsageError(f"{flag}: not valid UTF-8 ({raw!r}); give text and paths in UTF-8") from None
 
 
-def check_minimums(args: argparse.Namespace) -> None:
-    for dest, flag, minimum in args._minimums:
+def check_bounds(args: argparse.Namespace) -> None:
+    """Numbers within their declared bounds, and no empty path (it would mean the working directory)."""
+    for dest, flag, minimum, maximum in args._bounds:
         value = getattr(args, dest)
-        if value is not None and value < minimum:
+        if value is not None and minimum is not None and value < minimum:
             raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+        if value is not None and maximum is not None and value > maximum:
+            raise UsageError(f"{flag} must be <= {maximum:,}, got {value:,}")
+    for dest, flag in args._paths:
+        value = getattr(args, dest)
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty: give a file or folder (an empty path would be the working directory)")
 
 
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -172,7 +181,7 @@ def report(message: str) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """``args._command.run(args)`` with the shared error handling."""
     try:
-        check_minimums(args)
+        check_bounds(args)
         setup_logging(args.verbose)  # after the cheap checks: it imports transformers
         return args._command.run(args)
     except KeyboardInterrupt:

@@ -29,12 +29,12 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
     arg("--samples", type=int, default=None, minimum=2,
         help="also sample this many rationales per query at --temperature (reason mode): pass@k, centroid "
              "and oracle P@1, spread, as extra columns (written to sampling.json in the run folder)"),
-    arg("--temperature", type=float, default=1.0, help="sampling temperature for --samples (default 1.0)"),
+    arg("--temperature", type=float, default=None, help="sampling temperature for --samples (default 1.0)"),
     arg("--mode", choices=["reason", "direct", "oracle"], default="reason",
         help="query embedding: reason (rationale, then <emb>), direct, or oracle rationale (world)"),
     arg("--split", choices=["ind", "ood", "all"], default="all", help="which test split(s) (default all)"),
     arg("--tasks", default=None, help="comma-separated world tasks (default: all)"),
-    arg("--n", "--queries", dest="n", type=int, default=None, minimum=1,
+    arg("--n", "--queries", dest="n", type=int, default=None, minimum=1, maximum=10_000,
         help="queries per world task and split (default 100); under torchrun write "
              "--queries (torchrun reads --n as an abbreviation of its own flags)"),
     arg("--seed", type=int, default=0, help="world seed (default 0)"),
@@ -42,8 +42,10 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
     arg("--subsets", default=None, help="comma-separated MMEB subsets (default: every one found)"),
     arg("--limit", type=int, default=None, minimum=1, help="first N rows of each MMEB subset"),
     arg("--image-root", dest="image_root", default=None, help="MMEB image folder (default DIR/images)"),
-    arg("--out", default=None, help="run folder (default: <cache dir>/eval/<model>-<data>-<mode>)"),
-    arg("--batch-size", dest="batch_size", type=int, default=32, minimum=1, help="batch size (default 32)"),
+    arg("--out", default=None, path=True, help="run folder, new or empty (default: <cache dir>/eval/"
+                                               "<model>-<data>-<mode>-<date>-<time>)"),
+    arg("--batch-size", dest="batch_size", type=int, default=32, minimum=1, maximum=1024,
+        help="batch size (default 32)"),
     arg("--max-new-tokens", dest="max_new_tokens", type=int, default=None, minimum=1,
         help="rationale budget in reasoning mode (default: the model's, 128)"),
     arg("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: RGE_DEVICE or auto)"),
@@ -81,6 +83,15 @@ def build_tasks(args: argparse.Namespace):
         if unknown or not names:
             raise UsageError(f"unknown task(s) {unknown or names}; known: {', '.join(world.TASKS)}")
     return world_tasks(names, splits, args.n or 100, args.seed)
+
+
+def check_new_folder(out: Path) -> None:
+    """A run folder must be new or empty: a run written over another would mix their files (an old
+    sampling.json beside a run without samples, a larger run's images beside a smaller one's)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder for the run")
+    if out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out}: the folder is not empty; give a new folder (or remove this one)")
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -146,8 +157,13 @@ def _run(args: argparse.Namespace) -> int:
                          "(MMEB rows have none)")
     if args.samples and args.mode != "reason":
         raise UsageError(f"--samples samples rationales: it needs --mode reason, not {args.mode!r}")
+    if args.temperature is not None and not args.samples:
+        raise UsageError("--temperature is for --samples (the evaluation itself decodes greedily)")
+    args.temperature = 1.0 if args.temperature is None else args.temperature
     if args.samples:
         check_options(args.samples, args.temperature, args.seed)  # before the model loads and the run is written
+    if args.out:
+        check_new_folder(Path(args.out))
     if args.samples and args.reasoner:
         raise UsageError("--samples samples one model's rationales; it does not combine with --reasoner")
     if args.reasoner and args.mode != "reason":

@@ -10,7 +10,7 @@ from .common import UsageError, arg, command
 
 
 @command("make-galleries", "write the sample galleries (one or more per meta-task) from the synthetic world's test splits",
-         arguments=[arg("--out", default=str(DEFAULT_DIR), help=f"output folder (default {DEFAULT_DIR})"),
+         arguments=[arg("--out", default=str(DEFAULT_DIR), path=True, help=f"output folder (default {DEFAULT_DIR})"),
                     arg("--seed", type=int, default=0, help="world seed (default 0, the committed galleries)")])
 def cmd_make_galleries(args: argparse.Namespace) -> int:
     from rge_demo.data.galleries import make_sample_galleries

@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 
 from .common import UsageError, arg, comma_list, command
-from .query import query_input
+from .query import TASK_HELP, model_profile, query_input
 
 
 def load_prompting(args):
     """``(spec, profile, processor)`` of ``--model`` without loading its weights: what ``prompts`` needs."""
-    from rge_demo.config import get_settings
-    from rge_demo.embedding.profiles import profile_for_folder
-    from rge_demo.models.loading import check_checkpoint, load_processor
-    from rge_demo.models.manager import ModelManager
+    from rge_demo.models.loading import load_processor
 
-    settings = get_settings()
-    spec = ModelManager(settings).resolve(args.model or settings.model)
+    spec, profile = model_profile(args)
     folder = spec.folder()
-    check_checkpoint(folder)
-    profile = profile_for_folder(folder)  # ProfileError: a user error
     try:
         processor = load_processor(folder, min_pixels=profile.min_pixels, max_pixels=profile.max_pixels)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -35,9 +29,9 @@ def load_prompting(args):
     arg("--image-root", dest="image_root", default=None, help="MMEB image folder (default DIR/images)"),
     arg("--image", default=None, help="one item's image file"),
     arg("--text", default="", help="one item's text"),
-    arg("--task", default=None, help="a task preset of the model's prompt profile: its instruction for --side"),
+    arg("--task", default=None, help=TASK_HELP + " (for --side)"),
     arg("--instruction", default=None, help="the instruction, instead of --task"),
-    arg("--side", choices=["query", "candidate"], default="query", help="side of the one item (default query)"),
+    arg("--side", choices=["query", "candidate"], default=None, help="side of the one item (default query)"),
     arg("--direct", action="store_true", help="query prompts in direct mode (ending in <emb>); "
                                               "default: the reasoning prompt the rationale grows from"),
     arg("--json", action="store_true", help='one JSON object per line: {"subset", "row", "side", "prompt"}'),
@@ -51,6 +45,9 @@ def cmd_prompts(args) -> int:
         raise UsageError("give --mmeb DIR or one item (--image/--text/--task/--instruction), not both")
     if not args.mmeb and (args.subsets or args.limit is not None or args.image_root):
         raise UsageError("--subsets/--limit/--image-root need --mmeb DIR")
+    if args.mmeb and args.side is not None:
+        raise UsageError("--side is for one item; with --mmeb every row's query and candidate are printed")
+    args.side = args.side or "query"
     if args.task and args.instruction is not None:
         raise UsageError("give --task or --instruction, not both")
     if not args.mmeb and not single:
@@ -64,9 +61,7 @@ def cmd_prompts(args) -> int:
         records = prompt_records(tasks, processor, profile, direct_queries=args.direct)
     else:
         instruction = profile.task(args.task)[args.side] if args.task else args.instruction or ""
-        inp = query_input(args, instruction)
-        if args.side == "candidate":
-            inp = type(inp)(inp.instruction, inp.text, inp.image, side="candidate")
+        inp = query_input(args, instruction, side=args.side)
         direct = args.direct or args.side == "candidate"  # candidates are always embedded directly
         records = [{"subset": None, "row": 0, "side": args.side,
                     "prompt": prompt_text(processor, inp, direct=direct, profile=profile)}]

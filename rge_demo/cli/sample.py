@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .common import UsageError, arg, comma_list, command
-from .query import gallery_index, load_gallery, load_model, query_input, query_instruction
+from .query import gallery_index, load_gallery, load_model, model_profile, query_input, query_instruction
 
 
 @command("sample", "sample N rationales per query: stated answers, ranks, spread, pass@k (one JSON line per query)",
@@ -14,16 +14,19 @@ from .query import gallery_index, load_gallery, load_model, query_input, query_i
              arg("--image", default=None, help="query image file (with --gallery)"),
              arg("--world", default=None, help="world task(s), comma-separated: sample their evaluation queries"),
              arg("--split", choices=["ind", "ood"], default=None, help="world split (default ind)"),
-             arg("--limit", type=int, default=None, minimum=1, help="queries per world task (default 4)"),
+             arg("--limit", type=int, default=None, minimum=1, maximum=10_000,
+                 help="queries per world task (default 4)"),
              arg("--gallery", default=None, help="gallery folder: rank its items for --text/--image"),
              arg("--target", default=None, help="id of the right gallery item (with --gallery)"),
-             arg("--instruction", default=None, help="query instruction (default: the gallery's meta-task's)"),
+             arg("--instruction", default=None, help="query instruction (default: the model's instruction for the "
+                                                     "gallery's meta-task)"),
              arg("-n", type=int, default=8, minimum=1, help="samples per query (default 8)"),
              arg("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)"),
              arg("--seed", type=int, default=0, help="seed of the draws (default 0)"),
-             arg("--k", default="1,2,4,8", help="pass@k values, comma-separated (default 1,2,4,8; n is added)"),
-             arg("--batch-size", type=int, default=32, minimum=1,
-                 help="generated rows per generate call (default 32)"),
+             arg("--k", default=None, help="pass@k values, comma-separated, each at most n (default 1,2,4,8 up to "
+                                             "n; n is added)"),
+             arg("--batch-size", type=int, default=32, minimum=1, maximum=1024,
+                 help="generated rows per generate call (default 32; a call holds at least one query's n rows)"),
          ])
 def cmd_sample(args) -> int:
     from rge_demo.analysis import sampling
@@ -41,11 +44,15 @@ def cmd_sample(args) -> int:
     if stray := [flag for flag, on in given.items() if on]:
         raise UsageError(f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} for {owner}, not {source}")
     sampling.check_options(args.n, args.temperature, args.seed)  # a sentence before the model loads
-    names = comma_list(args.k, "--k")
-    try:
-        ks = [int(k) for k in names]
-    except ValueError:
-        raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    ks = None
+    if args.k is not None:
+        names = comma_list(args.k, "--k")
+        try:
+            ks = [int(k) for k in names]
+        except ValueError:
+            raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
+        if over := [k for k in ks if k > args.n]:
+            raise UsageError(f"--k {over[0]}: pass@k needs k <= n, the samples per query (-n {args.n})")
     sampling.ks_for(args.n, ks)  # SamplingError (an RGEUserError) for a k < 1, before the model loads
     opts = {"n": args.n, "temperature": args.temperature, "seed": args.seed, "ks": ks,
             "batch_size": args.batch_size}
@@ -72,7 +79,8 @@ def cmd_sample(args) -> int:
         target = gallery.index_of(args.target)
     except KeyError:
         raise UsageError(f"gallery {gallery.name}: no item {args.target!r} (--target)") from None
-    inp = query_input(args, args.instruction if args.instruction is not None else query_instruction(gallery))
+    _, profile = model_profile(args)
+    inp = query_input(args, args.instruction if args.instruction is not None else query_instruction(gallery, profile))
     loaded, settings = load_model(args)
     index = gallery_index(loaded, settings, gallery, args.batch_size)
     result = sampling.sample_queries(loaded.encoder, [inp], index.matrix, [target], **opts)[0]

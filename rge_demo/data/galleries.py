@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO_ROOT / "sample_galleries"
 README = "README.md"
+README_TITLE = "# Sample galleries"  # the first line of the README written here
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ def make_sample_galleries(out_dir: str | Path = DEFAULT_DIR, seed: int = 0,
     for s in samples:
         if (out / s.name).exists() and not (out / s.name / MANIFEST).is_file():
             raise FileExistsError(f"{out / s.name}: exists and is not a gallery (no {MANIFEST}); not replacing it")
+    if (out / README).exists() and not _is_ours(out / README):
+        raise FileExistsError(f"{out / README}: exists and is not the sample galleries' README; not replacing it "
+                              "(give --out a folder of its own)")
     out.mkdir(parents=True, exist_ok=True)
     galleries = []
     for s in samples:
@@ -82,9 +86,18 @@ def make_sample_galleries(out_dir: str | Path = DEFAULT_DIR, seed: int = 0,
     return galleries
 
 
+def _is_ours(path: Path) -> bool:
+    """Whether ``path`` is a README this module wrote (its first line), so it may be replaced."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\n") == README_TITLE
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def readme(galleries: list[Gallery], samples: tuple[SampleGallery, ...], seed: int) -> str:
     lines = [
-        "# Sample galleries",
+        README_TITLE,
         "",
         "Small galleries from the synthetic micro world (`rge_demo/data/world.py`), drawn from its",
         "test splits (`ind`: the training distribution, unseen scenes; `ood`: held-out compositions).",

@@ -391,6 +391,7 @@ class IndexStats:
     total: int = 0
     embedded: int = 0  # computed by embed_fn in this build
     cached: int = 0  # loaded from the cache
+    shared: int = 0  # identical to an earlier item of this build: its vector reused (items are embedded once)
     embed_calls: int = 0
     seconds: float = 0.0  # embedding and cache look-ups
     backend: str = ""  # the search backend, once built
@@ -513,6 +514,7 @@ class GalleryIndex:
             progress(done, n)
         for i, j in same.items():
             vecs[i] = vecs[j]
+        stats.shared = len(same)
         if same:
             progress(n, n)
         matrix = _stack(vecs, items)

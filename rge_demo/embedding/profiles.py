@@ -117,10 +117,16 @@ class PromptProfile:
         return f"{rules.get('prefix_add') or ''}{text}{rules.get('suffix_add') or ''}"
 
     def task(self, name: str) -> dict[str, str]:
-        """The preset called ``name``; ProfileError lists the known ones."""
-        if name not in self.tasks:
-            raise ProfileError(f"profile {self.name!r} has no task {name!r}; known: {', '.join(self.tasks)}")
-        return dict(self.tasks[name])
+        """The preset called ``name``, else the first preset of the meta-task ``name`` ("vqa" under the
+        micro profile: its "count"); ProfileError lists both kinds of name."""
+        if name in self.tasks:
+            return dict(self.tasks[name])
+        for preset in self.tasks.values():
+            if preset.get("meta_task") == name:
+                return dict(preset)
+        meta = sorted({t["meta_task"] for t in self.tasks.values() if t.get("meta_task")})
+        raise ProfileError(f"profile {self.name!r} has no task {name!r}; its tasks: {', '.join(self.tasks)}"
+                           + (f"; or a meta-task: {', '.join(meta)}" if meta else ""))
 
 
 def _world_tasks() -> dict[str, dict[str, str]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from rge_demo.errors import RGEUserError
 
 STAGES = ("cold-start", "rge", "baseline", "leakage", "eg-rl", "embedder")
+MAX_BATCH_SIZE = 1024  # rows per step; a larger batch would only exhaust memory on these models
 RUN_FIELDS = ("stage", "init", "data", "lora")  # what a resume must share with the run it continues
 CHECKPOINTS = "checkpoints"  # a run's checkpoint folder: step-NNNNNN/ each, written as step-NNNNNN.tmp/ first
 
@@ -194,6 +195,12 @@ class TrainConfig:
         for name, stage in (("reasoner", "embedder"), ("embedder", "eg-rl")):
             if getattr(self, name) and self.stage != stage:  # else the run would ignore it without a word
                 raise ConfigError(f"{name} is for stage {stage}; this run's stage is {self.stage}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(f"batch_size must be <= {MAX_BATCH_SIZE} (each row is a forward and backward in one "
+                              f"step's memory), got {self.batch_size:,}")
+        for name in ("output_dir", "data", "init"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ConfigError(f"{name} must not be empty (an empty path would be the working directory)")
         if self.batch_size < 2 and self.stage != "cold-start":
             raise ConfigError("batch_size must be >= 2 for contrastive stages (in-batch negatives)")
 

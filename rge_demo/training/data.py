@@ -17,8 +17,9 @@ from PIL import Image
 
 from rge_demo.data import world
 from rge_demo.data.images import ImageError, load_image
-from rge_demo.data.upload import PAIR_FIELDS  # noqa: F401  (the pairs schema lives with the upload validator)
-from rge_demo.embedding.prompts import EmbedInput, instruction_for
+from rge_demo.data.upload import MODEL_TEXT_FIELDS, PAIR_FIELDS, control_token_in  # the pairs schema lives
+# with the upload validator
+from rge_demo.embedding.prompts import INSTRUCTIONS, EmbedInput, instruction_for
 from rge_demo.errors import RGEUserError
 
 
@@ -33,6 +34,7 @@ class Pair:
     rationale: str  # oracle rationale ("" when unknown: cold-start/rge need one)
     target_key: str  # identity of the target, so equal targets are not each other's negatives
     task: str = ""
+    line: int = 0  # the line of a pair read from a file (for messages)
 
 
 def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0) -> dict[str, list[Pair]]:
@@ -54,6 +56,8 @@ def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0) -> dict[str
 def load_pairs(path: str | Path, max_pixels: int = 4_000_000) -> list[Pair]:
     """Read a pairs .jsonl file; raise :class:`DataError` listing every bad line and field."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give its pairs .jsonl file")
     if not path.is_file():
         raise DataError(f"{path}: no such pairs file")
     pairs, problems = [], []
@@ -77,7 +81,7 @@ def load_pairs(path: str | Path, max_pixels: int = 4_000_000) -> list[Pair]:
             problems.append(f"{path}:{n}: unknown field(s) {unknown}")
             continue
         try:
-            pairs.append(_pair(rec, path.parent, max_pixels))
+            pairs.append(_pair(rec, path.parent, max_pixels, line=n))
         except (DataError, ImageError) as e:
             problems.append(f"{path}:{n}: {e}")
     if problems:
@@ -87,7 +91,7 @@ def load_pairs(path: str | Path, max_pixels: int = 4_000_000) -> list[Pair]:
     return pairs
 
 
-def _pair(rec: dict, root: Path, max_pixels: int) -> Pair:
+def _pair(rec: dict, root: Path, max_pixels: int, line: int = 0) -> Pair:
     def image(field: str) -> Image.Image | None:
         rel = rec.get(field)
         if not rel:
@@ -99,6 +103,12 @@ def _pair(rec: dict, root: Path, max_pixels: int) -> Pair:
     for field, value in rec.items():  # every field is text (an image field: its path), or absent / null
         if value is not None and not isinstance(value, str):
             raise DataError(f"field {field!r} must be a string, got {type(value).__name__} {value!r}")
+    for field in MODEL_TEXT_FIELDS:  # the upload validator's rule: a control token would be read as one
+        if rec.get(field) and (token := control_token_in(rec[field])):
+            raise DataError(f"field {field!r} contains {token!r}, one of the model's control tokens (it would be "
+                            "read as that token, not as text): remove it")
+    if rec.get("meta_task") and rec["meta_task"] not in INSTRUCTIONS:
+        raise DataError(f"field 'meta_task': unknown task kind {rec['meta_task']!r}; use one of {sorted(INSTRUCTIONS)}")
     meta_task = rec.get("meta_task") or "retrieval"
     try:
         q_instr = rec.get("query_instruction") or instruction_for(meta_task, "query")
@@ -106,14 +116,14 @@ def _pair(rec: dict, root: Path, max_pixels: int) -> Pair:
     except ValueError as e:
         raise DataError(f"field 'meta_task': {e}") from None
     q_img, t_img = image("query_image"), image("target_image")
-    q_text, t_text = str(rec.get("query_text") or ""), str(rec.get("target_text") or "")
+    q_text, t_text = str(rec.get("query_text") or "").strip(), str(rec.get("target_text") or "").strip()
     if not q_text and q_img is None:
         raise DataError("empty query: give query_text and/or query_image")
     if not t_text and t_img is None:
         raise DataError("empty target: give target_text and/or target_image")
     key = rec.get("target_id") or f"{t_text}|{rec.get('target_image') or ''}"
     return Pair(EmbedInput(q_instr, q_text, q_img), EmbedInput(t_instr, t_text, t_img),
-                str(rec.get("rationale") or ""), str(key), str(rec.get("task") or meta_task))
+                str(rec.get("rationale") or "").strip(), str(key), str(rec.get("task") or meta_task), line)
 
 
 def split_pairs(pairs: list[Pair], val_share: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:

@@ -80,9 +80,15 @@ def load_model(init: str, device):
         corpus += [it.text or it.label for t in world.TASKS for it, _ in world.candidates(t)]
         model, processor = micro.build_micro(init, corpus=corpus)
     else:
-        from rge_demo.models.loading import load_checkpoint
+        from rge_demo.models.loading import CheckpointError, load_checkpoint
 
-        model, processor = load_checkpoint(init, device="cpu", dtype="float32")
+        try:
+            model, processor = load_checkpoint(init, device="cpu", dtype="float32")
+        except CheckpointError as e:
+            if Path(init).exists():
+                raise
+            raise ConfigError(f"init {init!r}: not a micro size to build ({', '.join(micro.SIZES)}) "
+                              f"and not a checkpoint ({e})") from None
     return model.to(device), processor
 
 
@@ -107,11 +113,22 @@ def load_data(cfg: TrainConfig) -> tuple[dict[str, list[Pair]], list[Pair]]:
         raise ConfigError(f"task_weights names task(s) {sorted(set(cfg.task_weights) - set(pools))} "
                           f"that the data does not have; it has {sorted(pools)}")
     needs_rationale = cfg.stage in ("cold-start", "rge", "leakage")
+    contrastive = cfg.stage != "cold-start"
     for task, ps in pools.items():
         if not ps:
             raise DataError(f"task {task!r}: no training pairs")
-        if needs_rationale and any(not p.rationale for p in ps):
-            raise DataError(f"task {task!r}: stage {cfg.stage!r} needs an oracle rationale on every pair")
+        if needs_rationale and (without := sorted(p.line for p in ps if not p.rationale)):
+            more = f" and {len(without) - 5} more" if len(without) > 5 else ""
+            raise DataError(f"task {task!r}: stage {cfg.stage!r} needs an oracle rationale on every pair; "
+                            f"{len(without)} have none: line(s) {', '.join(map(str, without[:5]))}{more} "
+                            f"of {cfg.data}")
+    # Equal targets are not each other's negatives, so a batch drawn from pairs of one target leaves
+    # InfoNCE nothing to tell apart (a batch is drawn from one task's pairs, or from all of them).
+    groups = pools.items() if cfg.one_task_per_batch else [("(all)", [p for ps in pools.values() for p in ps])]
+    for task, ps in groups if contrastive else ():
+        if len({p.target_key for p in ps}) < 2:
+            raise DataError(f"task {task!r}: its {len(ps)} training pair(s) share one target; stage {cfg.stage!r} "
+                            "learns by telling targets apart in a batch: give pairs with at least 2 different targets")
     return pools, probe
 
 
@@ -641,6 +658,9 @@ def _train(cfg: TrainConfig, on_step: Callable[[dict], None] | None,
     answers_probe = probe if cfg.stage != "baseline" else []  # a baseline writes no rationales
     if step == 0 and cfg.probe_every:
         write({"step": 0, "total_steps": total, "phase": "start", **_probe_record(ctx, answers_probe)})
+    if step and step >= total:
+        log.warning("the run in %s is already at step %d, at or past this run's end (%d steps): nothing to train; "
+                    "give more steps to continue it", out, step, total)
     status = "finished"
     while step < total:
         if should_stop():
