@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def test_each_stage_trains_and_its_checkpoint_embeds(tmp_path, tiny_dir, stage, 
     assert vec.shape == (1, model.config.text_config.hidden_size)
 
 
-def test_resume_continues_the_step_count(tmp_path, tiny_dir):
+def test_resume_continues_the_step_count(tmp_path, tiny_dir, caplog):
     cfg = config(tmp_path, tiny_dir, "baseline", steps=8, save_every=3)
     stop_at = {"n": 0}
 
@@ -73,6 +74,11 @@ def test_resume_continues_the_step_count(tmp_path, tiny_dir):
     # The run's wall clock carries over the resume: it goes on from where the first process stopped.
     walls = [r["wall_seconds"] for r in records]
     assert walls == sorted(walls) and walls[5] > first_wall > 0
+    # A run already past the steps asked for trains nothing, and says so (QA: "finished after 8 steps", unsaid).
+    with caplog.at_level(logging.WARNING, logger="rge_demo.training.trainer"):
+        again = train(dataclasses.replace(cfg, steps=2))
+    assert again.steps == 8 and len(metrics(cfg.output_dir)) == 8
+    assert "is already at step 8, at or past this run's end (2 steps): nothing to train" in caplog.text
     # Resuming the folder as another run (another stage, LoRA on) is refused, naming what differs.
     for other, said in (({"stage": "leakage"}, "stage 'baseline' there, 'leakage' here"),
                         ({"lora": True}, "lora False there, True here")):

@@ -168,6 +168,14 @@ def test_bad_uploads_and_bad_launch_fields_give_clear_errors(idle_bench, tmp_pat
     with pytest.raises(ValueError, match="choose a job"):
         bench.progress(KEY, "")
 
+    # Pairs of one target leave InfoNCE nothing to tell apart: refused at launch, not as a failed job.
+    manifest.write_text('{"query_text": "a cat", "target_text": "cat"}\n{"query_text": "a kitten", "target_text": "cat"}\n')
+    same, _ = bench.new_upload(KEY, manifest)
+    one_target = bench.build(KEY, same.name, None)
+    with pytest.raises(WorkbenchError, match=rf"its 2 training pair\(s\) share one target; stage 'baseline'"):
+        bench.launch(KEY, **{**good, "dataset": one_target.id, "stage": "baseline"})
+    assert bench.jobs_table(KEY).empty
+
 
 def test_rebuild_and_rationale_saves_make_new_versions_that_keep_every_saved_rationale(idle_bench):
     """Defect 1: 20 drafted + 1 edited rationale survive "Build dataset" again; a job's version never changes."""
@@ -308,7 +316,7 @@ def test_a_rationale_with_a_control_token_is_not_saved_and_an_old_dataset_with_o
     data = folder / "data"
     (data / "v2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (data / "v2.json").write_text(json.dumps({**json.loads((data / "v1.json").read_text()), "version": 2}))
-    with pytest.raises(WorkbenchError, match=rf"dataset {folder.name}/v2, row 3: query_text contains '<emb>'"):
+    with pytest.raises(WorkbenchError, match=rf"dataset {folder.name}/v2, row 3: field 'query_text' contains '<emb>'"):
         bench.launch(KEY, f"{folder.name}/v2", name="old", **BASELINE)
     assert bench.jobs_table(KEY).empty
 

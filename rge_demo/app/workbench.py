@@ -32,12 +32,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from rge_demo.data.upload import ValidationReport, control_token_in
+from rge_demo.data.upload import ValidationReport
 from rge_demo.errors import RGEUserError
 from rge_demo.models.loading import ModelError, check_checkpoint, looks_like_hub_id
 from rge_demo.training import drafting
 from rge_demo.training.config import TrainConfig
-from rge_demo.training.data import load_pairs
+from rge_demo.training.data import DataError, by_task, check_pools, load_pairs, split_pairs
 from rge_demo.training.worker import DONE, Job
 
 from .datasets import SAMPLE_UPLOAD, DatasetStore, DatasetVersion
@@ -85,17 +85,6 @@ def _float(name: str, value, lo: float, hi: float, *, open_lo: bool = False) -> 
             or number > hi:
         raise WorkbenchError(f"{name} must be a number in {span}, got {value!r}")
     return number
-
-
-def _check_control_tokens(dataset: str, pairs) -> None:
-    """Refuse a dataset whose texts hold one of the model's control tokens (the trainer would read the token)."""
-    for row, p in enumerate(pairs):
-        for what, text in (("query_text", p.query.text), ("query_instruction", p.query.instruction),
-                           ("target_text", p.target.text), ("target_instruction", p.target.instruction),
-                           ("rationale", p.rationale)):
-            if token := control_token_in(text or ""):
-                raise WorkbenchError(f"dataset {dataset}, row {row}: {what} contains {token!r}, one of the model's "
-                                     "control tokens; fix the upload, validate it and build again")
 
 
 def loss_figure(metrics: pd.DataFrame, title: str = ""):
@@ -399,9 +388,11 @@ class Workbench:
             raise WorkbenchError(f"the job name is {len(name)} characters; keep it to 80 at most")
 
         version = self.dataset(key, dataset)  # this session's version, or an error
-        pairs = load_pairs(version.path)  # DataError names the line
+        try:  # checked as an upload is: control tokens included (a version built before uploads were checked)
+            pairs = load_pairs(version.path, where=lambda n: f"dataset {version.id}, row {n - 1}")
+        except DataError as e:
+            raise WorkbenchError(f"{e}; fix the upload, validate it and build again") from None
         n_val = int(round(len(pairs) * val_share))
-        _check_control_tokens(version.id, pairs)  # a version built before uploads were checked for them
         if len(pairs) - n_val < 1:
             raise WorkbenchError(f"validation share {val_share:g} leaves no training pair out of {len(pairs)}")
         if stage in ("cold-start", "rge"):
@@ -419,6 +410,11 @@ class Workbench:
                           a_lm=a_lm, a_con=a_con, temperature=temperature, lora=lora,
                           max_new_tokens=max_new_tokens, val_share=val_share, probe_every=0,
                           save_every=max(10, total // 5), threads=1)
+        try:  # what the trainer checks first, said now rather than as a failed job (one target: nothing to contrast)
+            check_pools(by_task(split_pairs(pairs, cfg.val_share, cfg.seed)[0]), cfg.stage, cfg.one_task_per_batch,
+                        f"dataset {version.id}")
+        except DataError as e:
+            raise WorkbenchError(str(e)) from None
         # An unnamed job is named for what tells it apart: a second click with the same settings is refused
         # as the same job, another learning rate or dataset is another job (QA: it was refused too).
         default = f"{stage} {Path(init).name} {total} steps, lr {lr:g}, on {version.id}"

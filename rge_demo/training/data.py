@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +54,14 @@ def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0) -> dict[str
     return out
 
 
-def load_pairs(path: str | Path, max_pixels: int = 4_000_000) -> list[Pair]:
-    """Read a pairs .jsonl file; raise :class:`DataError` listing every bad line and field."""
+def load_pairs(path: str | Path, max_pixels: int = 4_000_000,
+               where: Callable[[int], str] | None = None) -> list[Pair]:
+    """Read a pairs .jsonl file; raise :class:`DataError` listing every bad line and field.
+
+    ``where(n)`` names line ``n`` (1-based) in messages (default ``<path>:<n>``; the app names a
+    dataset's row instead of its file)."""
     path = Path(path)
+    where = where or (lambda n: f"{path}:{n}")
     if path.is_dir():
         raise DataError(f"{path}: is a folder; give its pairs .jsonl file")
     if not path.is_file():
@@ -71,19 +77,19 @@ def load_pairs(path: str | Path, max_pixels: int = 4_000_000) -> list[Pair]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            problems.append(f"{path}:{n}: not valid JSON ({e.msg})")
+            problems.append(f"{where(n)}: not valid JSON ({e.msg})")
             continue
         if not isinstance(rec, dict):
-            problems.append(f"{path}:{n}: a line must hold a JSON object")
+            problems.append(f"{where(n)}: a line must hold a JSON object")
             continue
         unknown = sorted(set(rec) - set(PAIR_FIELDS))
         if unknown:
-            problems.append(f"{path}:{n}: unknown field(s) {unknown}")
+            problems.append(f"{where(n)}: unknown field(s) {unknown}")
             continue
         try:
             pairs.append(_pair(rec, path.parent, max_pixels, line=n))
         except (DataError, ImageError) as e:
-            problems.append(f"{path}:{n}: {e}")
+            problems.append(f"{where(n)}: {e}")
     if problems:
         raise DataError("\n".join(problems[:50]) + (f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""))
     if not pairs:
@@ -124,6 +130,29 @@ def _pair(rec: dict, root: Path, max_pixels: int, line: int = 0) -> Pair:
     key = rec.get("target_id") or f"{t_text}|{rec.get('target_image') or ''}"
     return Pair(EmbedInput(q_instr, q_text, q_img), EmbedInput(t_instr, t_text, t_img),
                 str(rec.get("rationale") or "").strip(), str(key), str(rec.get("task") or meta_task), line)
+
+
+def check_pools(pools: dict[str, list[Pair]], stage: str, one_task_per_batch: bool = True, data: str = "") -> None:
+    """What ``stage`` needs of its training pools (``data``: where they come from, for messages):
+    pairs in every task, an oracle rationale on every pair for the stages that learn to write one,
+    and at least two different targets wherever a contrastive batch is drawn from."""
+    needs_rationale = stage in ("cold-start", "rge", "leakage")
+    contrastive = stage != "cold-start"
+    for task, ps in pools.items():
+        if not ps:
+            raise DataError(f"task {task!r}: no training pairs")
+        if needs_rationale and (without := sorted(p.line for p in ps if not p.rationale)):
+            more = f" and {len(without) - 5} more" if len(without) > 5 else ""
+            raise DataError(f"task {task!r}: stage {stage!r} needs an oracle rationale on every pair; "
+                            f"{len(without)} have none: line(s) {', '.join(map(str, without[:5]))}{more} "
+                            f"of {data}")
+    # Equal targets are not each other's negatives, so a batch drawn from pairs of one target leaves
+    # InfoNCE nothing to tell apart (a batch is drawn from one task's pairs, or from all of them).
+    groups = pools.items() if one_task_per_batch else [("(all)", [p for ps in pools.values() for p in ps])]
+    for task, ps in groups if contrastive else ():
+        if len({p.target_key for p in ps}) < 2:
+            raise DataError(f"task {task!r}: its {len(ps)} training pair(s) share one target; stage {stage!r} "
+                            "learns by telling targets apart in a batch: give pairs with at least 2 different targets")
 
 
 def split_pairs(pairs: list[Pair], val_share: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:

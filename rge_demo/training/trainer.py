@@ -43,7 +43,7 @@ from rge_demo.embedding.profiles import profile_for
 from rge_demo.embedding.prompts import EMB_TOKEN, prompt_text
 
 from .config import CHECKPOINTS, RUN_FIELDS, ConfigError, TrainConfig, latest_checkpoint
-from .data import DataError, Pair, by_task, load_pairs, split_pairs, world_pairs
+from .data import DataError, Pair, by_task, check_pools, load_pairs, split_pairs, world_pairs
 from .losses import info_nce, rge_loss, token_ce
 
 try:
@@ -112,23 +112,7 @@ def load_data(cfg: TrainConfig) -> tuple[dict[str, list[Pair]], list[Pair]]:
     if set(cfg.task_weights) - set(pools):
         raise ConfigError(f"task_weights names task(s) {sorted(set(cfg.task_weights) - set(pools))} "
                           f"that the data does not have; it has {sorted(pools)}")
-    needs_rationale = cfg.stage in ("cold-start", "rge", "leakage")
-    contrastive = cfg.stage != "cold-start"
-    for task, ps in pools.items():
-        if not ps:
-            raise DataError(f"task {task!r}: no training pairs")
-        if needs_rationale and (without := sorted(p.line for p in ps if not p.rationale)):
-            more = f" and {len(without) - 5} more" if len(without) > 5 else ""
-            raise DataError(f"task {task!r}: stage {cfg.stage!r} needs an oracle rationale on every pair; "
-                            f"{len(without)} have none: line(s) {', '.join(map(str, without[:5]))}{more} "
-                            f"of {cfg.data}")
-    # Equal targets are not each other's negatives, so a batch drawn from pairs of one target leaves
-    # InfoNCE nothing to tell apart (a batch is drawn from one task's pairs, or from all of them).
-    groups = pools.items() if cfg.one_task_per_batch else [("(all)", [p for ps in pools.values() for p in ps])]
-    for task, ps in groups if contrastive else ():
-        if len({p.target_key for p in ps}) < 2:
-            raise DataError(f"task {task!r}: its {len(ps)} training pair(s) share one target; stage {cfg.stage!r} "
-                            "learns by telling targets apart in a batch: give pairs with at least 2 different targets")
+    check_pools(pools, cfg.stage, cfg.one_task_per_batch, cfg.data)
     return pools, probe
 
 
