@@ -2,7 +2,7 @@
 
     python -m bench.app [--model rge-micro] [--runs 10] [--users 4] [--repeats 2] [--service]
                         [--client browser|gradio_client] [--model-process auto|on|off] [--start-up SECONDS]
-                        [--batching continuous|merged] [--threads N] [--served N]
+                        [--batching continuous|merged] [--threads N] [--served N] [--profile FILE]
 
 Starts ``python app.py`` twice (cold caches, then warm) on a free port and drives the Compare tab's
 streaming endpoint. ``--start-up S`` first times one user's compares for S seconds after the warm
@@ -44,6 +44,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
+import signal
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -172,6 +175,61 @@ class AppCPU:
         for label, (cpu, wall) in self.spent.items():
             print(f"{label}: the app's CPU {cpu * 1e3 / compares[label]:.1f} ms per compare, "
                   f"{cpu / wall:.2f} s of CPU per s of wall")
+
+
+class GilProfile:
+    """``--profile FILE``: py-spy records the app while the N-user blocks run, sampling only the thread
+    that holds the GIL (``--gil``, 200 Hz), into FILE (raw stacks, one py-spy run per block appended).
+
+    ``report`` prints the share of the samples per kind of thread: the collector (the model's calls:
+    the decode loop's Python), the web server's event loop (uploads, the queue, the event stream), the
+    handlers (Gradio's worker threads: the compares' own code) and the rest.
+    """
+
+    KINDS = (("rge-collector", "the collector (model calls)"), ("Thread-1 (run)", "the web server's event loop"),
+             ("AnyIO worker thread", "the handlers"))
+
+    def __init__(self, pid: int, out: Path):
+        self.pid, self.out, self.spy = pid, out, self.find()
+        out.write_text("")
+
+    @staticmethod
+    def find() -> str:
+        """py-spy's path: on PATH or beside this Python (a venv's bin); SystemExit when neither."""
+        beside = Path(sys.executable).parent / "py-spy"
+        spy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+        if spy is None:
+            raise SystemExit("--profile needs py-spy (pip install py-spy)")
+        return spy
+
+    def __enter__(self):
+        self.part = self.out.with_suffix(f".part{uuid.uuid4().hex[:6]}")
+        self.proc = subprocess.Popen([self.spy, "record", "--pid", str(self.pid), "--gil", "--threads", "-r", "200",
+                                      "-f", "raw", "-o", str(self.part)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # py-spy attaches
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+        self.proc.wait(timeout=60)
+        with open(self.out, "a") as f:
+            f.write(self.part.read_text() if self.part.exists() else "")
+        self.part.unlink(missing_ok=True)
+
+    def report(self, label: str) -> None:
+        counts: dict[str, int] = {}
+        for line in self.out.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            thread = stack.split(";", 1)[0]
+            kind = next((name for key, name in self.KINDS if thread.endswith(key)), "other threads")
+            counts[kind] = counts.get(kind, 0) + int(n)
+        total = sum(counts.values())
+        if not total:
+            print(f"{label}: py-spy recorded no samples (is ptrace allowed?)")
+            return
+        shares = ", ".join(f"{name} {n / total:.0%}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        print(f"{label}: samples holding the GIL ({total}, {self.out}): {shares}")
 
 
 def new_client(url: str, kind: str):
@@ -313,12 +371,15 @@ def run_app(args, model: Path, gallery: Gallery) -> dict[str, list[tuple[float, 
                     if isinstance(c, BrowserSession):
                         c.phases.clear()  # the warm-up compares are not counted
                 server = AppCPU(app.proc.pid)
+                profile = GilProfile(app.proc.pid, Path(args.profile)) if args.profile else None
                 for _ in range(args.repeats):
                     with server.block("1 user"):
                         blocks["1 user"] += [one_compare(client, gallery, i) for i in range(1, args.runs + 1)]
-                    with server.block(f"{args.users} users"):
+                    with profile or contextlib.nullcontext(), server.block(f"{args.users} users"):
                         blocks[f"{args.users} users"] += concurrent_compares(users, gallery, args.runs)
                 server.report({label: len(times) for label, times in blocks.items()})
+                if profile:
+                    profile.report(f"{args.users} users")
                 if args.client == "browser":  # where a compare's time goes, as the client sees it
                     for label, sessions in (("1 user", [client]), (f"{args.users} users", users)):
                         phases = list(zip(*[p for c in sessions for p in c.phases]))
@@ -354,9 +415,17 @@ def main() -> int:
     parser.add_argument("--served", type=int, default=0, metavar="N",
                         help="app over HTTP: before the blocks, N light requests (Models-tab refreshes), as an app "
                              "that has been up a while has served (default 0)")
+    parser.add_argument("--profile", metavar="FILE", default=None,
+                        help="app over HTTP: record the app with py-spy during the N-user blocks (GIL holders, "
+                             "200 Hz) into FILE and print the share per kind of thread (needs py-spy; py-spy takes "
+                             "CPU too, so this run's latencies are not comparable with others)")
     parser.add_argument("--client", choices=("browser", "gradio_client"), default="browser",
                         help="HTTP client: Gradio's queue protocol read as the page does (default), or gradio_client")
     args = parser.parse_args()
+    if args.profile:
+        if args.service:
+            parser.error("--profile records the app over HTTP; it does not combine with --service")
+        GilProfile.find()  # before the app starts
     specs = {s.name: s.source for s in default_specs()}
     model = Path(specs.get(args.model, args.model))
     gallery = Gallery.load(SAMPLE_GALLERIES / args.gallery)

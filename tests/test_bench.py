@@ -93,3 +93,19 @@ def test_app_bench_times_both_blocks_and_the_app_cpu():
                         r.stdout, re.M)
         assert cpu and float(cpu.group(1)) > 0 and 0 < float(cpu.group(2)) < os.cpu_count() + 0.5, r.stdout
     assert re.search(r"^2 users: p95 / 1-user median = [\d.]+x \(target <= 2x\)$", r.stdout, re.M)
+
+
+def test_app_bench_profile_report_splits_the_samples_by_thread(tmp_path, capsys):
+    from bench.app import GilProfile
+
+    raw = tmp_path / "prof.txt"
+    profile = GilProfile.__new__(GilProfile)  # no py-spy run: the report reads a recorded file
+    profile.out = raw
+    raw.write_text("thread (11): rge-collector;generate (a.py:1);forward (b.py:2) 6\n"
+                   "thread (12): Thread-1 (run);run (asyncio.py:3) 3\n"
+                   "thread (13): AnyIO worker thread;compare (c.py:4) 1\n"
+                   "thread (11): rge-collector;generate (a.py:1) 2\n")
+    profile.report("4 users")
+    assert capsys.readouterr().out.strip() == (
+        f"4 users: samples holding the GIL (12, {raw}): the collector (model calls) 67%, "
+        "the web server's event loop 25%, the handlers 8%")

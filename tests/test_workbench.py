@@ -172,7 +172,7 @@ def test_bad_uploads_and_bad_launch_fields_give_clear_errors(idle_bench, tmp_pat
     manifest.write_text('{"query_text": "a cat", "target_text": "cat"}\n{"query_text": "a kitten", "target_text": "cat"}\n')
     same, _ = bench.new_upload(KEY, manifest)
     one_target = bench.build(KEY, same.name, None)
-    with pytest.raises(WorkbenchError, match=rf"its 2 training pair\(s\) share one target; stage 'baseline'"):
+    with pytest.raises(WorkbenchError, match=r"its 2 training pair\(s\) share one target; stage 'baseline'"):
         bench.launch(KEY, **{**good, "dataset": one_target.id, "stage": "baseline"})
     assert bench.jobs_table(KEY).empty
 
