@@ -97,9 +97,17 @@ def load_gallery(folder: str):
 
 
 def query_instruction(gallery, profile) -> str:
-    """The query instruction of the gallery's meta-task under the model's prompt profile ("" for a
-    mixed gallery)."""
-    return profile.task(gallery.meta_task)["query"] if gallery.meta_task else ""
+    """The query instruction of the gallery's meta-task under the model's prompt profile (MMEB's generic
+    one when the profile has no task of it; "" for a mixed gallery)."""
+    from rge_demo.embedding.profiles import ProfileError
+    from rge_demo.embedding.prompts import instruction_for
+
+    if not gallery.meta_task:
+        return ""
+    try:
+        return profile.task(gallery.meta_task)["query"]
+    except ProfileError:
+        return instruction_for(gallery.meta_task, "query")
 
 
 def gallery_index(loaded, settings, gallery, batch_size: int):

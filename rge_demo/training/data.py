@@ -18,8 +18,8 @@ from PIL import Image
 
 from rge_demo.data import world
 from rge_demo.data.images import ImageError, load_image
-from rge_demo.data.upload import MODEL_TEXT_FIELDS, PAIR_FIELDS, control_token_in  # the pairs schema lives
-# with the upload validator
+# The pairs schema and its text rules live with the upload validator.
+from rge_demo.data.upload import MODEL_TEXT_FIELDS, PAIR_FIELDS, control_token_in
 from rge_demo.embedding.prompts import INSTRUCTIONS, EmbedInput, instruction_for
 from rge_demo.errors import RGEUserError
 
