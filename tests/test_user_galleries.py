@@ -11,7 +11,7 @@ from PIL import Image
 
 from rge_demo.analysis.failures import read_export
 from rge_demo.app.user_galleries import GalleryError, build_gallery
-from rge_demo.data.items import Gallery
+from rge_demo.data.items import Gallery, Item
 from rge_demo.embedding.gallery import build_index
 from rge_demo.embedding.index import EmbeddingCache
 from rge_demo.errors import RGEUserError
@@ -131,6 +131,15 @@ def test_bad_sources_are_sentences_and_leave_nothing(tmp_path):
     empty.mkdir()
     with pytest.raises(GalleryError, match="no manifest.json, no labels"):
         build_gallery(empty, "empty", dest)
+    # A control token in a text (QA: registered, then every tab refused its query naming no row)
+    (src / "labels.csv").write_text("file,label,text,query\nred_square.png,red,,\ngreen-circle.png,green,"
+                                    "a cross <emb> token,yes\n")
+    with pytest.raises(GalleryError, match=r"labels.csv row 2: text contains '<emb>', one of the model's control"):
+        build_gallery(src, "tokens", dest)
+    manifest_src = tmp_path / "manifest-src"
+    Gallery(name="m", root=manifest_src, items=[Item(id="a", text="plain"), Item(id="b", text="x <|image_pad|> y")]).save()
+    with pytest.raises(GalleryError, match=r"item 'b': its text contains '<\|image_pad\|>'"):
+        build_gallery(manifest_src, "tokens2", dest)
     assert not dest.exists() or not any(dest.iterdir())
     (src / "labels.csv").unlink()
     build_gallery(src, "ok", dest)

@@ -35,6 +35,7 @@ from rge_demo.errors import RGEUserError
 from rge_demo.data.images import ImageError, check_size
 from rge_demo.data.items import MANIFEST, Gallery, Item, ManifestError, Query
 from rge_demo.data.safezip import UploadLimits, extract_zip
+from rge_demo.data.upload import control_token_in
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 LABEL_FILES = ("labels.csv", "labels.jsonl")
@@ -96,6 +97,20 @@ def _label_rows(path: Path) -> list[dict]:
     return rows
 
 
+_CONTROL_TOKEN = ("contains {token}, one of the model's control tokens (it would be read as that token, not as "
+                  "text): remove it")
+
+
+def _check_texts(gallery: Gallery) -> None:
+    """Refuse a gallery whose item or query texts hold a control token: registered, it could not be
+    searched, evaluated or projected (each would refuse the text, naming no row)."""
+    for what, entries in (("item", gallery.items), ("query", gallery.queries)):
+        for e in entries:
+            for field in ("text", "instruction"):
+                if token := control_token_in(getattr(e, field, "") or ""):
+                    raise GalleryError(f"{what} {e.id!r}: its {field} {_CONTROL_TOKEN.format(token=repr(token))}")
+
+
 def _truthy(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "y", "query")
 
@@ -119,6 +134,8 @@ def _from_labels(folder: Path, labels: Path, name: str, limits: UploadLimits, in
             _check_image(path, limits)
         if len(text) > limits.max_text_chars:
             raise GalleryError(f"{labels.name} row {n}: text is over {limits.max_text_chars} characters")
+        if token := control_token_in(text):
+            raise GalleryError(f"{labels.name} row {n}: text {_CONTROL_TOKEN.format(token=repr(token))}")
         image = str(path) if rel else None
         if _truthy(row.get("query", "")):
             queries.append((n, label, Query(id=f"q{n:05d}", instruction=instruction, text=text, image=image)))
@@ -249,6 +266,7 @@ def build_gallery(source: str | Path, name: str, dest: str | Path, *, kind: str 
             gallery = _from_mmeb(source, subset, name, limit)
         else:
             gallery = _from_folder(source, name, limits, instruction)
+        _check_texts(gallery)
         gallery.root = target
         gallery.items = [Item(**{**it.__dict__, "image": _relative(it.image, target)}) for it in gallery.items]
         gallery.queries = [Query(**{**q.__dict__, "image": _relative(q.image, target)}) for q in gallery.queries]
