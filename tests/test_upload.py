@@ -224,6 +224,14 @@ def test_malformed_json_duplicate_and_csv(tmp_path):
     assert problems_of(report)[1][:1] == (3,) and "more value" in problems_of(report)[1][2]
     assert [r["line"] for r in report.ok_rows] == [2] and report.task_counts == {"vqa": 1}
 
+    # A quote left open swallows the lines after it into one value (QA: "Valid. 3 row(s), 3 valid").
+    csv_text = ("query_text,target_text\nWhat barks?,dog\n\"unterminated quote,cat\nonly,one\n"
+                "What moos?,cow\nWhat meows?,cat\n")
+    report = validate(write_upload(tmp_path / "q", csv_text, name="manifest.csv"))
+    assert problems_of(report) == [(3, "query_text", "a value runs over lines 3-6: a quote left open? Close it "
+                                                     "(a text here is one line)")]
+    assert [r["line"] for r in report.ok_rows] == [2]
+
 
 def test_build_dataset_refuses_problems_unless_skipped(tmp_path):
     images = {"images/a.png": png(), "images/b.png": png("blue")}

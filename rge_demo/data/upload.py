@@ -261,6 +261,10 @@ def _records(text: str, suffix: str, report: ValidationReport) -> list[tuple[int
                 report.n_rows += 1
                 if None in rec:
                     report.add(start, "", f"{len(rec[None])} more value(s) than columns")
+                elif reader.line_num > start:  # a quoted value ran over line ends: most often a quote left open
+                    field = next((k for k, v in rec.items() if v and "\n" in v), "")
+                    report.add(start, field or "", f"a value runs over lines {start}-{reader.line_num}: a quote "
+                                                   "left open? Close it (a text here is one line)")
                 else:
                     out.append((start, {k: v for k, v in rec.items() if k in PAIR_FIELDS}))
                 start = reader.line_num + 1
