@@ -283,6 +283,7 @@ def test_a_removed_gallery_leaves_the_failures_picker(page, app, tmp_path):
         page.get_by_label("Gallery name", exact=True).fill("shapes")
         page.get_by_role("button", name="Register and embed").click()
         expect(page.get_by_text(re.compile(r"Registered \*?\*?shapes"))).to_be_visible()
+        expect(page.get_by_label("Gallery", exact=True)).to_have_value(re.compile(r"^shapes \["))  # the new one
     with tab(page, app, "Failures", "9b-failures-pick"):
         page.get_by_text("Run a new evaluation with the model in use").click()
         box = page.get_by_label(picker, exact=True)
@@ -294,6 +295,8 @@ def test_a_removed_gallery_leaves_the_failures_picker(page, app, tmp_path):
         choose(page, "Gallery", name)
         page.get_by_role("button", name="Remove", exact=True).click()
         expect(page.get_by_text(f"Removed {name}.")).to_be_visible()
+        # the picker lets the removed gallery go (QA: it kept the name; Remove again said "no gallery named")
+        expect(page.get_by_label("Gallery", exact=True)).to_have_value("")
     with tab(page, app, "Failures", "9d-failures-unpicked"):
         expect(page.get_by_label(picker, exact=True)).to_have_value("")
         # Evaluate with no gallery picked is refused; the red pill marks the status line above its text,

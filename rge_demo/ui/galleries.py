@@ -46,13 +46,15 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
                 remove = gr.Button("Remove")
     timer = gr.Timer(1.0, active=False)  # polls while a gallery is embedding
 
-    def rows(key):
+    def rows(key, keep: str | None = None):
+        """The table, the picker (its value ``keep`` while that gallery is still listed) and the timer."""
         listed = demo.own_galleries(key)
         df = pd.DataFrame([[g["name"], g["items"], g["queries"],
                             f"{g['state']}: {g['error']}" if g.get("error") else g["state"], f"{g['done']}/{g['total']}"]
                            for g in listed], columns=COLUMNS)
         busy = any(g["state"] == "embedding" for g in listed)
-        return df, gr.update(choices=[g["name"] for g in listed]), gr.Timer(active=busy)
+        names = [g["name"] for g in listed]
+        return df, gr.update(choices=names, value=keep if keep in names else None), gr.Timer(active=busy)
 
     def on_kind(k):
         return (gr.update(visible=k == "zip"), gr.update(visible=k != "zip"), gr.update(visible=k == "mmeb"),
@@ -71,7 +73,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
                  else "Compare and Explore (not Failures: it has no queries to evaluate)")
         text = (f"Registered **{g.name}**: {counted(len(g.items), 'item')}, {counted(len(g.queries), 'query', 'queries')}; "
                 f"embedding in the background. It is in the gallery lists of {where} now.")
-        return (text, *rows(key))
+        return (text, *rows(key, g.name))
 
     @friendly
     def on_remove(gallery, session_key, request: gr.Request):
@@ -81,8 +83,8 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
         demo.remove_gallery(gallery, key)
         return (f"Removed {gallery}.", *rows(key))
 
-    def on_tick(browser_key, request: gr.Request):
-        return rows(session_of(browser_key, request))
+    def on_tick(browser_key, current, request: gr.Request):
+        return rows(session_of(browser_key, request), current)
 
     kind.change(on_kind, kind, [upload, path, subset, limit], api_visibility="private")
     # The last outcome goes first: a refusal's error badge must not sit on an earlier success as if on its own
@@ -96,5 +98,5 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
     for event in (added, removed):
         for step in then:
             event = event.success(*step, api_visibility="private")
-    timer.tick(on_tick, session, [table, picked, timer], api_visibility="private")
-    return on_tick, [session], [table, picked, timer]
+    timer.tick(on_tick, [session, picked], [table, picked, timer], api_visibility="private")
+    return on_tick, [session, picked], [table, picked, timer]
