@@ -202,6 +202,13 @@ def test_train_tab_sample_upload_to_curve(page, app, taught_dir):
         launch_and_finish(page, 4)
         expect(visible(page, ".js-plotly-plot .scatterlayer .trace").first).to_be_visible()  # the loss curve
         expect(visible(page, "table").filter(has_text="finished").first).to_be_visible()  # the Jobs table
+        page.get_by_role("button", name="Before / after P@1 on the validation share").click()
+        expect(visible(page, "table").filter(has_text="before").first).to_be_visible()
+        page.get_by_role("button", name="Load in Compare (use in every tab)").click()
+        expect(page.get_by_text(re.compile(r"job-\S+ is now the model in use"))).to_be_visible()
+    with tab(page, app, "Models", "4a-models-follow"):
+        # the picker follows the model in use (QA: it kept the old one, and Unload acted on that)
+        expect(page.get_by_label(re.compile(r"^Model: registry name"))).to_have_value(re.compile(r"^job-"))
     assert app.alive()
 
 
@@ -212,6 +219,8 @@ def test_train_tab_eg_rl_job_draws_its_reward_curve(page, app, taught_dir):
         page.get_by_label("Steps", exact=True).fill("2")
         page.get_by_label("Batch size", exact=True).fill("2")
         launch_and_finish(page, 2)
+        # the before / after table was the last job's: another job shown takes it off
+        expect(visible(page, "table").filter(has_text="before")).to_have_count(0)
         curve = visible(page, ".js-plotly-plot").filter(has_text="retrieval_reward").first
         expect(curve).to_be_visible()  # reward, retrieval reward and KL beside the loss
         expect(curve.get_by_text("kl", exact=True)).to_be_visible()

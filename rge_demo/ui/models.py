@@ -106,7 +106,14 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                  api_name="unload_model", show_progress_on=current).failure(**again)
     refresh.click(model_list, [model_state, session], [current, status, catalog], api_name="model_status",
                   show_progress_on=current)
-    model_state.change(model_list, [model_state, session], [current, status, catalog], show_progress_on=current,
+    def follow(model_name, session_key, request: gr.Request):
+        """The tables and the picker after the model in use changed, wherever it was changed (QA: after
+        Train's "Load in Compare" the picker still showed the old model, and Unload acted on that one)."""
+        key = session_of(session_key, request)
+        return (*tables(model_name, key, request),
+                gr.update(choices=bench.model_names(key), value=model_name or demo.default_model))
+
+    model_state.change(follow, [model_state, session], [current, status, catalog, source], show_progress_on=current,
                        api_visibility="private")
 
     # stored as {"name": ...}: the browser does not store a bare None, so an unload would not be remembered

@@ -23,6 +23,7 @@ from .common import friendly, gpu
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 2.0
+RESULT_COLUMNS = ["model", "mode", "p@1", "n", "split"]  # the before / after table's (JobQueue.results)
 LOG_LINES = 10
 HELP = """Fine-tune a model on your own query/target pairs with the joint RGE objective (LM loss on the
 oracle rationales + InfoNCE on embeddings after self-generated rationales), in a background worker.
@@ -143,7 +144,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     with gr.Row():
         results_btn = gr.Button("Before / after P@1 on the validation share")
         use_btn = gr.Button("Load in Compare (use in every tab)", variant="primary")
-    results = gr.Dataframe(headers=["model", "mode", "p@1", "n", "split"], interactive=False)
+    results = gr.Dataframe(headers=RESULT_COLUMNS, interactive=False)
     use_info = gr.Markdown()
 
     # -- callbacks (each takes the browser's session key first) ---------------------------------
@@ -319,6 +320,9 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
     resume_btn.click(on_resume, [session, job], [jobs, *detail_out], api_name="resume_training",
                      show_progress_on=status)
     results_btn.click(on_results, [session, job], results, api_name="training_results", concurrency_id="model")
+    # The table is one job's: another job picked (or launched) takes it off (QA: a job's numbers under another)
+    job.change(lambda: pd.DataFrame(columns=RESULT_COLUMNS), None, results, show_progress="hidden",
+               api_visibility="private")
     use_btn.click(on_use, [session, job], [model_state, use_info], api_name="use_trained_model",
                   concurrency_id="model", show_progress_on=use_info)
     return on_page_load, [session], [session, upload_id, summary, problems, counts, dataset, dataset_info, jobs, job,
