@@ -241,6 +241,8 @@ def test_build_dataset_refuses_problems_unless_skipped(tmp_path):
     job = tmp_path / "job"
     with pytest.raises(UploadError, match=r"fix the file, or choose to skip the rows on line\(s\) \[2\]"):
         build_dataset(report, job)
+    with pytest.raises(UploadError, match=r"^bad.jsonl: 1 problem\(s\)"):  # the name uploaded, not the stored one
+        build_dataset(validate(path, name="bad.jsonl"), job)
     assert not job.exists()  # nothing written
     pairs_path = build_dataset(report, job, skip_bad=True)
     rows = [json.loads(line) for line in pairs_path.read_text().splitlines()]

@@ -430,10 +430,10 @@ def build_dataset(report: ValidationReport, job_dir: str | os.PathLike, skip_bad
     if report.problems and not skip_bad:
         lines = report.bad_lines
         listed = f" the rows on line(s) {lines[:20]}{' ...' if len(lines) > 20 else ''}" if lines else " the listed rows"
-        raise UploadError(f"{report.manifest_path.name}: {len(report.problems)} problem(s); fix the file, "
+        raise UploadError(f"{report.name or report.manifest_path.name}: {len(report.problems)} problem(s); fix the file, "
                           f"or choose to skip{listed}")
     if not report.ok_rows:
-        raise UploadError(f"{report.manifest_path.name}: no valid rows to train on")
+        raise UploadError(f"{report.name or report.manifest_path.name}: no valid rows to train on")
     data = Path(job_dir) / "data"
     images = data / "images"
     images.mkdir(parents=True, exist_ok=True)
