@@ -96,6 +96,11 @@ def test_sample_upload_to_trained_model_in_the_registry(bench, tmp_path, tiny_di
     assert loss_figure(p["metrics"], "job <b>x</b>").layout.title.text == "job &lt;b&gt;x&lt;/b&gt;"
     total = loss_figure(p["metrics"]).data[-1]  # drawn last, dashed: over the part it mostly is (QA: hidden)
     assert total.name == "loss" and total.line.dash == "dash" and total.legendrank == 1
+    # a short run's steps are whole-number ticks; an empty plot says so instead of axes below zero (QA)
+    assert loss_figure(p["metrics"]).layout.xaxis.dtick == 1
+    empty = loss_figure(None)
+    assert not empty.data and empty.layout.xaxis.visible is False
+    assert [a.text for a in empty.layout.annotations] == ["no steps recorded yet"]
     samples = bench.samples_table(p)
     assert len(samples) == len(p["samples"]) > 0 and samples["rationale"].str.len().gt(0).all()
     blank = {**p, "samples": [{"step": 2, "rationale": ""}], "attempt": 3}  # QA: a blank row; a clock reset

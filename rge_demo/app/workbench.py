@@ -111,10 +111,17 @@ def loss_figure(metrics: pd.DataFrame, title: str = ""):
                 if phases[i] != phases[i - 1]:
                     fig.add_vline(x=float(metrics["step"].iloc[i]) - 0.5, line_dash="dot",
                                   annotation_text=str(phases[i]), line_color="#6b7280")
+    steps = metrics["step"] if metrics is not None and len(metrics) else None
+    if steps is None:  # no axes running below zero around nothing (QA): a sentence instead
+        fig.add_annotation(text="no steps recorded yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+    elif steps.max() <= 10:
+        fig.update_xaxes(dtick=1)  # a short run's steps are whole numbers (QA: ticks at 1.5, 2.5)
     # a job's name is the user's text: plotly would read <b> and <a href> in a title as markup
     fig.update_layout(title=html.escape(title) or None, xaxis_title="step", yaxis_title="loss", height=320,
-                      margin={"l": 40, "r": 10, "t": 40 if title else 10, "b": 40},
-                      legend={"orientation": "h", "y": 1.12})
+                      margin={"l": 40, "r": 10, "t": 70 if title else 40, "b": 40},  # the legend sits above
+                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"})
     return fig
 
 

@@ -134,7 +134,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
             curve = gr.Plot(label="Loss curves")
         with gr.Column(scale=2):
             samples = gr.Dataframe(headers=["step", "rationale"], label="Last generated rationales",
-                                   interactive=False, wrap=True, max_height=320)
+                                   interactive=False, wrap=True, max_height=320, column_widths=["16%", "84%"])
     log_tail = gr.Textbox(label="Log (last lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False)
     timer = gr.Timer(TICK_SECONDS)
     seen = gr.State(None)  # what the page shows, so an unchanged tick redraws nothing
