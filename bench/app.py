@@ -46,8 +46,8 @@ import contextlib
 import json
 import shutil
 import signal
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
