@@ -189,6 +189,11 @@ def test_rebuild_and_rationale_saves_make_new_versions_that_keep_every_saved_rat
     v1 = bench.build(KEY, folder.name, report)
     assert v1.n_rationales == 20  # the manifest's own
     table = bench.drafts(KEY, v1.id)
+    assert bench.answerless(table) == []  # drafted rationales end in "answer <target>"
+    edited = table.copy()
+    edited.loc[edited.index[1], "rationale"] = "the object is purple"  # QA: saved without a word
+    edited.loc[edited.index[2], "rationale"] = f"Shapes.  ANSWER {edited['target'].iloc[2]}."  # spacing, case aside
+    assert bench.answerless(edited) == [int(edited["row"].iloc[1])]
     v2 = bench.save_drafts(KEY, v1.id, table)  # 20 saved
     given = next(r for r in v2.rows() if r["row"] not in set(table["row"]))
     edit = given["row"]

@@ -261,6 +261,15 @@ class Workbench:
         drafts = dict(zip(rows.astype(int), table["rationale"].fillna("").astype(str)))
         return self.store.save_rationales(owner_id(key), dataset, drafts)
 
+    @staticmethod
+    def answerless(table: pd.DataFrame) -> list[int]:
+        """Rows of a drafts table whose rationale does not end in ``answer <target>`` (the form the
+        ``<emb>`` after it learns to read; the table's header asks for it)."""
+        if table is None or not len(table) or not {"row", "target", "rationale"} <= set(table.columns):
+            return []
+        return [int(r.row) for r in table.itertuples()
+                if str(r.rationale or "").strip() and not drafting.states_answer(str(r.rationale), str(r.target))]
+
     # -- models ----------------------------------------------------------------------------------
     def model_names(self, key: str) -> list[str]:
         """The models this session sees: the shared ones and those it added or fine-tuned."""

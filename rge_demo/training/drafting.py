@@ -74,6 +74,14 @@ def ensure_answer(text: str, target: str, max_words: int = MAX_WORDS) -> str:
     return f"{body}. answer {target}" if body else f"answer {target}"
 
 
+def states_answer(rationale: str, target: str) -> bool:
+    """Whether ``rationale`` ends in ``answer <target>`` (spacing, case and a final full stop aside)."""
+    def norm(text: str) -> str:
+        return " ".join(str(text).lower().split()).rstrip(".!")
+
+    return norm(rationale).endswith(norm(f"answer {target}"))
+
+
 def template_rationale(row: Mapping) -> str:
     """A deterministic rationale for world-like rows: the question restated, then ``answer <target>``."""
     question = " ".join(str(row.get("query_text") or "").split()).rstrip("?.! ").lower()

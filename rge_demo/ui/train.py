@@ -211,6 +211,10 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
         key = session_of(session_key, request)
         version = bench.save_drafts(key, dataset, drafts)
         gr.Info(f"rationales saved as {version.id}" if version.id != dataset else "nothing changed")
+        if rows := bench.answerless(drafts):
+            gr.Warning(f"row(s) {', '.join(map(str, rows[:10]))}{' ...' if len(rows) > 10 else ''}: the rationale "
+                       "does not end in 'answer <target>', the form the <emb> after it learns to read; edit and "
+                       "save again, or keep it as it is")
         return dataset_update(key, version.id), bench.dataset_summary(key, version.id), \
             pd.DataFrame(columns=DRAFT_COLUMNS)
 
