@@ -106,6 +106,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState | None = N
                  api_name="unload_model", show_progress_on=current).failure(**again)
     refresh.click(model_list, [model_state, session], [current, status, catalog], api_name="model_status",
                   show_progress_on=current)
+
     def follow(model_name, session_key, request: gr.Request):
         """The tables and the picker after the model in use changed, wherever it was changed (QA: after
         Train's "Load in Compare" the picker still showed the old model, and Unload acted on that one)."""
