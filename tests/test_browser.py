@@ -241,7 +241,7 @@ def test_a_gallery_zip_registered_in_the_galleries_tab_appears_in_compare(page, 
     with tab(page, app, "Galleries", "7-galleries"):
         page.locator("#gallery-zip input[type=file]").set_input_files(str(zpath))
         expect(page.locator("#gallery-zip").get_by_text("my-colours.zip")).to_be_visible()  # uploaded
-        page.get_by_label("Gallery name", exact=True).fill("my colours")
+        page.get_by_label("Gallery name (required)", exact=True).fill("my colours")
         page.get_by_role("button", name="Register and embed").click()
         expect(page.get_by_text(re.compile(r"Registered \*?\*?my colours"))).to_be_visible()
         # no queries: it is not offered for evaluation in Failures, and the message says so (QA)
@@ -289,7 +289,7 @@ def test_a_removed_gallery_leaves_the_failures_picker(page, app, tmp_path):
     with tab(page, app, "Galleries", "9-galleries-remove"):
         page.locator("#gallery-zip input[type=file]").set_input_files(str(zpath))
         expect(page.locator("#gallery-zip").get_by_text("shapes.zip")).to_be_visible()
-        page.get_by_label("Gallery name", exact=True).fill("shapes")
+        page.get_by_label("Gallery name (required)", exact=True).fill("shapes")
         page.get_by_role("button", name="Register and embed").click()
         expect(page.get_by_text(re.compile(r"Registered \*?\*?shapes"))).to_be_visible()
         expect(page.get_by_label("Gallery", exact=True)).to_have_value(re.compile(r"^shapes \["))  # the new one

@@ -125,6 +125,8 @@ def test_bad_sources_are_sentences_and_leave_nothing(tmp_path):
         build_gallery(src, "escape", dest)
     with pytest.raises(GalleryError, match="gallery name"):
         build_gallery(src, "../x", dest)
+    with pytest.raises(GalleryError, match=r"^give the gallery a name \(1-64 letters"):  # QA: "gallery name ''"
+        build_gallery(src, "  ", dest)
     with pytest.raises(GalleryError, match="no such folder"):
         build_gallery(tmp_path / "missing", "gone", dest)
     empty = tmp_path / "empty"

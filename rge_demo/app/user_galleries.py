@@ -49,6 +49,8 @@ class GalleryError(RGEUserError, ValueError):
 
 def check_name(name: str) -> str:
     name = (name or "").strip()
+    if not name:
+        raise GalleryError("give the gallery a name (1-64 letters, digits, spaces, '.', '_' or '-')")
     if not NAME_RE.match(name):
         raise GalleryError(f"gallery name {name!r}: use 1-64 letters, digits, spaces, '.', '_' or '-', "
                            "starting with a letter or digit")

@@ -19,7 +19,10 @@ mapped in Explore and evaluated in Failures (its queries that have a right answe
   a row with `query` set to yes becomes a query whose right answer is the item of its label), a
   folder with a `manifest.json`, or images alone (labelled by file name).
 * **A folder on the server**: the same layouts, read in place.
-* **MMEB-eval**: a local copy of TIGER-Lab/MMEB-eval and a subset name (e.g. `ImageNet-1K`)."""
+* **MMEB-eval**: a local copy of TIGER-Lab/MMEB-eval and a subset name (e.g. `ImageNet-1K`).
+
+The two server sources are offered when the app was started with folders to read them from
+(`RGE_GALLERY_ROOTS`); otherwise a zip is the way in."""
 
 COLUMNS = ["gallery", "items", "queries", "embedding", "progress"]
 
@@ -31,12 +34,15 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
     gr.Markdown(HELP)
     with gr.Row():
         with gr.Column():
-            kind = gr.Radio(["zip", "folder", "mmeb"], value="zip", label="Source")
+            # The server-folder sources are shown where the app was given folders (RGE_GALLERY_ROOTS); else they
+            # would only be refused (an API call that asks for one still gets the sentence why).
+            kind = gr.Radio(["zip", "folder", "mmeb"], value="zip", label="Source",
+                            visible=bool(demo.settings.gallery_roots))
             upload = gr.File(label="Zip of the gallery", file_types=[".zip"], type="filepath", elem_id="gallery-zip")
             path = gr.Textbox(label="Folder on the server (or the MMEB-eval folder)", visible=False)
             subset = gr.Textbox(label="MMEB-eval subset", visible=False)
             limit = gr.Number(value=None, precision=0, label="Rows of the subset at most (optional)", visible=False)
-            name = gr.Textbox(label="Gallery name", placeholder="my photos")
+            name = gr.Textbox(label="Gallery name (required)", placeholder="my photos")
             add = gr.Button("Register and embed", variant="primary")
         with gr.Column():
             message = gr.Markdown()
