@@ -35,7 +35,7 @@ from rge_demo.errors import RGEUserError
 from rge_demo.data.images import ImageError, check_size
 from rge_demo.data.items import MANIFEST, Gallery, Item, ManifestError, Query
 from rge_demo.data.safezip import UploadLimits, extract_zip
-from rge_demo.data.upload import control_token_in
+from rge_demo.data.upload import control_token_in, holds_control_token
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 LABEL_FILES = ("labels.csv", "labels.jsonl")
@@ -99,10 +99,6 @@ def _label_rows(path: Path) -> list[dict]:
     return rows
 
 
-_CONTROL_TOKEN = ("contains {token}, one of the model's control tokens (it would be read as that token, not as "
-                  "text): remove it")
-
-
 def _check_texts(gallery: Gallery) -> None:
     """Refuse a gallery whose item or query texts hold a control token: registered, it could not be
     searched, evaluated or projected (each would refuse the text, naming no row)."""
@@ -110,7 +106,7 @@ def _check_texts(gallery: Gallery) -> None:
         for e in entries:
             for field in ("text", "instruction"):
                 if token := control_token_in(getattr(e, field, "") or ""):
-                    raise GalleryError(f"{what} {e.id!r}: its {field} {_CONTROL_TOKEN.format(token=repr(token))}")
+                    raise GalleryError(f"{what} {e.id!r}: its {field} {holds_control_token(token)}")
 
 
 def _truthy(value) -> bool:
@@ -137,7 +133,7 @@ def _from_labels(folder: Path, labels: Path, name: str, limits: UploadLimits, in
         if len(text) > limits.max_text_chars:
             raise GalleryError(f"{labels.name} row {n}: text is over {limits.max_text_chars} characters")
         if token := control_token_in(text):
-            raise GalleryError(f"{labels.name} row {n}: text {_CONTROL_TOKEN.format(token=repr(token))}")
+            raise GalleryError(f"{labels.name} row {n}: text {holds_control_token(token)}")
         image = str(path) if rel else None
         if _truthy(row.get("query", "")):
             queries.append((n, label, Query(id=f"q{n:05d}", instruction=instruction, text=text, image=image)))

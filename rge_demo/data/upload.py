@@ -70,6 +70,11 @@ def control_token_in(text: str) -> str | None:
     return min((t for t in control_tokens() if t in text), key=text.find, default=None)
 
 
+def holds_control_token(token: str) -> str:
+    """How a refusal says a text holds ``token``: what the model would do with it, and the fix."""
+    return f"contains {token!r}, one of the model's control tokens (it would be read as that token, not as text): remove it"
+
+
 def find_manifest(root: str | os.PathLike) -> Path:
     """The manifest at ``root`` or in its single top folder (names in :data:`MANIFEST_NAMES`)."""
     root = Path(root)
@@ -330,8 +335,7 @@ def _check_row(n: int, rec: dict, root: Path, limits: UploadLimits, report: Vali
         clean[k] = v.strip() if k in TEXT_FIELDS else v
     for k in MODEL_TEXT_FIELDS:
         if k in clean and (token := control_token_in(clean[k])):
-            report.add(n, k, f"{k} contains {token!r}, one of the model's control tokens (it would be read as "
-                             "that token, not as text): remove it")
+            report.add(n, k, f"{k} {holds_control_token(token)}")
     if clean.get("meta_task") and clean["meta_task"] not in INSTRUCTIONS:
         report.add(n, "meta_task", f"unknown task kind {clean['meta_task']!r}; use one of {sorted(INSTRUCTIONS)}")
     hashes = {}

@@ -19,7 +19,7 @@ from PIL import Image
 from rge_demo.data import world
 from rge_demo.data.images import ImageError, load_image
 # The pairs schema and its text rules live with the upload validator.
-from rge_demo.data.upload import MODEL_TEXT_FIELDS, PAIR_FIELDS, control_token_in
+from rge_demo.data.upload import MODEL_TEXT_FIELDS, PAIR_FIELDS, control_token_in, holds_control_token
 from rge_demo.embedding.prompts import INSTRUCTIONS, EmbedInput, instruction_for
 from rge_demo.errors import RGEUserError
 
@@ -111,8 +111,7 @@ def _pair(rec: dict, root: Path, max_pixels: int, line: int = 0) -> Pair:
             raise DataError(f"field {field!r} must be a string, got {type(value).__name__} {value!r}")
     for field in MODEL_TEXT_FIELDS:  # the upload validator's rule: a control token would be read as one
         if rec.get(field) and (token := control_token_in(rec[field])):
-            raise DataError(f"field {field!r} contains {token!r}, one of the model's control tokens (it would be "
-                            "read as that token, not as text): remove it")
+            raise DataError(f"field {field!r} {holds_control_token(token)}")
     if rec.get("meta_task") and rec["meta_task"] not in INSTRUCTIONS:
         raise DataError(f"field 'meta_task': unknown task kind {rec['meta_task']!r}; use one of {sorted(INSTRUCTIONS)}")
     meta_task = rec.get("meta_task") or "retrieval"
