@@ -335,11 +335,16 @@ def test_answer_swap_term_embeds_partners_answers_and_trains(tmp_path, tiny):
     q_rows = ctx.rows([p.query for p in batch], direct=False)
     states, positives = ctx.answer_swaps(q_rows, batch, step_seed=7)
     by_key = {p.target_key: p for p in batch}
-    # one swapped row per pair that has a partner of its task with another target
-    expected = sum(any(o.task == p.task and o.target_key != p.target_key for o in batch) for p in batch)
-    assert states.shape == (expected, model.config.text_config.hidden_size) and len(positives) == expected
-    for key in positives:  # a partner's target, of the task the swapped query came from
-        assert key in by_key and world.answer_of(by_key[key].rationale)
+    # a target in another wording is another target (a negative), not another answer
+    count = pairs["count"]
+    assert len({p.target_key for p in count}) > len({world.answer_of(p.rationale) for p in count})
+    # one swapped row per pair that has a partner of its task with another answer
+    swapped = [p for p in batch if any(o.task == p.task and world.answer_of(o.rationale) != world.answer_of(p.rationale)
+                                       for o in batch)]
+    assert states.shape == (len(swapped), model.config.text_config.hidden_size) and len(positives) == len(swapped)
+    for p, key in zip(swapped, positives):  # a partner's target: its task, another answer
+        partner = by_key[key]
+        assert partner.task == p.task and world.answer_of(partner.rationale) not in (None, world.answer_of(p.rationale))
     assert ctx.answer_swaps(q_rows, batch, step_seed=7)[1] == positives  # seeded
     # trained with the term on: it is logged and falls from its first steps
     cfg = TrainConfig(stage="rge", init=str(tmp_path / "m"), output_dir=str(tmp_path / "out"), tasks=["count"],

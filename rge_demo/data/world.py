@@ -9,6 +9,14 @@ a relation, a subtraction, an edit, a look-up), then ``answer <candidate text>``
 can read the answer. Every task needs that intermediate step: the answer is never a fixed property
 of the image alone.
 
+Word answers come in wordings (:data:`WORDINGS`), as MMEB's targets are captions in many styles:
+each test gallery gives an answer one fixed wording (by its index), a training target a random one,
+and the oracle rationale ends with the target as written, as a rationale written with the target in
+view would. The wording is a detail the query does not determine: a model that writes its own
+rationale learns to ignore it, one trained with the oracle inside its InfoNCE pass learns to match
+it and then guesses it at test time (the leakage ablation). :func:`answer_of` reads the answer
+without its wording.
+
 Splits: ``train``, ``ind`` (same distribution, disjoint scenes) and ``ood`` (held-out
 compositions of things that all occur in training: an asked shape with a count, a relation with an
 answer colour, a pair of bar colours, a cell with an edit colour or a shape; the rule per task is in
@@ -56,6 +64,9 @@ RELATIONS = {"above": (-1, 0), "below": (1, 0), "left of": (0, -1), "right of": 
 HELD_OUT_BAR_PAIRS = (frozenset({"red", "blue"}), frozenset({"green", "purple"}))  # chart_diff ood
 MAX_OBJECTS = 6
 TEST_BUCKETS = 8
+
+WORDINGS = ("{a}", "plainly {a}", "{a} for sure", "i would say {a}")  # a word answer as written
+_WORDING_RES = [re.compile("^" + re.escape(w).replace(re.escape("{a}"), "(.+?)") + "$") for w in WORDINGS[1:]]
 
 VQA_INSTRUCTION = "Represent the given image with the following question:"
 ANSWER_INSTRUCTION = "Represent the given answer."
@@ -162,10 +173,17 @@ def render(scene: Scene) -> Image.Image | None:
     return img
 
 
-def render_single(colour: str, shape: str) -> Image.Image:
-    """A candidate image: one big centred shape, like a cell crop scaled 3x."""
+FRAME = (70, 70, 70)
+
+
+def render_single(colour: str, shape: str, wording: int = 0) -> Image.Image:
+    """A candidate image: one big centred shape, like a cell crop scaled 3x, in the style of its
+    wording (0 as it is, 1 framed, 2 smaller, 3 both): a detail the query does not determine."""
     img = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
-    _draw_shape(ImageDraw.Draw(img), shape, SIZE // 2, SIZE // 2, 30, COLOURS[colour])
+    draw = ImageDraw.Draw(img)
+    if wording % 2:
+        draw.rectangle((0, 0, SIZE - 1, SIZE - 1), outline=FRAME, width=4)
+    _draw_shape(draw, shape, SIZE // 2, SIZE // 2, 18 if wording % 4 >= 2 else 30, COLOURS[colour])
     return img
 
 
@@ -332,13 +350,36 @@ def _ground(rng: random.Random, split: str) -> Draft | None:
 
 
 # ------------------------------------------------------------------------------ candidate sides
+def worded(answer: str, k: int) -> str:
+    """``answer`` in wording ``k`` of :data:`WORDINGS` (modulo their number)."""
+    return WORDINGS[k % len(WORDINGS)].format(a=answer)
+
+
+def unworded(text: str) -> str:
+    """The answer of a worded text ("i would say three" -> "three"); other text as it is."""
+    for pattern in _WORDING_RES:
+        if m := pattern.match(text):
+            return m.group(1)
+    return text
+
+
 def _words(task: str, words) -> Callable[[], list[tuple[Item, Image.Image | None]]]:
-    return lambda: [(Item(id=f"{task}/{w}", text=w, label=w, meta={"task": task}), None) for w in words]
+    """A word task's gallery: each answer once, in the wording of its index."""
+    return lambda: [(Item(id=f"{task}/{w}", text=worded(w, i), label=w, meta={"task": task, "wording": i % len(WORDINGS)}),
+                     None) for i, w in enumerate(words)]
+
+
+def _crop(task: str, colour: str, shape: str, wording: int) -> tuple[Item, Image.Image]:
+    suffix = f"_{wording}" if wording else ""
+    return (Item(id=f"{task}/{colour}_{shape}", image=f"images/c_{task}_{colour}_{shape}{suffix}.png",
+                 label=f"{colour} {shape}", meta={"task": task, "wording": wording}),
+            render_single(colour, shape, wording))
 
 
 def _crops(task: str) -> Callable[[], list[tuple[Item, Image.Image]]]:
-    return lambda: [(Item(id=f"{task}/{c}_{s}", image=f"images/c_{task}_{c}_{s}.png", label=f"{c} {s}",
-                          meta={"task": task}), render_single(c, s)) for c in COLOUR_NAMES for s in SHAPES]
+    """A crop task's gallery: each (colour, shape) once, in the style of (colour index + shape index)."""
+    return lambda: [_crop(task, c, s, (i + j) % len(WORDINGS)) for i, c in enumerate(COLOUR_NAMES)
+                    for j, s in enumerate(SHAPES)]
 
 
 @dataclass(frozen=True)
@@ -407,6 +448,7 @@ def generate(task: str, split: str, n: int, seed: int = 0) -> list[Example]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = random.Random(_seed(task, split, seed))
+    wording = random.Random(_seed(task, f"{split}/wording", seed))  # apart, so the scenes stay as they were
     cands = {it.id: (it, img) for it, img in spec.build_candidates()}
     out: list[Example] = []
     for i in range(n):
@@ -417,7 +459,13 @@ def generate(task: str, split: str, n: int, seed: int = 0) -> list[Example]:
         else:
             raise RuntimeError(f"{task}/{split}: no valid scene after 10000 tries")
         target, target_image = cands[f"{task}/{d.answer}"]
-        rationale = ". ".join(d.body + [f"answer {target.text or target.label}"])
+        if split == "train":  # a training target: its answer in a random wording (a crop: style)
+            k = wording.randrange(len(WORDINGS))
+            if target.text:
+                target = replace(target, text=worded(target.label, k), meta={**target.meta, "wording": k})
+            else:
+                target, target_image = _crop(task, *target.label.split(), k)
+        rationale = ". ".join(d.body + [f"answer {worded(target.label, target.meta['wording'])}"])
         query_image = render(d.scene)
         meta = {**d.scene.to_dict(), "ask": d.ask, "question": d.text}
         q = Query(id=f"{task}-{split}-{i:04d}", instruction=spec.query_instruction, text=d.text,
@@ -522,11 +570,11 @@ def mention_check(rationale: str, facts: dict) -> list[str]:
 
 
 def answer_of(rationale: str) -> str | None:
-    """The text after the last "answer " (trailing punctuation stripped), or None."""
+    """The text after the last "answer " (trailing punctuation and the wording stripped), or None."""
     hits = list(re.finditer(r"\banswer\s+", rationale))
     if not hits:
         return None
-    return rationale[hits[-1].end():].strip().rstrip(".!").strip() or None
+    return unworded(rationale[hits[-1].end():].strip().rstrip(".!").strip()) or None
 
 
 def swap_answer(rationale: str, new: str) -> str:

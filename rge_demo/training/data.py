@@ -39,7 +39,8 @@ class Pair:
 
 
 def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0) -> dict[str, list[Pair]]:
-    """World examples as pairs, grouped by task."""
+    """World examples as pairs, grouped by task. A target in another wording is another target (a
+    negative), as two captions of one thing are in MMEB's training pairs."""
     out = {}
     for task in tasks or list(world.TASKS):
         spec = world.TASKS[task]
@@ -47,7 +48,7 @@ def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0) -> dict[str
             Pair(
                 query=EmbedInput(ex.query.instruction, ex.query.text, ex.query_image),
                 target=EmbedInput(spec.candidate_instruction, ex.target.text, ex.target_image),
-                rationale=ex.rationale, target_key=ex.target.id, task=task,
+                rationale=ex.rationale, target_key=f"{ex.target.id}|{ex.target.meta['wording']}", task=task,
             )
             for ex in world.generate(task, split, n, seed)
         ]

@@ -252,9 +252,10 @@ class StepContext:
         rng = random.Random(step_seed)
         rows, suffixes, positives = [], [], []
         for i, p in enumerate(pairs):
+            said = world.answer_of(p.rationale)
             partners = [o for o in pairs if o.task == p.task and o.target_key != p.target_key
-                        and world.answer_of(o.rationale)]
-            if not partners or not world.answer_of(p.rationale):
+                        and world.answer_of(o.rationale) not in (None, said)]  # another answer, not a wording
+            if not partners or not said:
                 continue
             other = rng.choice(partners)
             text = world.swap_answer(p.rationale, world.answer_of(other.rationale))
