@@ -5,14 +5,15 @@ per cell (MICROWORLD.md). A scene is either 2-6 shapes in cells or a three-bar c
 a seeded scene into a query (instruction + question + image), the id of the right candidate in the
 task's fixed gallery, and an oracle rationale in ONE canonical form per task: the objects in reading
 order with cell names (or the bars), the intermediate step the answer depends on (a tally, a count,
-a relation, a subtraction, an edit, a look-up), then ``answer <candidate text>`` last, so ``<emb>``
-can read the answer. Every task needs that intermediate step: the answer is never a fixed property
+a relation, a subtraction, an edit, a look-up), then ``answer <the target as written>`` last, so
+``<emb>`` can read the answer. Every task needs that intermediate step: the answer is never a fixed property
 of the image alone.
 
-Word answers come in wordings (:data:`WORDINGS`), as MMEB's targets are captions in many styles:
-each test gallery gives an answer one fixed wording (by its index), a training target a random one,
-and the oracle rationale ends with the target as written, as a rationale written with the target in
-view would. The wording is a detail the query does not determine: a model that writes its own
+Targets come in wordings (:data:`WORDINGS`), as MMEB's targets are captions in many styles: a word
+answer written one of four ways, a crop drawn in one of four styles (:func:`render_single`). A
+gallery candidate's wording is fixed by its index, a training target's is drawn at random, and the
+oracle rationale ends with the target as written, as a rationale written with the target in view
+would. The wording is a detail the query does not determine: a model that writes its own
 rationale learns to ignore it, one trained with the oracle inside its InfoNCE pass learns to match
 it and then guesses it at test time (the leakage ablation). :func:`answer_of` reads the answer
 without its wording.
