@@ -240,6 +240,7 @@ NONPOSITIVE = [
     (["sample", "--world", "count", "--text", "x", "--target", "a"], "--text, --target are for --gallery, not --world"),
     (["search", "--gallery", "{gallery}", "--text", "a", "--query", "b"], "give the query text once: --text or --query"),
     (["eval", "--mmeb", "{tmp}", "--queries", "3"], "--n/--queries is for the world; use --limit with --mmeb"),
+    (["eval", "--mmeb", "{tmp}", "--wordings"], "--wordings is for the world, not --mmeb"),
     (["train", "--stage", "rge", "--reasoner", "{tmp}"], "reasoner is for stage embedder; this run's stage is rge"),
     (["train", "--stage", "embedder", "--embedder", "{tmp}"], "embedder is for stage eg-rl; this run's stage is embedder"),
     (["train", "--stage", "baseline", "--group-size", "3", "--kl-beta", "0"],
@@ -450,6 +451,20 @@ def test_sampling_options_are_refused_before_the_model_loads_or_a_run_is_written
         assert main(["sample", "--model", str(missing), "--world", "count", "-n", "2", "--limit", "1",
                      "--temperature", t]) == 2
         assert "error: the temperature must be in [0.01, 5]" in capsys.readouterr().err
+
+
+def test_eval_of_the_worded_world(taught_dir, tmp_path, capsys):
+    """``--wordings`` evaluates the worded world: its oracle rationales end with the worded targets."""
+    from rge_demo.data import world
+
+    out = tmp_path / "run"
+    code = main(["eval", "--model", str(taught_dir), "--tasks", "count", "--split", "ind", "--queries", "8",
+                 "--mode", "direct", "--wordings", "--out", str(out)])
+    capsys.readouterr()
+    cases = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    want = [ex.rationale for ex in world.generate("count", "ind", 8, 0, wordings=True)]
+    assert code == 0 and [c["oracle_rationale"] for c in cases] == want
+    assert want != [ex.rationale for ex in world.generate("count", "ind", 8, 0)]  # some target is worded
 
 
 def test_eval_with_sampled_columns_and_with_a_reasoner(taught_dir, tiny_dir, tmp_path, env, capsys):

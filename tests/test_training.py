@@ -17,7 +17,7 @@ from rge_demo.embedding.prompts import EmbedInput
 from rge_demo.models.loading import load_checkpoint
 from rge_demo.training.config import ConfigError, TrainConfig
 from rge_demo.training.data import DataError, load_pairs
-from rge_demo.training.trainer import latest_checkpoint, lr_at, sample_batch, shape_probe, train
+from rge_demo.training.trainer import latest_checkpoint, load_data, lr_at, sample_batch, shape_probe, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -329,15 +329,20 @@ def test_answer_swap_term_embeds_partners_answers_and_trains(tmp_path, tiny):
     with pytest.raises(ConfigError, match="swap_weight"):
         TrainConfig(swap_weight=-1)
     model, processor = tiny
-    pairs = world_pairs(["count", "majority_shape"], "train", 6, seed=3)
+    pairs = world_pairs(["count", "majority_shape"], "train", 6, seed=3, wordings=True)
     batch = pairs["count"][:4] + pairs["majority_shape"][:4]
     ctx = StepContext(model, processor, TrainConfig(), Accelerator(cpu=True))
     q_rows = ctx.rows([p.query for p in batch], direct=False)
     states, positives = ctx.answer_swaps(q_rows, batch, step_seed=7)
     by_key = {p.target_key: p for p in batch}
-    # a target in another wording is another target (a negative), not another answer
+    # in the worded world a target in another wording is another target (a negative), not another
+    # answer; the plain world's keys are the candidates, and the trainer reads the config's world
     count = pairs["count"]
     assert len({p.target_key for p in count}) > len({world.answer_of(p.rationale) for p in count})
+    assert {p.target_key for p in world_pairs(["count"], "train", 6, seed=3)["count"]} <= {p.target_key.split("|")[0] for p in count}
+    for wordings in (False, True):
+        pools, _ = load_data(TrainConfig(tasks=["count"], train_per_task=6, seed=3, world_wordings=wordings))
+        assert [p.target_key for p in pools["count"]] == [p.target_key for p in world_pairs(["count"], "train", 6, 3, wordings)["count"]]
     # one swapped row per pair that has a partner of its task with another answer
     swapped = [p for p in batch if any(o.task == p.task and world.answer_of(o.rationale) != world.answer_of(p.rationale)
                                        for o in batch)]

@@ -41,16 +41,10 @@ def test_targets_answers_and_rationales(task, data):
     for split in world.SPLITS:
         for ex in data[task, split]:
             q = ex.query
-            assert q.target_id == ex.target.id and q.target_id in gallery
-            if split == "train":  # the answer of the gallery's candidate, in a wording of its own
-                assert ex.target.label == gallery[q.target_id].label
-            else:
-                assert gallery[q.target_id] == ex.target
+            assert q.target_id in gallery and gallery[q.target_id] == ex.target
             assert q.rationale == ex.rationale and q.task == task and q.split == split
             assert q.meta_task == world.TASKS[task].meta_task
-            written = world.worded(ex.target.label, ex.target.meta["wording"])
-            assert ex.rationale.endswith(f"answer {written}") and world.answer_of(ex.rationale) == ex.target.label
-            assert ex.target.text in ("", written)
+            assert world.answer_of(ex.rationale) == (ex.target.text or ex.target.label)
             assert 10 <= len(ex.rationale.split()) <= 60, ex.rationale
             assert ex.rationale.count("answer") == 1
             assert world.mention_check(ex.rationale, world.scene_facts(q.meta)) == []
@@ -71,8 +65,8 @@ def test_count_answers_match_scene(data):
     for split in world.SPLITS:
         for ex in data["count", split]:
             n = world.scene_facts(ex.scene)["counts"][ex.query.meta["ask"]["shape"]]
-            assert ex.target.label == world.NUMBERS[n]
-    answers = {ex.target.label for ex in data["count", "train"]}
+            assert ex.target.text == world.NUMBERS[n]
+    answers = {ex.target.text for ex in data["count", "train"]}
     assert answers == set(world.NUMBERS[:6])  # answers are spread over zero..five
 
 
@@ -81,7 +75,7 @@ def test_majority_relation_chart_edit_ground_truth(data):
         shapes = [s for _, s, _ in world.scene_facts(ex.scene)["objects"]]
         counts = sorted((shapes.count(s), s) for s in set(shapes))
         assert len(counts) == 1 or counts[-1][0] > counts[-2][0]  # the majority is unique
-        assert ex.target.label == counts[-1][1]
+        assert ex.target.text == counts[-1][1]
     beside = {("top left", "right of"): "top", ("centre", "above"): "top", ("centre", "below"): "bottom",
               ("bottom right", "left of"): "bottom", ("right", "left of"): "centre", ("top", "below"): "centre"}
     for ex in data["relation_colour", "train"]:
@@ -91,13 +85,13 @@ def test_majority_relation_chart_edit_ground_truth(data):
         if (ask["cell"], ask["relation"]) in beside:
             assert ask["beside"] == beside[ask["cell"], ask["relation"]]
         other = [o for o in ex.scene.objects if o.cell_name == ask["beside"]]
-        assert other[0].colour == ex.target.label
+        assert other[0].colour == ex.target.text
         assert ex.rationale.endswith(f"the {ask['beside']} object is the {other[0].colour} {other[0].shape}. "
                                      f"answer {ex.target.text}")
     for ex in data["chart_diff", "train"]:
         h = {b.colour: b.height for b in ex.scene.bars}
         a, b = ex.query.meta["ask"]["colours"]
-        assert world.NUMBERS[h[a] - h[b]] == ex.target.label
+        assert world.NUMBERS[h[a] - h[b]] == ex.target.text
     for task in ("edit", "ground"):
         for ex in data[task, "train"]:
             there = next(o for o in ex.scene.objects if o.cell_name == ex.query.meta["ask"]["cell"])
@@ -111,13 +105,13 @@ def _held_out(task: str, ex) -> bool:
     """Each task's OOD rule, restated from its docstring (not read from the sampler)."""
     ask = ex.query.meta["ask"]
     if task == "majority_shape":
-        return (ex.target.label, ask["count"]) in {("circle", 4), ("square", 3), ("triangle", 2), ("triangle", 6),
+        return (ex.target.text, ask["count"]) in {("circle", 4), ("square", 3), ("triangle", 2), ("triangle", 6),
                                                   ("cross", 5)}
     if task == "count":
-        return (ask["shape"], ex.target.label) in {("circle", "zero"), ("circle", "four"), ("square", "three"),
+        return (ask["shape"], ex.target.text) in {("circle", "zero"), ("circle", "four"), ("square", "three"),
                                                   ("triangle", "two"), ("cross", "one"), ("cross", "five")}
     if task == "relation_colour":
-        return (ask["relation"], ex.target.label) in {("above", "red"), ("above", "purple"), ("below", "yellow"),
+        return (ask["relation"], ex.target.text) in {("above", "red"), ("above", "purple"), ("below", "yellow"),
                                                      ("left of", "blue"), ("right of", "green")}
     if task == "chart_diff":
         return frozenset(ask["colours"]) in world.HELD_OUT_BAR_PAIRS
@@ -206,7 +200,7 @@ def test_write_gallery_round_trip(tmp_path):
     assert g.candidate_instruction == world.ANSWER_INSTRUCTION
     for q in g.queries:
         assert g.image_path(q.image).is_file() and q.target_id in {it.id for it in g.items}
-        assert world.answer_of(q.rationale) == g.items[g.index_of(q.target_id)].label
+        assert world.answer_of(q.rationale) == g.items[g.index_of(q.target_id)].text
     first = (tmp_path / "g" / g.queries[0].image).read_bytes()
     g2 = world.write_gallery(tmp_path / "h", ["ground", "edit"], "ood", 2, seed=0, meta_task="grounding")
     assert all(g2.image_path(it.image).is_file() for it in g2.items) and len(g2.items) == 40
@@ -215,10 +209,42 @@ def test_write_gallery_round_trip(tmp_path):
     assert (tmp_path / "g" / "manifest.json").read_text() == (tmp_path / "g2" / "manifest.json").read_text()
 
 
-def test_wordings_round_trip_and_galleries():
+# ------------------------------------------------------------------- the worded world (leakage)
+@pytest.fixture(scope="module")
+def worded():
+    return {(t, s): world.generate(t, s, N, seed=0, wordings=True) for t in world.TASKS for s in world.SPLITS}
+
+
+def test_the_worded_world_has_the_plain_worlds_scenes_and_words_its_targets(data, worded):
+    """Same scenes, questions and rationale bodies as the plain world; a test target is its worded
+    gallery candidate, a training target its answer in a wording of its own, the rationale ending
+    with the target as written; the stated answer is read without the wording."""
     for task in world.TASKS:
-        for i, (it, img) in enumerate(world.candidates(task)):
+        gallery = {it.id: it for it, _ in world.candidates(task, wordings=True)}
+        for split in world.SPLITS:
+            for plain, ex in zip(data[task, split], worded[task, split]):
+                assert world.scene_key(plain.scene) == world.scene_key(ex.scene) and plain.query.text == ex.query.text
+                assert ex.target.id == plain.target.id and ex.target.label == plain.target.label
+                written = world.worded(ex.target.label, ex.target.meta["wording"])
+                head = plain.rationale[: plain.rationale.rfind("answer ")]
+                assert ex.rationale == f"{head}answer {written}" and world.answer_of(ex.rationale) == ex.target.label
+                if split != "train":
+                    assert ex.target == gallery[ex.target.id]
+                elif ex.target.text:
+                    assert ex.target.text == written
+                else:  # a crop in the style of its wording
+                    want = world.render_single(*ex.target.label.split(), ex.target.meta["wording"])
+                    assert world.png_bytes(ex.target_image) == world.png_bytes(want)
+        assert {ex.target.meta["wording"] for ex in worded[task, "train"]} == set(range(len(world.WORDINGS)))
+    assert all("wording" not in ex.target.meta for exs in data.values() for ex in exs)  # the plain world records none
+
+
+def test_worded_galleries_and_the_wording_round_trip():
+    for task in world.TASKS:
+        plain = world.candidates(task)
+        for i, ((it, img), (p, p_img)) in enumerate(zip(world.candidates(task, wordings=True), plain)):
             k = it.meta["wording"]
+            assert it.id == p.id and it.label == p.label and p.text in ("", p.label)
             for j in range(len(world.WORDINGS)):
                 assert world.unworded(world.worded(it.label, j)) == it.label
                 assert world.answer_of(f"x. answer {world.worded(it.label, j)}.") == it.label
@@ -231,18 +257,3 @@ def test_wordings_round_trip_and_galleries():
     styles = {world.png_bytes(world.render_single("red", "cross", k)) for k in range(len(world.WORDINGS))}
     assert len(styles) == len(world.WORDINGS)  # every style draws another picture
     assert world.unworded("red circle") == "red circle" and world.answer_of("answer for sure") == "for sure"
-
-
-def test_training_targets_take_every_wording(data):
-    """Training targets use every wording, each with its rendering (a crop in the style of its
-    wording); a test query's target is its gallery candidate, wording and all."""
-    for task in world.TASKS:
-        train = data[task, "train"]
-        assert {ex.target.meta["wording"] for ex in train} == set(range(len(world.WORDINGS)))
-        for ex in train:
-            if not ex.target.text:
-                colour, shape = ex.target.label.split()
-                want = world.render_single(colour, shape, ex.target.meta["wording"])
-                assert world.png_bytes(ex.target_image) == world.png_bytes(want)
-    ind = world.generate("count", "ind", 5, seed=0)
-    assert [ex.target.meta["wording"] for ex in ind] == [world.candidates("count")[world.NUMBERS.index(ex.target.label)][0].meta["wording"] for ex in ind]

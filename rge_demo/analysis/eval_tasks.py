@@ -132,7 +132,7 @@ class EvalTask:
 
 # ------------------------------------------------------------------------------------- the world
 def world_tasks(tasks: Iterable[str] | None = None, splits: Sequence[str] = EVAL_SPLITS, n: int = 100,
-                seed: int = 0) -> list[EvalTask]:
+                seed: int = 0, wordings: bool = False) -> list[EvalTask]:
     """One EvalTask per (world task, split) from ``world.generate`` + ``world.candidates``.
 
     ``splits`` in {"ind", "ood"} (never "train"); unknown task names raise KeyError.
@@ -150,14 +150,15 @@ def world_tasks(tasks: Iterable[str] | None = None, splits: Sequence[str] = EVAL
             raise KeyError(f"unknown task {name!r}; known: {', '.join(world.TASKS)}")
         cands = [EvalCandidate(it.id, it.label or it.text,
                                EvalItem(spec.candidate_instruction, it.text, img))
-                 for it, img in world.candidates(name)]
+                 for it, img in world.candidates(name, wordings)]
         index = {c.id: i for i, c in enumerate(cands)}
         for split in splits:
             queries = [EvalQuery(ex.query.id, EvalItem(ex.query.instruction, ex.query.text, ex.query_image),
                                  index[ex.query.target_id], ex.rationale, dict(ex.query.meta))
-                       for ex in world.generate(name, split, n, seed)]
+                       for ex in world.generate(name, split, n, seed, wordings)]
             out.append(EvalTask(f"{name}/{split}", spec.meta_task, split, queries, cands, "world",
-                                {"task": name, "seed": seed, "ood_rule": spec.ood_rule if split == "ood" else ""}, task=name))
+                                {"task": name, "seed": seed, "ood_rule": spec.ood_rule if split == "ood" else "",
+                                 **({"wordings": True} if wordings else {})}, task=name))
     return out
 
 

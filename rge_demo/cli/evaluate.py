@@ -38,6 +38,8 @@ ARGUMENTS: list[tuple[tuple, dict]] = [
         help="queries per world task and split (default 100); under torchrun write "
              "--queries (torchrun reads --n as an abbreviation of its own flags)"),
     arg("--seed", type=int, default=0, help="world seed (default 0)"),
+    arg("--wordings", action="store_true",
+        help="the worded world: each candidate in the wording of its index (the leakage experiment)"),
     arg("--mmeb", default=None, metavar="DIR", help="evaluate a local MMEB-eval copy instead of the world"),
     arg("--subsets", default=None, help="comma-separated MMEB subsets (default: every one found)"),
     arg("--limit", type=int, default=None, minimum=1, help="first N rows of each MMEB subset"),
@@ -65,6 +67,8 @@ def build_tasks(args: argparse.Namespace):
             raise UsageError("--tasks is for the world; use --subsets with --mmeb")
         if args.n is not None:
             raise UsageError("--n/--queries is for the world; use --limit with --mmeb")
+        if args.wordings:
+            raise UsageError("--wordings is for the world, not --mmeb")
         try:
             tasks = load_mmeb(args.mmeb, comma_list(args.subsets, "--subsets"), args.limit, args.image_root)
         except ValueError as e:  # EvalDataError included
@@ -82,7 +86,7 @@ def build_tasks(args: argparse.Namespace):
         unknown = [t for t in names if t not in world.TASKS]
         if unknown or not names:
             raise UsageError(f"unknown task(s) {unknown or names}; known: {', '.join(world.TASKS)}")
-    return world_tasks(names, splits, args.n or 100, args.seed)
+    return world_tasks(names, splits, args.n or 100, args.seed, wordings=args.wordings)
 
 
 def check_new_folder(out: Path) -> None:

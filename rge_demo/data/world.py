@@ -9,7 +9,8 @@ a relation, a subtraction, an edit, a look-up), then ``answer <the target as wri
 ``<emb>`` can read the answer. Every task needs that intermediate step: the answer is never a fixed property
 of the image alone.
 
-Targets come in wordings (:data:`WORDINGS`), as MMEB's targets are captions in many styles: a word
+In the worded world (``wordings=True``; the shipped models and galleries are the plain one) targets
+come in wordings (:data:`WORDINGS`), as MMEB's targets are captions in many styles: a word
 answer written one of four ways, a crop drawn in one of four styles (:func:`render_single`). A
 gallery candidate's wording is fixed by its index, a training target's is drawn at random, and the
 oracle rationale ends with the target as written, as a rationale written with the target in view
@@ -364,23 +365,32 @@ def unworded(text: str) -> str:
     return text
 
 
-def _words(task: str, words) -> Callable[[], list[tuple[Item, Image.Image | None]]]:
-    """A word task's gallery: each answer once, in the wording of its index."""
-    return lambda: [(Item(id=f"{task}/{w}", text=worded(w, i), label=w, meta={"task": task, "wording": i % len(WORDINGS)}),
-                     None) for i, w in enumerate(words)]
+Candidates = Callable[[bool], list[tuple[Item, Image.Image | None]]]
 
 
-def _crop(task: str, colour: str, shape: str, wording: int) -> tuple[Item, Image.Image]:
+def _word(task: str, answer: str, wording: int | None) -> tuple[Item, None]:
+    """A word candidate; ``wording`` None: the plain world's (no wording recorded)."""
+    meta = {"task": task} if wording is None else {"task": task, "wording": wording}
+    return Item(id=f"{task}/{answer}", text=worded(answer, wording or 0), label=answer, meta=meta), None
+
+
+def _words(task: str, words) -> Candidates:
+    """A word task's gallery: each answer once (worded: in the wording of its index)."""
+    return lambda wordings=False: [_word(task, w, i % len(WORDINGS) if wordings else None) for i, w in enumerate(words)]
+
+
+def _crop(task: str, colour: str, shape: str, wording: int | None) -> tuple[Item, Image.Image]:
+    """A crop candidate; ``wording`` None: the plain world's (no wording recorded)."""
+    meta = {"task": task} if wording is None else {"task": task, "wording": wording}
     suffix = f"_{wording}" if wording else ""
     return (Item(id=f"{task}/{colour}_{shape}", image=f"images/c_{task}_{colour}_{shape}{suffix}.png",
-                 label=f"{colour} {shape}", meta={"task": task, "wording": wording}),
-            render_single(colour, shape, wording))
+                 label=f"{colour} {shape}", meta=meta), render_single(colour, shape, wording or 0))
 
 
-def _crops(task: str) -> Callable[[], list[tuple[Item, Image.Image]]]:
-    """A crop task's gallery: each (colour, shape) once, in the style of (colour index + shape index)."""
-    return lambda: [_crop(task, c, s, (i + j) % len(WORDINGS)) for i, c in enumerate(COLOUR_NAMES)
-                    for j, s in enumerate(SHAPES)]
+def _crops(task: str) -> Candidates:
+    """A crop task's gallery: each (colour, shape) once (worded: in the style of colour index + shape index)."""
+    return lambda wordings=False: [_crop(task, c, s, (i + j) % len(WORDINGS) if wordings else None)
+                                   for i, c in enumerate(COLOUR_NAMES) for j, s in enumerate(SHAPES)]
 
 
 @dataclass(frozen=True)
@@ -391,7 +401,7 @@ class TaskSpec:
     meta_task: str
     query_instruction: str
     candidate_instruction: str
-    build_candidates: Callable[[], list[tuple[Item, Image.Image | None]]]
+    build_candidates: Candidates
     build_query: Callable[[random.Random, str], Draft | None]
     test_bucket: Callable[[Scene, dict], bool] = _hash_bucket
 
@@ -434,23 +444,25 @@ def _spec(task: str) -> TaskSpec:
     return TASKS[task]
 
 
-def candidates(task: str) -> list[tuple[Item, Image.Image | None]]:
-    """The task's full candidate gallery: (item, image or None), in a fixed order."""
-    return _spec(task).build_candidates()
+def candidates(task: str, wordings: bool = False) -> list[tuple[Item, Image.Image | None]]:
+    """The task's full candidate gallery: (item, image or None), in a fixed order; ``wordings``: the
+    worded world's (each candidate in the wording of its index)."""
+    return _spec(task).build_candidates(wordings)
 
 
 def _seed(task: str, split: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{task}|{split}|{seed}".encode()).digest()[:8], "big")
 
 
-def generate(task: str, split: str, n: int, seed: int = 0) -> list[Example]:
-    """``n`` examples of ``task`` for ``split``; the same arguments give byte-identical output."""
+def generate(task: str, split: str, n: int, seed: int = 0, wordings: bool = False) -> list[Example]:
+    """``n`` examples of ``task`` for ``split``; the same arguments give byte-identical output.
+    ``wordings``: the worded world (a training target in a random wording; the scenes are the same)."""
     spec = _spec(task)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = random.Random(_seed(task, split, seed))
     wording = random.Random(_seed(task, f"{split}/wording", seed))  # apart, so the scenes stay as they were
-    cands = {it.id: (it, img) for it, img in spec.build_candidates()}
+    cands = {it.id: (it, img) for it, img in spec.build_candidates(wordings)}
     out: list[Example] = []
     for i in range(n):
         for _ in range(10_000):
@@ -460,13 +472,10 @@ def generate(task: str, split: str, n: int, seed: int = 0) -> list[Example]:
         else:
             raise RuntimeError(f"{task}/{split}: no valid scene after 10000 tries")
         target, target_image = cands[f"{task}/{d.answer}"]
-        if split == "train":  # a training target: its answer in a random wording (a crop: style)
+        if wordings and split == "train":  # a training target: its answer in a random wording (a crop: style)
             k = wording.randrange(len(WORDINGS))
-            if target.text:
-                target = replace(target, text=worded(target.label, k), meta={**target.meta, "wording": k})
-            else:
-                target, target_image = _crop(task, *target.label.split(), k)
-        rationale = ". ".join(d.body + [f"answer {worded(target.label, target.meta['wording'])}"])
+            target, target_image = _word(task, target.label, k) if target.text else _crop(task, *target.label.split(), k)
+        rationale = ". ".join(d.body + [f"answer {worded(target.label, target.meta.get('wording', 0))}"])
         query_image = render(d.scene)
         meta = {**d.scene.to_dict(), "ask": d.ask, "question": d.text}
         q = Query(id=f"{task}-{split}-{i:04d}", instruction=spec.query_instruction, text=d.text,
@@ -478,7 +487,7 @@ def generate(task: str, split: str, n: int, seed: int = 0) -> list[Example]:
 
 
 def write_gallery(root, task_names, split: str, n_queries: int, seed: int = 0, name: str | None = None,
-                  meta_task: str | None = None) -> Gallery:
+                  meta_task: str | None = None, wordings: bool = False) -> Gallery:
     """Render ``n_queries`` queries per task plus every task's candidates into ``root`` (PNGs under
     ``images/``, then ``manifest.json``) and return the gallery loaded back from disk.
 
@@ -497,13 +506,13 @@ def write_gallery(root, task_names, split: str, n_queries: int, seed: int = 0, n
     (root / "images").mkdir(parents=True, exist_ok=True)
     items: list[Item] = []
     for spec in specs:
-        for it, img in spec.build_candidates():
+        for it, img in spec.build_candidates(wordings):
             if img is not None:
                 (root / it.image).write_bytes(png_bytes(img))
             items.append(replace(it, meta={**it.meta, "instruction": spec.candidate_instruction}))
     queries: list[Query] = []
     for spec in specs:
-        for ex in generate(spec.name, split, n_queries, seed):
+        for ex in generate(spec.name, split, n_queries, seed, wordings):
             qid = f"q_{len(queries) + 1:04d}"
             image = None
             if ex.query_image is not None:

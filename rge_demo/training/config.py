@@ -65,6 +65,9 @@ class TrainConfig:
     """World tasks to train on (empty: all of them)."""
     train_per_task: int = 2000
     """World examples generated per task for the train split."""
+    world_wordings: bool = False
+    """Train on the worded world (targets in random wordings, rge_demo.data.world.WORDINGS): the
+    leakage experiment's world; the shipped models are trained on the plain one."""
     task_weights: dict[str, float] = field(default_factory=dict)
     """The LM-only cold start's task mix: relative weight per task (empty: every task alike; a task
     not named weighs 1). E.g. {"relation_colour": 3} gives the slowest skill three times the steps."""

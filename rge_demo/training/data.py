@@ -38,9 +38,10 @@ class Pair:
     line: int = 0  # the line of a pair read from a file (for messages)
 
 
-def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0) -> dict[str, list[Pair]]:
-    """World examples as pairs, grouped by task. A target in another wording is another target (a
-    negative), as two captions of one thing are in MMEB's training pairs."""
+def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0, wordings: bool = False) -> dict[str, list[Pair]]:
+    """World examples as pairs, grouped by task. In the worded world (``wordings``) a target in
+    another wording is another target (a negative), as two captions of one thing are in MMEB's
+    training pairs."""
     out = {}
     for task in tasks or list(world.TASKS):
         spec = world.TASKS[task]
@@ -48,9 +49,10 @@ def world_pairs(tasks: list[str], split: str, n: int, seed: int = 0) -> dict[str
             Pair(
                 query=EmbedInput(ex.query.instruction, ex.query.text, ex.query_image),
                 target=EmbedInput(spec.candidate_instruction, ex.target.text, ex.target_image),
-                rationale=ex.rationale, target_key=f"{ex.target.id}|{ex.target.meta['wording']}", task=task,
+                rationale=ex.rationale, task=task,
+                target_key=f"{ex.target.id}|{ex.target.meta['wording']}" if wordings else ex.target.id,
             )
-            for ex in world.generate(task, split, n, seed)
+            for ex in world.generate(task, split, n, seed, wordings)
         ]
     return out
 

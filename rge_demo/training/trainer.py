@@ -98,9 +98,10 @@ def load_data(cfg: TrainConfig) -> tuple[dict[str, list[Pair]], list[Pair]]:
         unknown = sorted(set(cfg.tasks) - set(world.TASKS))
         if unknown:
             raise ConfigError(f"tasks: unknown world task(s) {unknown}; known: {sorted(world.TASKS)}")
-        pools = world_pairs(cfg.tasks, "train", cfg.train_per_task, seed=cfg.seed)
+        pools = world_pairs(cfg.tasks, "train", cfg.train_per_task, seed=cfg.seed, wordings=cfg.world_wordings)
         # The probe is drawn from the TRAIN distribution with another seed: test splits stay unseen.
-        probe_pools = world_pairs(cfg.tasks, "train", cfg.probe_per_task, seed=cfg.seed + 7919)
+        probe_pools = world_pairs(cfg.tasks, "train", cfg.probe_per_task, seed=cfg.seed + 7919,
+                                  wordings=cfg.world_wordings)
         probe = [p for ps in probe_pools.values() for p in ps]
     else:
         pairs = load_pairs(cfg.data)
