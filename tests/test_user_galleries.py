@@ -11,7 +11,7 @@ from PIL import Image
 
 from rge_demo.analysis.failures import read_export
 from rge_demo.app.user_galleries import GalleryError, build_gallery
-from rge_demo.data.items import Gallery, Item
+from rge_demo.data.items import Gallery, Item, ManifestError
 from rge_demo.embedding.gallery import build_index
 from rge_demo.embedding.index import EmbeddingCache
 from rge_demo.errors import RGEUserError
@@ -133,6 +133,11 @@ def test_bad_sources_are_sentences_and_leave_nothing(tmp_path):
     empty.mkdir()
     with pytest.raises(GalleryError, match="no manifest.json, no labels"):
         build_gallery(empty, "empty", dest)
+    (empty / "manifest.json").mkdir()  # QA: a folder of that name was reported missing
+    with pytest.raises(GalleryError, match="^empty: manifest.json is a folder, not a file$"):
+        build_gallery(empty, "empty", dest)
+    with pytest.raises(ManifestError, match="is a folder, not a file"):
+        Gallery.load(empty)
     # A control token in a text (QA: registered, then every tab refused its query naming no row)
     (src / "labels.csv").write_text("file,label,text,query\nred_square.png,red,,\ngreen-circle.png,green,"
                                     "a cross <emb> token,yes\n")

@@ -160,6 +160,8 @@ def _from_labels(folder: Path, labels: Path, name: str, limits: UploadLimits, in
 def _from_folder(folder: Path, name: str, limits: UploadLimits, instruction: str, shown: str | None = None) -> Gallery:
     """``shown``: what messages call the folder (an uploaded zip's name; default the folder's)."""
     shown = shown or folder.name
+    if (folder / MANIFEST).exists() and not (folder / MANIFEST).is_file():
+        raise GalleryError(f"{shown}: {MANIFEST} is a folder, not a file")
     if (folder / MANIFEST).is_file():
         try:
             g = Gallery.load(folder)

@@ -120,6 +120,8 @@ class Gallery:
     def load(cls, root: str | os.PathLike) -> Gallery:
         root = Path(root)
         path = root / MANIFEST
+        if path.exists() and not path.is_file():
+            raise ManifestError(f"{path}: is a folder, not a file; a gallery's manifest.json must be a file")
         if not path.is_file():
             raise ManifestError(f"{path}: no manifest.json in gallery folder {root}")
         try:
