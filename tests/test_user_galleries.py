@@ -361,3 +361,26 @@ def test_a_sessions_gallery_is_evaluated_in_failures_and_its_run_is_the_sessions
     assert [c.query_id for c in restarted.failure_runs.load(name, alice)] == [c.query_id for c in cases]
     demo.remove_gallery(g.name, alice)  # the run keeps its own copies of the query images
     assert Path(restarted.failure_runs.case(name, image_case.query_id, alice).image).is_file()
+
+
+def test_the_galleries_poll_leaves_a_pick_it_did_not_see_alone(tmp_path, taught_dir):
+    """QA, under load: a registration picked the new gallery, then a poll sent before it arrived
+    (its picker value still empty) unpicked it. A poll keeps a listed pick, drops a removed one and
+    leaves the picker's value alone when it saw none."""
+    import gradio as gr
+
+    from rge_demo.app.demo import Demo
+    from rge_demo.app.sessions import new_key
+    from rge_demo.config import Settings
+    from rge_demo.ui import galleries
+
+    demo = Demo(Settings(cache_dir=tmp_path / "cache", model=str(taught_dir), max_new_tokens=4))
+    key = new_key()
+    g = registered(demo, key, image_folder(tmp_path / "src"), "colours")
+    with gr.Blocks():
+        on_tick, _, _ = galleries.build(demo, gr.State(None), gr.BrowserState(key))
+    _, kept, _ = on_tick(key, g.name, None)
+    _, gone, _ = on_tick(key, "removed [0000]", None)
+    _, unseen, _ = on_tick(key, "", None)
+    assert kept["choices"] == unseen["choices"] == [g.name] and kept["value"] == g.name and gone["value"] is None
+    assert "value" not in unseen

@@ -52,15 +52,18 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
                 remove = gr.Button("Remove")
     timer = gr.Timer(1.0, active=False)  # polls while a gallery is embedding
 
-    def rows(key, keep: str | None = None):
-        """The table, the picker (its value ``keep`` while that gallery is still listed) and the timer."""
+    def rows(key, keep: str | None = None, polled: bool = False):
+        """The table, the picker (its value ``keep`` while that gallery is still listed) and the timer.
+        ``polled``: a tick that saw no pick leaves the picker's value alone, since a registration may
+        have set it since the tick was sent (QA, under load: the new gallery was picked, then unpicked)."""
         listed = demo.own_galleries(key)
         df = pd.DataFrame([[g["name"], g["items"], g["queries"],
                             f"{g['state']}: {g['error']}" if g.get("error") else g["state"], f"{g['done']}/{g['total']}"]
                            for g in listed], columns=COLUMNS)
         busy = any(g["state"] == "embedding" for g in listed)
         names = [g["name"] for g in listed]
-        return df, gr.update(choices=names, value=keep if keep in names else None), gr.Timer(active=busy)
+        picker = gr.update(choices=names) if polled and not keep else gr.update(choices=names, value=keep if keep in names else None)
+        return df, picker, gr.Timer(active=busy)
 
     def on_kind(k):
         return (gr.update(visible=k == "zip"), gr.update(visible=k != "zip"), gr.update(visible=k == "mmeb"),
@@ -90,7 +93,7 @@ def build(demo: Demo, model_state: gr.State, session: gr.BrowserState, then: tup
         return (f"Removed {gallery}.", *rows(key))
 
     def on_tick(browser_key, current, request: gr.Request):
-        return rows(session_of(browser_key, request), current)
+        return rows(session_of(browser_key, request), current, polled=True)
 
     kind.change(on_kind, kind, [upload, path, subset, limit], api_visibility="private")
     # The last outcome goes first: a refusal's error badge must not sit on an earlier success as if on its own
