@@ -6,8 +6,8 @@ a seeded scene into a query (instruction + question + image), the id of the righ
 task's fixed gallery, and an oracle rationale in ONE canonical form per task: the objects in reading
 order with cell names (or the bars), the intermediate step the answer depends on (a tally, a count,
 a relation, a subtraction, an edit, a look-up), then ``answer <the target as written>`` last, so
-``<emb>`` can read the answer. Every task needs that intermediate step: the answer is never a fixed property
-of the image alone.
+``<emb>`` can read the answer. Every task needs that intermediate step: the answer is never a fixed
+property of the image alone.
 
 In the worded world (``wordings=True``; the shipped models and galleries are the plain one) targets
 come in wordings (:data:`WORDINGS`), as MMEB's targets are captions in many styles: a word
