@@ -3,8 +3,8 @@
 In the shipped world a candidate is its answer and nothing else, so an oracle rationale leaks
 nothing the model cannot write itself, and the leakage ablation scores like RGE (issue 9). Here each
 training target of the four word tasks is its answer in one of four wordings drawn at random per
-pair (``WORDINGS``), and the oracle rationale ends with the target as written ("answer i would say
-three"), as a rationale written with the target in view would. The wording is noise to a model that
+pair (``world.WORDINGS``), and the oracle rationale ends with the target as written ("answer i would
+say three"), as a rationale written with the target in view would. The wording is noise to a model that
 writes its own rationale, and a perfect cue to one trained with the oracle in the InfoNCE pass. The
 test galleries give each answer one fixed wording (candidate index mod 4), so a guessed wording
 points at another answer's candidate.
@@ -27,21 +27,15 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rge_demo.analysis.eval_tasks import EvalCandidate, world_tasks  # noqa: E402
+from rge_demo.analysis.eval_tasks import world_tasks  # noqa: E402
 from rge_demo.data import world  # noqa: E402
 
 TASKS = ("count", "majority_shape", "relation_colour", "chart_diff")
-WORDINGS = ("{a}", "plainly {a}", "{a} for sure", "i would say {a}")
-
-
-def worded(text: str, k: int) -> str:
-    return WORDINGS[k % len(WORDINGS)].format(a=text)
 
 
 def write_pairs(out: Path, n: int, seed: int = 0, keys: str = "answer") -> Path:
@@ -56,7 +50,7 @@ def write_pairs(out: Path, n: int, seed: int = 0, keys: str = "answer") -> Path:
     for task in TASKS:
         spec = world.TASKS[task]
         for i, ex in enumerate(world.generate(task, "train", n, seed)):
-            target = worded(ex.target.text, rng.randrange(len(WORDINGS)))
+            target = world.worded(ex.target.text, rng.randrange(len(world.WORDINGS)))
             image = f"images/{task}_{i:05d}.png"
             (out / image).write_bytes(world.png_bytes(ex.query_image))
             lines.append(json.dumps({
@@ -69,14 +63,9 @@ def write_pairs(out: Path, n: int, seed: int = 0, keys: str = "answer") -> Path:
 
 
 def test_tasks(seed: int, n: int, plain: bool):
-    """The four tasks' ind and ood queries; candidates worded by their index unless ``plain``."""
-    tasks = world_tasks(TASKS, n=n, seed=seed)
-    if plain:
-        return tasks
-    for t in tasks:
-        t.candidates = [EvalCandidate(c.id, c.label, replace(c.item, text=worded(c.item.text, i)))
-                        for i, c in enumerate(t.candidates)]
-    return tasks
+    """The four tasks' ind and ood queries; candidates worded by their index (the worded world's
+    galleries) unless ``plain``."""
+    return world_tasks(TASKS, n=n, seed=seed, wordings=not plain)
 
 
 def main(argv: list[str] | None = None) -> int:
